@@ -1,0 +1,135 @@
+// Command httpserver is a small HTTP server that restarts without failing
+// a request. GET / answers 200 with a body whose first line is the pid of
+// the process that served it.
+//
+//	httpserver -addr HOST:PORT -socket PATH [-pidfile PATH] [-delay DURATION]
+//
+// SIGHUP upgrades to a fresh copy of the binary (read from disk again).
+// Starting a second httpserver with the same -socket and -addr while one
+// runs is a takeover: the second takes the sockets, the first drains and
+// exits. SIGTERM or SIGINT drains and exits 0.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/handoffd/handoff/handoff"
+	"github.com/oklog/run"
+)
+
+const (
+	// readyTimeout is how long a successor may take to become ready.
+	readyTimeout = 10 * time.Second
+	// drainTimeout bounds the drain after a handover or a stop signal.
+	drainTimeout = 30 * time.Second
+)
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:8080", "address to serve HTTP on")
+	socket := flag.String("socket", "", "control socket path (default: derived from the service name)")
+	pidfile := flag.String("pidfile", "", "file to keep the serving process's pid in")
+	delay := flag.Duration("delay", 0, "wait this long before answering, to make in-flight requests visible")
+	flag.Parse()
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if err := serve(log, *addr, *socket, *pidfile, *delay); err != nil {
+		log.Error("httpserver failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+func serve(log *slog.Logger, addr, socket, pidfile string, delay time.Duration) error {
+	upg, err := handoff.New(context.Background(), handoff.Config{
+		Name:         "httpserver",
+		Socket:       socket,
+		PIDFile:      pidfile,
+		ReadyTimeout: readyTimeout,
+		Logger:       log,
+	})
+	if err != nil {
+		return err
+	}
+	defer upg.Close()
+	ln, err := upg.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+
+	pid := os.Getpid()
+	generation := upg.Generation()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+			return
+		}
+		fmt.Fprintf(w, "%d\ngeneration %d\n", pid, generation)
+	})
+	srv := &handoff.HTTPServer{
+		Server:   &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second},
+		Upgrader: upg,
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var g run.Group
+	g.Add(func() error { // serve until the drain is over
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		<-ctx.Done()
+		return nil
+	}, func(error) { cancel() })
+	g.Add(func() error { // SIGHUP: upgrade to a fresh copy of the binary
+		return upgradeOnHangup(ctx, log, upg)
+	}, func(error) { cancel() })
+	g.Add(func() error { // a successor took over, or SIGTERM/SIGINT: drain
+		stop := make(chan os.Signal, 1)
+		signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+		defer signal.Stop(stop)
+		select {
+		case <-upg.Exit():
+			log.Info("successor took over; draining")
+		case sig := <-stop:
+			log.Info("stopping", "signal", sig.String())
+			upg.Stop()
+		case <-ctx.Done():
+			return nil
+		}
+		dctx, dcancel := context.WithTimeout(context.Background(), drainTimeout)
+		defer dcancel()
+		return srv.Shutdown(dctx)
+	}, func(error) { cancel() })
+
+	if err := upg.Ready(); err != nil {
+		return err
+	}
+	return g.Run()
+}
+
+// upgradeOnHangup upgrades on every SIGHUP until ctx ends. A failed
+// upgrade is logged; this process keeps serving.
+func upgradeOnHangup(ctx context.Context, log *slog.Logger, upg *handoff.Upgrader) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-hup:
+			if err := upg.Upgrade(ctx); err != nil {
+				log.Warn("upgrade failed; still serving", "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,272 @@
+package handoff
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// After the handover the control connection stays open while the old
+// process drains: it carries established connections to the successor,
+// one at a time (msgConn with one fd, answered by msgConnAck). Its end,
+// when the old process exits, tells the successor that no more will come.
+
+// successorLink is the old process's end of that connection.
+type successorLink struct {
+	cc   *ctlConn
+	pid  int
+	keys map[string]bool // sockets the successor serves
+	caps uint64
+	step time.Duration
+
+	mu     sync.Mutex // one connection in flight at a time
+	nextID uint64
+	broken error       // why the link failed; guarded by mu
+	dead   atomic.Bool // broken != nil, readable without waiting for mu
+}
+
+func newSuccessorLink(cc *ctlConn, pid int, keys []string, caps uint64, step time.Duration) *successorLink {
+	l := &successorLink{cc: cc, pid: pid, keys: make(map[string]bool, len(keys)), caps: caps, step: step}
+	for _, k := range keys {
+		l.keys[k] = true
+	}
+	return l
+}
+
+// accepts reports whether the successor can take connections for key.
+func (l *successorLink) accepts(key string) bool {
+	return l.caps&capConns != 0 && !l.dead.Load() && (key == "" || l.keys[key])
+}
+
+// send passes the connection behind sc to the successor and waits until
+// it has taken it. The caller keeps its own descriptor.
+func (l *successorLink) send(ctx context.Context, key string, sc syscall.Conn, state []byte) error {
+	if !l.accepts(key) {
+		return fmt.Errorf("%w: successor does not take connections for %q", ErrNoSuccessor, key)
+	}
+	fd, err := dupFD(sc)
+	if err != nil {
+		return err
+	}
+	defer closeFDs([]int{fd})
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.broken != nil {
+		return fmt.Errorf("%w: link to successor lost: %w", ErrNoSuccessor, l.broken)
+	}
+	deadline := time.Now().Add(l.step)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	l.nextID++
+	id := l.nextID
+	if err := l.cc.send(connMsg{ID: id, Key: key, State: state}, []int{fd}, deadline); err != nil {
+		l.fail(err)
+		return fmt.Errorf("%w: %w", ErrNoSuccessor, err)
+	}
+	a, err := expect[connAck](l.cc, deadline)
+	if err == nil && a.ID != id {
+		err = fmt.Errorf("%w: ack for connection %d, expected %d", ErrProtocol, a.ID, id)
+	}
+	if err != nil {
+		l.fail(err)
+		return fmt.Errorf("%w: %w", ErrNoSuccessor, err)
+	}
+	if !a.OK {
+		return fmt.Errorf("%w: successor refused the connection: %s", ErrNoSuccessor, a.Reason)
+	}
+	return nil
+}
+
+// fail marks the link unusable; mu must be held.
+func (l *successorLink) fail(err error) {
+	l.broken = err
+	l.dead.Store(true)
+}
+
+func (l *successorLink) close() { l.cc.Close() }
+
+// SendConn hands an established connection to the successor together
+// with state, an opaque blob from which the successor resumes the session
+// (it gets both from AcceptConn). Use it while draining, after Exit is
+// closed, for connections too long-lived to wait for. On success c has
+// been closed here and lives on in the successor; the client notices
+// nothing. On failure c is still the caller's.
+//
+// c must be a connection from the kernel (*net.TCPConn, *net.UnixConn),
+// not a TLS connection: TLS session keys cannot be handed over.
+func (u *Upgrader) SendConn(ctx context.Context, c net.Conn, state []byte) error {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return fmt.Errorf("handoff: cannot hand over a %T: not a kernel socket", c)
+	}
+	if err := u.sendConn(ctx, "", sc, state); err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// sendConn passes a connection for the socket key ("" for AcceptConn).
+func (u *Upgrader) sendConn(ctx context.Context, key string, sc syscall.Conn, state []byte) error {
+	link := u.successor()
+	if link == nil {
+		return ErrNoSuccessor
+	}
+	return link.send(ctx, key, sc, state)
+}
+
+func (u *Upgrader) successor() *successorLink {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.succ
+}
+
+// AcceptConn returns the next connection the predecessor handed over with
+// SendConn, and the state it sent with it. The caller owns the
+// connection. Once the predecessor has exited and every connection it
+// sent has been accepted, AcceptConn returns io.EOF; on a fresh start it
+// does so at once.
+func (u *Upgrader) AcceptConn(ctx context.Context) (net.Conn, []byte, error) {
+	hc, err := u.conns.pop(ctx)
+	return hc.conn, hc.state, err
+}
+
+// receiveConns serves the link to the predecessor after Ready: it adopts
+// every connection the predecessor sends, until the predecessor exits.
+func (u *Upgrader) receiveConns(pred *ctlConn) {
+	defer u.wg.Done()
+	defer u.conns.finish()
+	for {
+		m, fds, err := pred.recv(time.Time{})
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				u.log.Info("predecessor exited")
+			} else if !errors.Is(err, net.ErrClosed) {
+				u.log.Warn("link to predecessor failed", "err", err)
+			}
+			return
+		}
+		cm, ok := m.(connMsg)
+		if !ok || len(fds) != 1 {
+			closeFDs(fds)
+			u.log.Warn("predecessor broke the protocol", "message", m.msgType(), "fds", len(fds))
+			return
+		}
+		reason := u.adoptConn(cm, fds[0])
+		if err := pred.send(connAck{ID: cm.ID, OK: reason == "", Reason: reason}, nil, time.Now().Add(u.cfg.StepTimeout)); err != nil {
+			u.log.Warn("link to predecessor failed", "err", err)
+			return
+		}
+	}
+}
+
+// adoptConn takes ownership of fd, a connection the predecessor sent, and
+// queues it: for the listener with its key, or for AcceptConn. It returns
+// why it could not, or "".
+func (u *Upgrader) adoptConn(m connMsg, fd int) string {
+	f := os.NewFile(uintptr(fd), "handed-over")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return err.Error()
+	}
+	if m.Key == "" {
+		if !u.conns.push(handedConn{conn: c, state: m.State}) {
+			c.Close()
+			return "closed"
+		}
+		return ""
+	}
+	ln := u.reg.listenerFor(m.Key)
+	if ln == nil || !ln.inject(c) {
+		c.Close()
+		return fmt.Sprintf("no listener for %q", m.Key)
+	}
+	return ""
+}
+
+type handedConn struct {
+	conn  net.Conn
+	state []byte
+}
+
+// connQueue holds handed-over connections until AcceptConn takes them.
+type connQueue struct {
+	mu      sync.Mutex
+	items   []handedConn
+	done    bool          // no more will come
+	changed chan struct{} // closed and replaced on every change
+}
+
+func (q *connQueue) notifyLocked() {
+	if q.changed != nil {
+		close(q.changed)
+		q.changed = nil
+	}
+}
+
+// push queues hc, or reports false if the queue is finished.
+func (q *connQueue) push(hc handedConn) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.done {
+		return false
+	}
+	q.items = append(q.items, hc)
+	q.notifyLocked()
+	return true
+}
+
+// finish says no more connections will come.
+func (q *connQueue) finish() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.done = true
+	q.notifyLocked()
+}
+
+// close finishes the queue and closes what nobody accepted.
+func (q *connQueue) close() {
+	q.mu.Lock()
+	items := q.items
+	q.items, q.done = nil, true
+	q.notifyLocked()
+	q.mu.Unlock()
+	for _, hc := range items {
+		hc.conn.Close()
+	}
+}
+
+func (q *connQueue) pop(ctx context.Context) (handedConn, error) {
+	for {
+		q.mu.Lock()
+		if len(q.items) > 0 {
+			hc := q.items[0]
+			q.items = q.items[1:]
+			q.mu.Unlock()
+			return hc, nil
+		}
+		if q.done {
+			q.mu.Unlock()
+			return handedConn{}, io.EOF
+		}
+		if q.changed == nil {
+			q.changed = make(chan struct{})
+		}
+		changed := q.changed
+		q.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return handedConn{}, ctx.Err()
+		case <-changed:
+		}
+	}
+}

@@ -1,0 +1,191 @@
+//go:build linux
+
+package handoff
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// oobSpace is the control-buffer size that holds n descriptors.
+func oobSpace(n int) int { return unix.CmsgSpace(n * 4) }
+
+// writeMsg sends m on c with fds attached as SCM_RIGHTS. The fds stay
+// owned by the caller.
+func writeMsg(c *net.UnixConn, m message, fds []int) error {
+	b, err := encode(m)
+	if err != nil {
+		return err
+	}
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	if _, _, err := c.WriteMsgUnix(b, oob, nil); err != nil {
+		return fmt.Errorf("send %s: %w", m.msgType(), err)
+	}
+	return nil
+}
+
+// readMsg receives one message from c into buf and oob. Descriptors that
+// arrive with it are close-on-exec (ReadMsgUnix uses MSG_CMSG_CLOEXEC on
+// Linux) and owned by the caller; on any error every one of them has
+// already been closed.
+func readMsg(c *net.UnixConn, buf, oob []byte) (message, []int, error) {
+	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
+	fds, perr := parseRights(oob[:oobn])
+	fail := func(err error) (message, []int, error) {
+		closeFDs(fds)
+		return nil, nil, err
+	}
+	switch {
+	case err != nil:
+		return fail(fmt.Errorf("receive: %w", err))
+	case perr != nil:
+		return fail(fmt.Errorf("%w: bad control message: %w", ErrProtocol, perr))
+	case flags&unix.MSG_CTRUNC != 0:
+		return fail(fmt.Errorf("%w: control data truncated (more than %d descriptors, or out of descriptors)", ErrProtocol, (len(oob)-unix.CmsgSpace(0))/4))
+	case flags&unix.MSG_TRUNC != 0:
+		return fail(fmt.Errorf("%w: message larger than %d bytes", ErrProtocol, len(buf)))
+	case n == 0:
+		return fail(io.EOF)
+	}
+	m, err := decode(buf[:n])
+	if err != nil {
+		return fail(err)
+	}
+	return m, fds, nil
+}
+
+// parseRights returns every descriptor in oob. It keeps going past a bad
+// control message so that whatever did arrive can be closed.
+func parseRights(oob []byte) ([]int, error) {
+	if len(oob) == 0 {
+		return nil, nil
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	var fds []int
+	for i := range msgs {
+		if msgs[i].Header.Level != unix.SOL_SOCKET || msgs[i].Header.Type != unix.SCM_RIGHTS {
+			continue
+		}
+		rights, rerr := unix.ParseUnixRights(&msgs[i])
+		fds = append(fds, rights...)
+		if rerr != nil && err == nil {
+			err = rerr
+		}
+	}
+	return fds, err
+}
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// dupFD returns a close-on-exec duplicate of the socket behind sc, which the
+// caller must close. It goes through SyscallConn().Control rather than
+// File() or Fd(), which would switch the socket to blocking mode for every
+// process that shares it.
+func dupFD(sc syscall.Conn) (int, error) {
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd := -1
+	var derr error
+	err = rc.Control(func(fd uintptr) {
+		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	})
+	if err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", derr)
+	}
+	return nfd, nil
+}
+
+// socketpair returns a connected pair of SOCK_SEQPACKET sockets: one for
+// this process and one, as a file, for a child to inherit.
+func socketpair() (*net.UnixConn, *os.File, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, os.NewSyscallError("socketpair", err)
+	}
+	c, err := unixConnFromFD(fds[0])
+	if err != nil {
+		unix.Close(fds[1])
+		return nil, nil, err
+	}
+	return c, os.NewFile(uintptr(fds[1]), "handoff-successor"), nil
+}
+
+// unixConnFromFD turns a SOCK_SEQPACKET unix socket into a *net.UnixConn,
+// taking ownership of fd (it is closed on every path).
+func unixConnFromFD(fd int) (*net.UnixConn, error) {
+	f := os.NewFile(uintptr(fd), "handoff-control")
+	defer f.Close()
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		return nil, os.NewSyscallError("getsockopt(SO_TYPE)", err)
+	}
+	if typ != unix.SOCK_SEQPACKET {
+		return nil, fmt.Errorf("%w: fd %d is not a SOCK_SEQPACKET socket", ErrProtocol, fd)
+	}
+	unix.CloseOnExec(fd)
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("%w: fd %d is not a unix socket", ErrProtocol, fd)
+	}
+	return uc, nil
+}
+
+// listenControlSocket binds a SOCK_SEQPACKET listener at path with mode
+// 0600 from the start: fchmod on the socket before bind sets the mode the
+// kernel gives the new inode, so the path is never reachable by others.
+func listenControlSocket(path string) (*net.UnixListener, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	if err := unix.Fchmod(fd, 0o600); err != nil {
+		return nil, os.NewSyscallError("fchmod", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		return nil, &net.OpError{Op: "listen", Net: "unixpacket", Addr: &net.UnixAddr{Name: path, Net: "unixpacket"}, Err: os.NewSyscallError("bind", err)}
+	}
+	if err := unix.Listen(fd, unix.SOMAXCONN); err != nil {
+		os.Remove(path)
+		return nil, os.NewSyscallError("listen", err)
+	}
+	ln, err := net.FileListener(f)
+	if err != nil {
+		os.Remove(path)
+		return nil, err
+	}
+	ul := ln.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false) // the path outlives this process's copy
+	return ul, nil
+}
+
+// isConnRefused reports whether err says nothing listens at a unix path
+// that exists (a stale socket file).
+func isConnRefused(err error) bool { return errors.Is(err, unix.ECONNREFUSED) }
+
+// isNotExist reports whether err says the path does not exist.
+func isNotExist(err error) bool { return errors.Is(err, unix.ENOENT) }

@@ -1,0 +1,284 @@
+package handoff
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// DefaultDrainTimeout bounds HTTPServer.Shutdown when its context has no
+// deadline.
+const DefaultDrainTimeout = 30 * time.Second
+
+// shutdownPollInterval is the longest Shutdown waits between two looks at
+// the connections; it starts at a millisecond and doubles up to this.
+var shutdownPollInterval = 50 * time.Millisecond
+
+// HTTPServer runs a net/http server on an Upgrader's listeners and drains
+// it without losing a request, which http.Server.Shutdown alone does not
+// promise: it closes idle keep-alive connections while the client's next
+// request may already be on its way, and drops a request it reads after
+// Shutdown began. HTTPServer's Shutdown instead:
+//
+//   - hands every idle HTTP/1 connection, and every accepted one whose
+//     request it has not started reading, to the successor (when Upgrader
+//     is set and a successor has taken over): the client keeps its TCP
+//     connection and never notices;
+//   - answers the next request on any other HTTP/1 connection (TLS, or no
+//     successor) with "Connection: close", and closes it only after that
+//     response;
+//   - closes nothing under a request in flight;
+//   - sends HTTP/2 connections GOAWAY, once the HTTP/1 ones are done or
+//     half the time is up, and lets their streams finish;
+//   - closes whatever is left when ctx ends.
+//
+// Serve installs HTTPServer's ConnContext, ConnState and Handler around
+// those of Server, which are still called.
+type HTTPServer struct {
+	// Server is the server to run; it must be set.
+	Server *http.Server
+	// Upgrader, when set, lets Shutdown hand idle connections to the
+	// successor, so that this process can exit as soon as its in-flight
+	// requests are answered.
+	Upgrader *Upgrader
+
+	setup     sync.Once
+	draining  atomic.Bool
+	mu        sync.Mutex
+	conns     map[net.Conn]*connTrack
+	listeners map[*trackingListener]struct{}
+}
+
+// connTrack is what HTTPServer knows of one connection.
+type connTrack struct {
+	hc *httpConn   // nil when it cannot be handed over (TLS, a foreign listener)
+	h2 atomic.Bool // it carried an HTTP/2 request
+}
+
+type connTrackKey struct{}
+
+func (s *HTTPServer) install() {
+	s.conns = make(map[net.Conn]*connTrack)
+	s.listeners = make(map[*trackingListener]struct{})
+	srv := s.Server
+	h := srv.Handler
+	if h == nil {
+		h = http.DefaultServeMux
+	}
+	srv.Handler = s.wrapHandler(h)
+	connContext, connState := srv.ConnContext, srv.ConnState
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		if connContext != nil {
+			ctx = connContext(ctx, c)
+		}
+		t := &connTrack{}
+		t.hc, _ = c.(*httpConn)
+		s.mu.Lock()
+		s.conns[c] = t
+		s.mu.Unlock()
+		return context.WithValue(ctx, connTrackKey{}, t)
+	}
+	srv.ConnState = func(c net.Conn, st http.ConnState) {
+		s.connState(c, st)
+		if connState != nil {
+			connState(c, st)
+		}
+	}
+}
+
+func (s *HTTPServer) wrapHandler(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if t, ok := r.Context().Value(connTrackKey{}).(*connTrack); ok {
+			switch {
+			case r.ProtoMajor >= 2:
+				t.h2.Store(true)
+			case t.hc != nil:
+				t.hc.setPhase(http.StateActive)
+			}
+			if r.ProtoMajor == 1 && s.draining.Load() && !s.canHandOver(t) {
+				w.Header().Set("Connection", "close")
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (s *HTTPServer) connState(c net.Conn, st http.ConnState) {
+	s.mu.Lock()
+	t := s.conns[c]
+	if st == http.StateClosed || st == http.StateHijacked {
+		delete(s.conns, c)
+	}
+	s.mu.Unlock()
+	if t == nil || t.hc == nil {
+		return
+	}
+	switch st {
+	case http.StateNew, http.StateActive, http.StateIdle:
+		t.hc.setPhase(st)
+		if st != http.StateActive && s.draining.Load() {
+			s.release(t)
+		}
+	}
+}
+
+// canHandOver reports whether t's connection can go to the successor.
+func (s *HTTPServer) canHandOver(t *connTrack) bool {
+	if t.hc == nil || t.h2.Load() || s.Upgrader == nil {
+		return false
+	}
+	link := s.Upgrader.successor()
+	return link != nil && link.accepts(t.hc.key)
+}
+
+func (s *HTTPServer) release(t *connTrack) {
+	if s.canHandOver(t) {
+		t.hc.release()
+	}
+}
+
+// handOver passes a connection net/http has let go of to the successor.
+func (s *HTTPServer) handOver(c *httpConn) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.Upgrader.cfg.StepTimeout)
+	defer cancel()
+	return s.Upgrader.sendConn(ctx, c.key, c.Conn.(syscall.Conn), nil)
+}
+
+func (s *HTTPServer) logger() *slog.Logger {
+	if s.Upgrader != nil {
+		return s.Upgrader.log
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// Serve serves HTTP on ln until Shutdown or Close, or until a successor
+// takes over and the Upgrader closes ln; then it returns
+// http.ErrServerClosed.
+func (s *HTTPServer) Serve(ln net.Listener) error {
+	return s.serve(ln, true, func(l net.Listener) error { return s.Server.Serve(l) })
+}
+
+// ServeTLS is Serve over TLS (see http.Server.ServeTLS). TLS connections
+// are drained, not handed over: their session keys cannot leave this
+// process.
+func (s *HTTPServer) ServeTLS(ln net.Listener, certFile, keyFile string) error {
+	return s.serve(ln, false, func(l net.Listener) error { return s.Server.ServeTLS(l, certFile, keyFile) })
+}
+
+func (s *HTTPServer) serve(ln net.Listener, handoff bool, serve func(net.Listener) error) error {
+	s.setup.Do(s.install)
+	tl := &trackingListener{Listener: ln, srv: s}
+	if handoff && s.Upgrader != nil {
+		tl.key, _ = s.Upgrader.reg.keyOf(ln)
+	}
+	s.mu.Lock()
+	if s.draining.Load() {
+		s.mu.Unlock()
+		return http.ErrServerClosed
+	}
+	s.listeners[tl] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, tl)
+		s.mu.Unlock()
+	}()
+	err := serve(tl)
+	if errors.Is(err, net.ErrClosed) && s.stopped() {
+		err = http.ErrServerClosed
+	}
+	return err
+}
+
+// stopped reports whether the listeners were closed on purpose: by
+// Shutdown, or by the Upgrader at the handover or on Stop.
+func (s *HTTPServer) stopped() bool {
+	return s.draining.Load() || (s.Upgrader != nil && s.Upgrader.stopped())
+}
+
+// Shutdown stops accepting and drains as the type's documentation says.
+// It returns once every connection is closed or handed over, or when ctx
+// ends (then with ctx's error, after closing what was left).
+func (s *HTTPServer) Shutdown(ctx context.Context) error {
+	s.setup.Do(s.install)
+	s.mu.Lock()
+	s.draining.Store(true)
+	listeners := s.listeners
+	s.listeners = map[*trackingListener]struct{}{}
+	s.mu.Unlock()
+	for tl := range listeners {
+		tl.Close()
+	}
+
+	// HTTP/1 first: net/http's own Shutdown would close idle connections
+	// and drop requests it reads from now on.
+	budget := DefaultDrainTimeout
+	if d, ok := ctx.Deadline(); ok {
+		budget = time.Until(d)
+	}
+	http1Done := time.NewTimer(budget / 2)
+	defer http1Done.Stop()
+	interval := time.Millisecond
+	for s.releaseHTTP1() > 0 {
+		select {
+		case <-ctx.Done():
+		case <-http1Done.C:
+		case <-time.After(interval):
+			interval = min(2*interval, shutdownPollInterval)
+			continue
+		}
+		break
+	}
+	err := s.Server.Shutdown(ctx)
+	if err != nil {
+		s.Server.Close()
+	}
+	return err
+}
+
+// releaseHTTP1 asks every idle HTTP/1 connection to go to the successor
+// and returns how many HTTP/1 connections are still open.
+func (s *HTTPServer) releaseHTTP1() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, t := range s.conns {
+		if t.h2.Load() {
+			continue
+		}
+		n++
+		s.release(t)
+	}
+	return n
+}
+
+// Close closes the server and every connection at once.
+func (s *HTTPServer) Close() error {
+	s.draining.Store(true)
+	return s.Server.Close()
+}
+
+// trackingListener wraps each kernel connection it accepts in an httpConn
+// that can be handed over, when key says which socket it came from.
+type trackingListener struct {
+	net.Listener
+	srv *HTTPServer
+	key string // "" when its connections stay in this process
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil || l.key == "" {
+		return c, err
+	}
+	if _, ok := c.(syscall.Conn); !ok {
+		return c, nil
+	}
+	return &httpConn{Conn: c, srv: l.srv, key: l.key, phase: http.StateNew}, nil
+}

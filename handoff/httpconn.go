@@ -1,0 +1,168 @@
+package handoff
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// httpConn wraps a connection served by net/http so that HTTPServer can
+// take it back from net/http at a request boundary and hand it, with no
+// byte of the next request consumed, to the successor.
+//
+// The safe moment is a Read that net/http makes while the connection is
+// idle (between requests, or accepted with no request read yet), into the
+// start of its request buffer, with nothing read since the last response.
+// Then net/http holds no unread bytes: everything the client sent since is
+// still in the kernel and goes to the successor with the socket. release
+// makes that Read (or a blocked one, by a deadline in the past) return
+// io.EOF, which net/http treats as the client going away: it closes the
+// connection without a reply, and Close hands it over instead.
+type httpConn struct {
+	net.Conn // the kernel connection
+	srv      *HTTPServer
+	key      string // socket key of the listener that accepted it
+
+	mu            sync.Mutex
+	phase         http.ConnState // StateNew, StateActive or StateIdle
+	readSinceIdle bool           // a Read returned data since phase became idle (or new)
+	unclean       bool           // a steal hit a Read elsewhere; wait for the next idle
+	bufStart      *byte          // start of net/http's request buffer: its first Read's
+	stealing      bool           // release asked; the read deadline is in the past
+	stolen        bool           // net/http was told EOF; Close hands the conn over
+	readDeadline  time.Time      // what net/http asked for
+}
+
+// Read passes reads through, except at a safe moment while release is
+// pending.
+func (c *httpConn) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	if c.bufStart == nil && len(p) > 0 {
+		c.bufStart = &p[0]
+	}
+	clean := c.cleanRead(p)
+	if c.stealing && clean {
+		c.stolen = true
+		c.mu.Unlock()
+		return 0, io.EOF
+	}
+	c.mu.Unlock()
+	for {
+		n, err := c.Conn.Read(p)
+		c.mu.Lock()
+		if n > 0 {
+			c.readSinceIdle = true
+			c.cancelStealLocked() // the request came first: serve it here
+			c.mu.Unlock()
+			return n, err
+		}
+		if c.stealing && isTimeout(err) {
+			if clean {
+				c.stolen = true
+				c.mu.Unlock()
+				return 0, io.EOF
+			}
+			// Our deadline hit a read in the middle of a request:
+			// undo it and read on as if nothing happened.
+			c.cancelStealLocked()
+			c.unclean = true
+			c.mu.Unlock()
+			continue
+		}
+		c.mu.Unlock()
+		return n, err
+	}
+}
+
+// cleanRead reports whether a Read into p is net/http waiting for the next
+// request with nothing buffered.
+func (c *httpConn) cleanRead(p []byte) bool {
+	return (c.phase == http.StateIdle || c.phase == http.StateNew) &&
+		!c.readSinceIdle && !c.unclean && len(p) > 0 && &p[0] == c.bufStart
+}
+
+func (c *httpConn) cancelStealLocked() {
+	if c.stealing {
+		c.stealing = false
+		c.Conn.SetReadDeadline(c.readDeadline)
+	}
+}
+
+// release asks net/http to let go of the connection at the next safe
+// moment. It does nothing while a request is in flight; HTTPServer calls
+// it again when the connection goes idle.
+func (c *httpConn) release() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stealing || c.stolen || c.unclean || c.readSinceIdle || c.phase == http.StateActive {
+		return
+	}
+	c.stealing = true
+	c.Conn.SetReadDeadline(aLongTimeAgo) // wakes a Read blocked waiting for the client
+}
+
+// setPhase follows net/http's view of the connection; a handler starting
+// marks it active too, since a pipelined request served from net/http's
+// buffer brings no StateActive.
+func (c *httpConn) setPhase(st http.ConnState) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.phase = st
+	if st == http.StateIdle {
+		c.readSinceIdle, c.unclean = false, false
+	}
+}
+
+// SetReadDeadline records net/http's deadline; while a release is pending
+// the kernel keeps the past one.
+func (c *httpConn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.readDeadline = t
+	if c.stealing {
+		return nil
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *httpConn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// Close hands a released connection to the successor (net/http believes
+// the client left), and closes every other.
+func (c *httpConn) Close() error {
+	c.mu.Lock()
+	stolen := c.stolen
+	c.stolen = false
+	c.mu.Unlock()
+	if stolen {
+		if err := c.srv.handOver(c); err != nil {
+			c.srv.logger().Warn("could not hand an idle connection to the successor; closing it", "remote", c.RemoteAddr(), "err", err)
+		}
+	}
+	return c.Conn.Close()
+}
+
+// ReadFrom keeps net/http's sendfile and splice paths when the kernel
+// connection has them.
+func (c *httpConn) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := c.Conn.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{c.Conn}, r)
+}
+
+// CloseWrite lets net/http half-close as it does on a *net.TCPConn.
+func (c *httpConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}

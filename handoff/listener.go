@@ -1,0 +1,90 @@
+package handoff
+
+import (
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// listener is what Listen returns: the kernel listening socket, plus the
+// connections a predecessor hands over for it, which Accept yields as if
+// they had just been accepted.
+type listener struct {
+	net.Listener // *net.TCPListener or *net.UnixListener
+	key          string
+
+	mu     sync.Mutex
+	queue  []net.Conn // handed-over connections not yet accepted
+	woken  bool       // the deadline was set in the past to wake Accept
+	closed bool
+}
+
+// deadliner is the part of *net.TCPListener and *net.UnixListener that
+// lets inject interrupt a blocked Accept.
+type deadliner interface{ SetDeadline(time.Time) error }
+
+func newListener(ln net.Listener, key string) *listener {
+	return &listener{Listener: ln, key: key}
+}
+
+// Accept waits for and returns the next connection: a handed-over one if
+// any is queued, else one from the kernel's accept queue.
+func (l *listener) Accept() (net.Conn, error) {
+	for {
+		l.mu.Lock()
+		if len(l.queue) > 0 {
+			c := l.queue[0]
+			l.queue = l.queue[1:]
+			l.mu.Unlock()
+			return c, nil
+		}
+		if l.woken {
+			l.woken = false
+			l.Listener.(deadliner).SetDeadline(time.Time{})
+		}
+		l.mu.Unlock()
+
+		c, err := l.Listener.Accept()
+		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			continue // woken by inject
+		}
+		return c, err
+	}
+}
+
+// inject queues a handed-over connection for Accept and wakes it. It
+// reports false, and leaves c to the caller, if the listener is closed.
+func (l *listener) inject(c net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	l.queue = append(l.queue, c)
+	l.woken = true
+	l.Listener.(deadliner).SetDeadline(aLongTimeAgo)
+	return true
+}
+
+// Close closes this process's copy of the socket. Handed-over connections
+// that were never accepted are closed too.
+func (l *listener) Close() error {
+	l.mu.Lock()
+	queued := l.queue
+	l.queue, l.closed = nil, true
+	l.mu.Unlock()
+	for _, c := range queued {
+		c.Close()
+	}
+	return l.Listener.Close()
+}
+
+// SyscallConn gives access to the kernel socket, so that a caller can
+// duplicate it (for a child process) without switching it to blocking
+// mode as File would.
+func (l *listener) SyscallConn() (syscall.RawConn, error) {
+	return l.Listener.(syscall.Conn).SyscallConn()
+}

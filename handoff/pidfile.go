@@ -1,0 +1,38 @@
+package handoff
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strconv"
+)
+
+// writePIDFile atomically replaces path with pid: readers see the old
+// content or the new, never a partial file.
+func writePIDFile(path string, pid int) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // a no-op once renamed
+	_, err = f.WriteString(strconv.Itoa(pid) + "\n")
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+// removePIDFile removes path if it still names pid; a successor may have
+// written its own pid there meanwhile.
+func removePIDFile(path string, pid int) {
+	b, err := os.ReadFile(path)
+	if err == nil && string(bytes.TrimSpace(b)) == strconv.Itoa(pid) {
+		os.Remove(path)
+	}
+}

@@ -1,0 +1,5 @@
+//go:build !unix
+
+package handoff
+
+func checkPrivateDir(string) error { return notSupported() }

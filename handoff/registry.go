@@ -1,0 +1,334 @@
+package handoff
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+)
+
+// Where an inherited socket came from.
+const (
+	fromPredecessor = "predecessor"
+	fromSystemd     = "systemd"
+)
+
+// key identifies a socket across generations: its name when it has one,
+// else its network and address as the program asked for them.
+func (e entry) key() string {
+	if e.Name != "" {
+		return e.Name
+	}
+	return e.Network + "|" + e.Address
+}
+
+// inheritedFD is a socket received from a predecessor or from systemd that
+// no Listen call has claimed yet. The registry owns file.
+type inheritedFD struct {
+	entry
+	file   *os.File
+	source string
+}
+
+// socket is a listening or packet socket this process serves.
+type socket struct {
+	entry
+	source string    // "" when this process created it
+	ln     *listener // kindListener
+	pc     net.PacketConn
+}
+
+func (s *socket) conn() syscall.Conn {
+	if s.ln != nil {
+		return s.ln
+	}
+	return s.pc.(syscall.Conn)
+}
+
+func (s *socket) close() error {
+	if s.ln != nil {
+		return s.ln.Close()
+	}
+	return s.pc.Close()
+}
+
+// registry holds every socket of the process: inherited ones not yet
+// claimed, and those in use.
+type registry struct {
+	mu        sync.Mutex
+	inherited []*inheritedFD
+	sockets   []*socket
+	closed    bool
+}
+
+// inherit takes ownership of f.
+func (r *registry) inherit(e entry, f *os.File, source string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.inherited = append(r.inherited, &inheritedFD{entry: e, file: f, source: source})
+}
+
+var (
+	listenNetworks = map[string]bool{"tcp": true, "tcp4": true, "tcp6": true, "unix": true, "unixpacket": true}
+	packetNetworks = map[string]bool{"udp": true, "udp4": true, "udp6": true, "unixgram": true}
+)
+
+func isUnixNetwork(network string) bool {
+	return network == "unix" || network == "unixpacket" || network == "unixgram"
+}
+
+// open returns the socket for want: an inherited one that matches, or a
+// new one. It fails if this process already serves the same key.
+func (r *registry) open(ctx context.Context, want entry) (*socket, error) {
+	switch {
+	case want.Kind == kindListener && !listenNetworks[want.Network],
+		want.Kind == kindPacket && !packetNetworks[want.Network]:
+		return nil, fmt.Errorf("handoff: cannot %s on network %q", want.Kind, want.Network)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, ErrClosed
+	}
+	for _, s := range r.sockets {
+		if s.key() == want.key() {
+			return nil, fmt.Errorf("handoff: socket %q is already in use", want.key())
+		}
+	}
+	s := &socket{entry: want}
+	var err error
+	if i := r.match(want); i >= 0 {
+		in := r.inherited[i]
+		r.inherited = append(r.inherited[:i], r.inherited[i+1:]...)
+		s.source = in.source
+		err = s.fromFile(in.file)
+	} else {
+		err = s.create(ctx)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("handoff: %s %s %s: %w", want.Kind, want.Network, want.Address, err)
+	}
+	r.sockets = append(r.sockets, s)
+	return s, nil
+}
+
+// match finds the inherited socket for want: first the predecessor's
+// socket with the same name, network and address; then a systemd socket
+// with the same name; then a systemd socket bound to the same address.
+func (r *registry) match(want entry) int {
+	for i, in := range r.inherited {
+		if in.source == fromPredecessor && in.entry == want {
+			return i
+		}
+	}
+	for i, in := range r.inherited {
+		if in.source == fromSystemd && in.Kind == want.Kind && want.Name != "" && in.Name == want.Name {
+			return i
+		}
+	}
+	for i, in := range r.inherited {
+		if in.source == fromSystemd && in.Kind == want.Kind && sameAddress(want, in.entry) {
+			return i
+		}
+	}
+	return -1
+}
+
+// sameAddress reports whether a socket bound at have serves what want asks
+// for. An unspecified host matches any unspecified address; port 0 never
+// matches, since it asks for a new port.
+func sameAddress(want, have entry) bool {
+	if isUnixNetwork(want.Network) || isUnixNetwork(have.Network) {
+		return isUnixNetwork(want.Network) && isUnixNetwork(have.Network) && want.Address != "" && want.Address == have.Address
+	}
+	wantHost, wantPort, err1 := net.SplitHostPort(want.Address)
+	haveHost, havePort, err2 := net.SplitHostPort(have.Address)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	wp, err1 := strconv.Atoi(wantPort)
+	hp, err2 := strconv.Atoi(havePort)
+	if err1 != nil || err2 != nil || wp == 0 || wp != hp {
+		return false
+	}
+	wantIP, haveIP := net.ParseIP(wantHost), net.ParseIP(haveHost)
+	if wantHost == "" || (wantIP != nil && wantIP.IsUnspecified()) {
+		return haveIP == nil || haveIP.IsUnspecified()
+	}
+	return wantIP != nil && wantIP.Equal(haveIP)
+}
+
+// fromFile makes s serve the inherited socket f, and closes f.
+func (s *socket) fromFile(f *os.File) error {
+	defer f.Close()
+	if s.Kind == kindPacket {
+		pc, err := net.FilePacketConn(f)
+		if err != nil {
+			return err
+		}
+		s.pc = pc
+		return nil
+	}
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return err
+	}
+	s.ln = newListener(ln, s.key())
+	return nil
+}
+
+// create opens a new socket for s. A unix socket file that nobody listens
+// on any more is replaced; a live one is not.
+func (s *socket) create(ctx context.Context) error {
+	var lc net.ListenConfig
+	open := func() error {
+		if s.Kind == kindPacket {
+			pc, err := lc.ListenPacket(ctx, s.Network, s.Address)
+			if err == nil {
+				s.pc = pc
+			}
+			return err
+		}
+		ln, err := lc.Listen(ctx, s.Network, s.Address)
+		if err != nil {
+			return err
+		}
+		if ul, ok := ln.(*net.UnixListener); ok {
+			ul.SetUnlinkOnClose(false) // a successor may be serving the path
+		}
+		s.ln = newListener(ln, s.key())
+		return nil
+	}
+	err := open()
+	if err != nil && isUnixNetwork(s.Network) && errors.Is(err, syscall.EADDRINUSE) && staleUnixSocket(s.Network, s.Address) {
+		os.Remove(s.Address)
+		err = open()
+	}
+	return err
+}
+
+// staleUnixSocket reports whether the socket file at path has no listener.
+func staleUnixSocket(network, path string) bool {
+	c, err := net.Dial(network, path)
+	if err == nil {
+		c.Close()
+		return false
+	}
+	return isConnRefused(err)
+}
+
+// inventory returns the sockets in use, which a successor receives.
+func (r *registry) inventory() []*socket {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]*socket(nil), r.sockets...)
+}
+
+// keys lists the keys of the sockets in use.
+func (r *registry) keys() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	keys := make([]string, 0, len(r.sockets))
+	for _, s := range r.sockets {
+		keys = append(keys, s.key())
+	}
+	return keys
+}
+
+// listenerFor returns the listener serving key, or nil.
+func (r *registry) listenerFor(key string) *listener {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.sockets {
+		if s.ln != nil && s.key() == key {
+			return s.ln
+		}
+	}
+	return nil
+}
+
+// keyOf returns the key of the socket whose listener is ln.
+func (r *registry) keyOf(ln net.Listener) (string, bool) {
+	l, ok := ln.(*listener)
+	if !ok {
+		return "", false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.sockets {
+		if s.ln == l {
+			return s.key(), true
+		}
+	}
+	return "", false
+}
+
+// takeControl removes the inherited control socket from the registry and
+// returns it; the caller owns the file.
+func (r *registry) takeControl() *os.File {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, in := range r.inherited {
+		if in.Kind == kindControl {
+			r.inherited = append(r.inherited[:i], r.inherited[i+1:]...)
+			return in.file
+		}
+	}
+	return nil
+}
+
+// dropUnclaimed closes the inherited sockets no Listen call claimed and
+// returns their descriptions. A predecessor's unix socket that this
+// version no longer serves is unlinked, so that clients get "no such
+// file" rather than a socket nobody accepts on.
+func (r *registry) dropUnclaimed() []inheritedFD {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var dropped []inheritedFD
+	kept := r.inherited[:0]
+	for _, in := range r.inherited {
+		if in.Kind == kindControl {
+			kept = append(kept, in)
+			continue
+		}
+		in.file.Close()
+		if in.source == fromPredecessor && in.Kind == kindListener && isUnixNetwork(in.Network) {
+			os.Remove(in.Address)
+		}
+		dropped = append(dropped, *in)
+	}
+	r.inherited = kept
+	return dropped
+}
+
+// closeSockets closes this process's copies of the sockets in use. With
+// unlink, unix socket paths are removed too: nobody serves them any more.
+func (r *registry) closeSockets(unlink bool) {
+	r.mu.Lock()
+	sockets := r.sockets
+	r.sockets = nil
+	r.mu.Unlock()
+	for _, s := range sockets {
+		s.close()
+		if unlink && s.source != fromSystemd && isUnixNetwork(s.Network) {
+			os.Remove(s.Address)
+		}
+	}
+}
+
+// close closes everything the registry still holds; later opens fail.
+func (r *registry) close(unlink bool) {
+	r.mu.Lock()
+	r.closed = true
+	inherited := r.inherited
+	r.inherited = nil
+	r.mu.Unlock()
+	for _, in := range inherited {
+		in.file.Close()
+	}
+	r.closeSockets(unlink)
+}
