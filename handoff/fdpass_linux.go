@@ -16,6 +16,9 @@ import (
 // oobSpace is the control-buffer size that holds n descriptors.
 func oobSpace(n int) int { return unix.CmsgSpace(n * 4) }
 
+// fdCapacity is how many descriptors fit in oob.
+func fdCapacity(oob []byte) int { return max(0, (len(oob)-unix.CmsgSpace(0))/4) }
+
 // writeMsg sends m on c with fds attached as SCM_RIGHTS. The fds stay
 // owned by the caller.
 func writeMsg(c *net.UnixConn, m message, fds []int) error {
@@ -50,7 +53,7 @@ func readMsg(c *net.UnixConn, buf, oob []byte) (message, []int, error) {
 	case perr != nil:
 		return fail(fmt.Errorf("%w: bad control message: %w", ErrProtocol, perr))
 	case flags&unix.MSG_CTRUNC != 0:
-		return fail(fmt.Errorf("%w: control data truncated (more than %d descriptors, or out of descriptors)", ErrProtocol, (len(oob)-unix.CmsgSpace(0))/4))
+		return fail(fmt.Errorf("%w: control data truncated: more than %d descriptors, or out of descriptors", ErrProtocol, fdCapacity(oob)))
 	case flags&unix.MSG_TRUNC != 0:
 		return fail(fmt.Errorf("%w: message larger than %d bytes", ErrProtocol, len(buf)))
 	case n == 0:
@@ -189,3 +192,6 @@ func isConnRefused(err error) bool { return errors.Is(err, unix.ECONNREFUSED) }
 
 // isNotExist reports whether err says the path does not exist.
 func isNotExist(err error) bool { return errors.Is(err, unix.ENOENT) }
+
+// platformSupported reports whether this platform can pass sockets.
+func platformSupported() error { return nil }

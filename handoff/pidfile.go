@@ -36,3 +36,13 @@ func removePIDFile(path string, pid int) {
 		os.Remove(path)
 	}
 }
+
+// writePIDFile points the configured pid file, if any, at pid.
+func (u *Upgrader) writePIDFile(pid int) {
+	if u.cfg.PIDFile == "" {
+		return
+	}
+	if err := writePIDFile(u.cfg.PIDFile, pid); err != nil {
+		u.log.Warn("cannot write pid file", "path", u.cfg.PIDFile, "err", err)
+	}
+}

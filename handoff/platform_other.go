@@ -42,3 +42,5 @@ func isNotExist(err error) bool { return os.IsNotExist(err) }
 func describeSocket(int) (entry, error) { return entry{}, notSupported() }
 
 func peerClosed(*net.UnixConn) bool { return false }
+
+func platformSupported() error { return notSupported() }

@@ -164,15 +164,15 @@ type connAck struct {
 	Reason string
 }
 
-func (hello) msgType() msgType    { return msgHello }
-func (welcome) msgType() msgType  { return msgWelcome }
-func (refusal) msgType() msgType  { return msgRefuse }
-func (fdBatch) msgType() msgType  { return msgFDs }
-func (ack) msgType() msgType      { return msgAck }
-func (ready) msgType() msgType    { return msgReady }
-func (done) msgType() msgType     { return msgDone }
-func (connMsg) msgType() msgType  { return msgConn }
-func (connAck) msgType() msgType  { return msgConnAck }
+func (hello) msgType() msgType   { return msgHello }
+func (welcome) msgType() msgType { return msgWelcome }
+func (refusal) msgType() msgType { return msgRefuse }
+func (fdBatch) msgType() msgType { return msgFDs }
+func (ack) msgType() msgType     { return msgAck }
+func (ready) msgType() msgType   { return msgReady }
+func (done) msgType() msgType    { return msgDone }
+func (connMsg) msgType() msgType { return msgConn }
+func (connAck) msgType() msgType { return msgConnAck }
 func (m hello) appendBody(b []byte) []byte {
 	b = binary.BigEndian.AppendUint16(b, m.MinVersion)
 	b = binary.BigEndian.AppendUint16(b, m.MaxVersion)

@@ -1,0 +1,227 @@
+//go:build linux
+
+package handoff
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// dialRaw connects to the control socket as a bare client.
+func dialRaw(t testing.TB, path string) *net.UnixConn {
+	t.Helper()
+	c, err := net.Dial("unixpacket", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.(*net.UnixConn)
+}
+
+// readRefusal reads what the server says to a bad client: a refusal, then
+// the end of the connection.
+func readRefusal(t testing.TB, c *net.UnixConn) RefusalCode {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	m, fds, err := readMsg(c, make([]byte, maxMessageSize), make([]byte, oobSpace(maxFDsPerMessage)))
+	closeFDs(fds)
+	if err != nil {
+		t.Fatalf("expected a refusal, got %v", err)
+	}
+	r, ok := m.(refusal)
+	if !ok {
+		t.Fatalf("expected a refusal, got %s", m.msgType())
+	}
+	if _, _, err := readMsg(c, make([]byte, smallMessage), nil); err == nil {
+		t.Fatal("connection still open after the refusal")
+	}
+	return r.Code
+}
+
+func rawHello(t testing.TB, h hello) []byte {
+	b, err := encode(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestHostilePeers: whatever a client of the control socket sends, the
+// serving process refuses it with a reason, keeps serving, leaks nothing,
+// and can still be taken over afterwards.
+func TestHostilePeers(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	cfg.StepTimeout = 300 * time.Millisecond
+	old := newUpgrader(t, cfg)
+	ln, err := old.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	serveTag(ln, "old")
+	if err := old.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	good := hello{MinVersion: protocolVersion, MaxVersion: protocolVersion, Caps: supportedCaps, PID: 1, Name: cfg.Name}
+	garbage := make([]byte, 1000)
+	rand.Read(garbage)
+	valid := rawHello(t, good)
+	huge := append([]byte(nil), valid...)
+	binary.BigEndian.PutUint32(huge[8:], 1<<30)
+	spare := localListener(t)
+
+	tests := []struct {
+		name string
+		send func(c *net.UnixConn) error
+		want RefusalCode
+	}{
+		{"random bytes", func(c *net.UnixConn) error { _, err := c.Write(garbage); return err }, RefusedProtocol},
+		{"header with a huge length", func(c *net.UnixConn) error { _, err := c.Write(huge); return err }, RefusedProtocol},
+		{"message cut in the middle", func(c *net.UnixConn) error { _, err := c.Write(valid[:len(valid)-2]); return err }, RefusedProtocol},
+		{"oversized packet", func(c *net.UnixConn) error { _, err := c.Write(make([]byte, 64<<10)); return err }, RefusedProtocol},
+		{"wrong first message", func(c *net.UnixConn) error { return writeMsg(c, ready{PID: 1}, nil) }, RefusedProtocol},
+		{"wrong protocol version", func(c *net.UnixConn) error {
+			h := good
+			h.MinVersion, h.MaxVersion = 2, 9
+			return writeMsg(c, h, nil)
+		}, RefusedVersion},
+		{"wrong service name", func(c *net.UnixConn) error {
+			h := good
+			h.Name = "other"
+			return writeMsg(c, h, nil)
+		}, RefusedName},
+		{"descriptors nobody asked for", func(c *net.UnixConn) error {
+			fds := []int{dupOrFatal(t, spare), dupOrFatal(t, spare)}
+			defer closeFDs(fds)
+			return writeMsg(c, good, fds)
+		}, RefusedProtocol},
+		{"silence", func(c *net.UnixConn) error { return nil }, RefusedTimeout},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := openFDs(t)
+			c := dialRaw(t, cfg.Socket)
+			defer c.Close()
+			if err := tt.send(c); err != nil {
+				t.Fatal(err)
+			}
+			if got := readRefusal(t, c); got != tt.want {
+				t.Fatalf("refused with %q, want %q", got, tt.want)
+			}
+			c.Close()
+			waitFor(t, "the server to release the connection", func() bool { return openFDs(t) <= before })
+			if got := fetchTag(t, "tcp", addr); got != "old" {
+				t.Fatalf("serving process answered %q", got)
+			}
+		})
+	}
+
+	t.Run("a thousand connections at once", func(t *testing.T) {
+		before := openFDs(t)
+		conns := make([]*net.UnixConn, 1000)
+		for i := range conns {
+			conns[i] = dialRaw(t, cfg.Socket)
+		}
+		var wg sync.WaitGroup
+		for _, c := range conns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				readMsg(c, make([]byte, smallMessage), nil) // refused for silence
+			}()
+		}
+		wg.Wait()
+		waitFor(t, "the server to release 1000 connections", func() bool { return openFDs(t) <= before })
+		if got := fetchTag(t, "tcp", addr); got != "old" {
+			t.Fatalf("serving process answered %q", got)
+		}
+	})
+
+	next := newUpgrader(t, cfg)
+	ln2, err := next.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveTag(ln2, "next")
+	if err := next.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	if got := fetchTag(t, "tcp", addr); got != "next" {
+		t.Fatalf("takeover after the hostile peers: %q", got)
+	}
+}
+
+// TestHostileSuccessorSendsFDs: descriptors sent along with an ack are
+// closed by the serving process, which refuses the successor and keeps
+// serving.
+func TestHostileSuccessorSendsFDs(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	old := newUpgrader(t, cfg)
+	if _, err := old.Listen("tcp", "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	spare := localListener(t)
+	before := openFDs(t)
+	c := dialRaw(t, cfg.Socket)
+	defer c.Close()
+	if err := writeMsg(c, hello{MinVersion: 1, MaxVersion: 1, PID: 1, Name: cfg.Name}, nil); err != nil {
+		t.Fatal(err)
+	}
+	buf, oob := make([]byte, maxMessageSize), make([]byte, oobSpace(maxFDsPerMessage))
+	if m, _, err := readMsg(c, buf, oob); err != nil || m.msgType() != msgWelcome {
+		t.Fatalf("got %v, %v; want welcome", m, err)
+	}
+	m, fds, err := readMsg(c, buf, oob)
+	if err != nil || m.msgType() != msgFDs {
+		t.Fatalf("got %v, %v; want fds", m, err)
+	}
+	closeFDs(fds)
+	extra := []int{dupOrFatal(t, spare)}
+	err = writeMsg(c, ack{Seq: 0}, extra)
+	closeFDs(extra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := readRefusal(t, c); code != RefusedProtocol {
+		t.Fatalf("refused with %q, want protocol error", code)
+	}
+	c.Close()
+	waitFor(t, "the server to close what it was sent", func() bool { return openFDs(t) <= before })
+	waitFor(t, "the upgrade slot to free up", func() bool {
+		old.mu.Lock()
+		defer old.mu.Unlock()
+		return old.state == stateServing
+	})
+}
+
+// TestControlSocketMode: the control socket is 0600 from the moment
+// it exists.
+func TestControlSocketMode(t *testing.T) {
+	cfg := testConfig(t)
+	old := unix.Umask(0)
+	defer unix.Umask(old)
+	ln, err := listenControlSocket(cfg.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var st unix.Stat_t
+	if err := unix.Stat(cfg.Socket, &st); err != nil {
+		t.Fatal(err)
+	}
+	if perm := st.Mode & 0o777; perm != 0o600 {
+		t.Fatalf("mode %o with umask 0, want 600", perm)
+	}
+}

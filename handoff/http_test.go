@@ -1,0 +1,302 @@
+package handoff
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// httpClient is a keep-alive HTTP/1.1 client on one raw connection; it
+// never retries and never reconnects.
+type httpClient struct {
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func dialHTTP(t testing.TB, addr string) *httpClient {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &httpClient{c: c, br: bufio.NewReader(c)}
+}
+
+// get sends one request for path and reads its response.
+func (h *httpClient) get(path string) (body string, closing bool, err error) {
+	h.c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintf(h.c, "GET %s HTTP/1.1\r\nHost: test\r\n\r\n", path); err != nil {
+		return "", false, err
+	}
+	return h.read()
+}
+
+func (h *httpClient) read() (body string, closing bool, err error) {
+	resp, err := http.ReadResponse(h.br, nil)
+	if err != nil {
+		return "", false, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", false, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", false, fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return string(b), resp.Close, nil
+}
+
+// httpGeneration is one process generation in the tests: an Upgrader
+// and an HTTPServer that answers "NAME PATH".
+type httpGeneration struct {
+	upg    *Upgrader
+	srv    *HTTPServer
+	addr   string
+	served chan error
+}
+
+func startHTTP(t testing.TB, cfg Config, name string, handler http.HandlerFunc) *httpGeneration {
+	t.Helper()
+	u := newUpgrader(t, cfg)
+	ln, err := u.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if handler == nil {
+		handler = func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "%s %s", name, r.URL.Path) }
+	}
+	g := &httpGeneration{upg: u, addr: ln.Addr().String(), served: make(chan error, 1)}
+	g.srv = &HTTPServer{Server: &http.Server{Handler: handler}, Upgrader: u}
+	go func() { g.served <- g.srv.Serve(ln) }()
+	t.Cleanup(func() { g.srv.Close() })
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// drain shuts g's server down after its successor took over, and
+// reports how long that took.
+func (g *httpGeneration) drain(t testing.TB) time.Duration {
+	t.Helper()
+	<-g.upg.Exit()
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := g.srv.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	if err := <-g.served; !errors.Is(err, http.ErrServerClosed) {
+		t.Errorf("Serve returned %v, want http.ErrServerClosed", err)
+	}
+	return time.Since(start)
+}
+
+// TestHTTPDrainWithoutSuccessor: with nobody to hand connections to,
+// every HTTP/1 connection gets its next request answered with
+// "Connection: close", nothing in flight is cut, and Shutdown waits for
+// all of it.
+func TestHTTPDrainWithoutSuccessor(t *testing.T) {
+	checkLeaks(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	g := startHTTP(t, testConfig(t), "old", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			close(entered)
+			<-release
+		}
+		fmt.Fprint(w, "old ", r.URL.Path)
+	})
+	idle := dialHTTP(t, g.addr)
+	if _, _, err := idle.get("/1"); err != nil {
+		t.Fatal(err)
+	}
+	fresh := dialHTTP(t, g.addr) // accepted, no request yet
+	inflight := dialHTTP(t, g.addr)
+	fmt.Fprintf(inflight.c, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+	<-entered
+	waitFor(t, "three connections", func() bool {
+		g.srv.mu.Lock()
+		defer g.srv.mu.Unlock()
+		return len(g.srv.conns) == 3
+	})
+
+	g.upg.Stop()
+	done := make(chan error, 1)
+	go func() { done <- g.srv.Shutdown(context.Background()) }()
+	waitFor(t, "the drain to start", g.srv.draining.Load)
+
+	for name, c := range map[string]*httpClient{"idle": idle, "fresh": fresh} {
+		body, closing, err := c.get("/2")
+		if err != nil || body != "old /2" || !closing {
+			t.Fatalf("%s connection: %q, Connection: close %v, %v", name, body, closing, err)
+		}
+		if _, err := c.br.ReadByte(); err != io.EOF {
+			t.Fatalf("%s connection still open after Connection: close: %v", name, err)
+		}
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned %v with a request in flight", err)
+	default:
+	}
+	close(release)
+	if body, _, err := inflight.read(); err != nil || body != "old /slow" {
+		t.Fatalf("in-flight request: %q, %v", body, err)
+	}
+	if body, closing, err := inflight.get("/3"); err != nil || body != "old /3" || !closing {
+		t.Fatalf("after the in-flight request: %q, Connection: close %v, %v", body, closing, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+}
+
+// TestHTTPHandoffKeepsConnection: after a takeover, idle keep-alive
+// connections move to the successor over the same TCP connection; the old
+// process does not wait for them.
+func TestHTTPHandoffKeepsConnection(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	old := startHTTP(t, cfg, "old", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			close(entered)
+			<-release
+		}
+		fmt.Fprint(w, "old ", r.URL.Path)
+	})
+	idle := dialHTTP(t, old.addr)
+	if body, _, err := idle.get("/1"); err != nil || body != "old /1" {
+		t.Fatalf("%q, %v", body, err)
+	}
+	fresh := dialHTTP(t, old.addr)
+	inflight := dialHTTP(t, old.addr)
+	fmt.Fprintf(inflight.c, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+	<-entered
+	waitFor(t, "three connections", func() bool {
+		old.srv.mu.Lock()
+		defer old.srv.mu.Unlock()
+		return len(old.srv.conns) == 3
+	})
+
+	startHTTP(t, cfg, "new", nil)
+	drained := make(chan time.Duration, 1)
+	go func() { drained <- old.drain(t) }()
+	waitFor(t, "the idle connections to be handed over", func() bool {
+		old.srv.mu.Lock()
+		defer old.srv.mu.Unlock()
+		return len(old.srv.conns) == 1
+	})
+	for name, c := range map[string]*httpClient{"idle": idle, "fresh": fresh} {
+		body, closing, err := c.get("/2")
+		if err != nil || body != "new /2" || closing {
+			t.Fatalf("%s connection after the takeover: %q, Connection: close %v, %v", name, body, closing, err)
+		}
+	}
+	close(release)
+	if body, closing, err := inflight.read(); err != nil || body != "old /slow" || closing {
+		t.Fatalf("in-flight request: %q, Connection: close %v, %v", body, closing, err)
+	}
+	// The request that follows may still reach the old process, if it
+	// arrives before the connection goes idle; it is answered there and
+	// the connection moves right after.
+	for n := 3; ; n++ {
+		body, closing, err := inflight.get(fmt.Sprint("/", n))
+		if err != nil || closing {
+			t.Fatalf("request %d after the in-flight one: %q, Connection: close %v, %v", n, body, closing, err)
+		}
+		if strings.HasPrefix(body, "new") {
+			break
+		}
+		if n > 100 {
+			t.Fatalf("connection still on the old process after %d requests", n)
+		}
+	}
+	if took := <-drained; took > 5*time.Second {
+		t.Fatalf("old process drained in %v despite handing connections over", took)
+	}
+}
+
+// TestHTTPHandoffRace: keep-alive clients send requests back to back
+// through 20 handovers. Every request is answered exactly once (the
+// path, echoed back, matches), on the connection it was sent on.
+func TestHTTPHandoffRace(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	gen := startHTTP(t, cfg, "gen1", nil)
+	const clients = 4
+	var (
+		wg       sync.WaitGroup
+		stop     atomic.Bool
+		requests atomic.Int64
+	)
+	errs := make(chan error, clients)
+	for i := range clients {
+		c := dialHTTP(t, gen.addr)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; !stop.Load() && n < 1_000_000; n++ {
+				path := fmt.Sprintf("/c%d/%d", i, n)
+				body, closing, err := c.get(path)
+				if err == nil && (closing || !strings.HasSuffix(body, " "+path)) {
+					err = fmt.Errorf("answer %q (Connection: close %v)", body, closing)
+				}
+				if err != nil {
+					errs <- fmt.Errorf("client %d, request %s: %w", i, path, err)
+					return
+				}
+				requests.Add(1)
+			}
+		}()
+	}
+	for n := 2; n <= 21; n++ {
+		before := requests.Load()
+		waitFor(t, "requests to flow", func() bool { return requests.Load() > before+20 || len(errs) > 0 })
+		next := startHTTP(t, cfg, fmt.Sprint("gen", n), nil)
+		gen.drain(t)
+		gen = next
+	}
+	stop.Store(true)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	t.Logf("%d requests over %d connections through 20 handovers", requests.Load(), clients)
+}
+
+// TestHTTPPipelinedDuringDrain: two requests sent in one write while the
+// old process drains are both answered, in order, exactly once.
+func TestHTTPPipelinedDuringDrain(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	old := startHTTP(t, cfg, "old", nil)
+	c := dialHTTP(t, old.addr)
+	if _, _, err := c.get("/0"); err != nil {
+		t.Fatal(err)
+	}
+	startHTTP(t, cfg, "new", nil)
+	go old.drain(t)
+	for round := range 20 {
+		c.c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c.c, "GET /a%d HTTP/1.1\r\nHost: t\r\n\r\nGET /b%d HTTP/1.1\r\nHost: t\r\n\r\n", round, round)
+		for _, want := range []string{fmt.Sprint("/a", round), fmt.Sprint("/b", round)} {
+			body, _, err := c.read()
+			if err != nil || !strings.HasSuffix(body, " "+want) {
+				t.Fatalf("pipelined %s: %q, %v", want, body, err)
+			}
+		}
+	}
+}

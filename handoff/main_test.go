@@ -1,0 +1,138 @@
+package handoff
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The test binary doubles as the peer process: a test sets
+// HANDOFF_TEST_HELPER to a role and starts this binary again (or lets
+// Upgrade do it); TestMain then runs that role instead of the tests.
+const envHelper = "HANDOFF_TEST_HELPER"
+
+var helpers = map[string]func() error{}
+
+// registerHelper makes fn runnable as a helper process role.
+func registerHelper(role string, fn func() error) {
+	helpers[role] = fn
+}
+
+func TestMain(m *testing.M) {
+	if role := os.Getenv(envHelper); role != "" {
+		fn, ok := helpers[role]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "unknown helper role %q\n", role)
+			os.Exit(2)
+		}
+		if err := fn(); err != nil {
+			fmt.Fprintf(os.Stderr, "helper %s: %v\n", role, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// testLogger logs to the test output when -v is given.
+func testLogger(t testing.TB) *slog.Logger {
+	if !testing.Verbose() {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// socketDir returns a short private directory (unix socket paths must
+// fit in 107 bytes, which t.TempDir's do not always).
+func socketDir(t testing.TB) string {
+	dir, err := os.MkdirTemp("", "hof")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// testConfig is a Config with a private control socket and short
+// timeouts.
+func testConfig(t testing.TB) Config {
+	return Config{
+		Name:         "test",
+		Socket:       filepath.Join(socketDir(t), "ctl.sock"),
+		ReadyTimeout: 5 * time.Second,
+		StepTimeout:  2 * time.Second,
+		Logger:       testLogger(t),
+	}
+}
+
+// waitFor polls cond until it holds or the deadline passes. It waits on
+// observable state, never on time alone.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// openFDs counts this process's open descriptors.
+func openFDs(t testing.TB) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(fds) - 1 // the directory being read
+}
+
+// checkLeaks fails the test if, once its cleanups have run, it left more
+// descriptors or goroutines than it found. Register it first, so that its
+// cleanup runs last.
+func checkLeaks(t *testing.T) {
+	t.Helper()
+	fds, goroutines := openFDs(t), runtime.NumGoroutine()
+	t.Cleanup(func() {
+		if t.Failed() {
+			return
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			nowFDs, nowG := openFDs(t), runtime.NumGoroutine()
+			if nowFDs <= fds && nowG <= goroutines {
+				return
+			}
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				t.Fatalf("leak: %d fds (was %d), %d goroutines (was %d)\n%s", nowFDs, fds, nowG, goroutines, buf[:runtime.Stack(buf, true)])
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+}
+
+// newUpgrader is New that fails the test on error and closes at cleanup.
+func newUpgrader(t testing.TB, cfg Config) *Upgrader {
+	t.Helper()
+	u, err := New(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { u.Close() })
+	return u
+}

@@ -1,0 +1,401 @@
+//go:build linux
+
+package handoff
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Helper processes read their settings from these variables.
+const (
+	envSocket = "HANDOFF_TEST_SOCKET"
+	envAddr   = "HANDOFF_TEST_ADDR"
+	envPID    = "HANDOFF_TEST_PIDFILE"
+)
+
+func helperConfig() Config {
+	return Config{
+		Name:        "test",
+		Socket:      os.Getenv(envSocket),
+		PIDFile:     os.Getenv(envPID),
+		StepTimeout: 2 * time.Second,
+		Logger:      slog.New(slog.NewTextHandler(os.Stderr, nil)),
+	}
+}
+
+func init() {
+	// successor: take over, serve its pid on the test's address, and run
+	// until told to stop.
+	registerHelper("successor", func() error {
+		u, err := New(context.Background(), helperConfig())
+		if err != nil {
+			return err
+		}
+		defer u.Close()
+		ln, err := u.Listen("tcp", os.Getenv(envAddr))
+		if err != nil {
+			return err
+		}
+		serveTag(ln, strconv.Itoa(os.Getpid()))
+		if err := u.Ready(); err != nil {
+			return err
+		}
+		stop := make(chan os.Signal, 1)
+		signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+		<-stop
+		return nil
+	})
+	// crash-before-ready: take the sockets, then die.
+	registerHelper("crash-before-ready", func() error {
+		if _, err := New(context.Background(), helperConfig()); err != nil {
+			return err
+		}
+		os.Exit(3)
+		return nil
+	})
+	// hang: take the sockets and never say ready.
+	registerHelper("hang", func() error {
+		if _, err := New(context.Background(), helperConfig()); err != nil {
+			return err
+		}
+		select {}
+	})
+	// peer: connect to the control socket, say hello, print the answer.
+	registerHelper("peer", func() error {
+		c, err := net.Dial("unixpacket", os.Getenv(envSocket))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		cc := newCtlConn(c.(*net.UnixConn), maxMessageSize, maxFDsPerMessage)
+		if err := cc.send(hello{MinVersion: 1, MaxVersion: 1, PID: uint32(os.Getpid()), Name: "test"}, nil, time.Now().Add(5*time.Second)); err != nil {
+			return err
+		}
+		_, err = expect[welcome](cc, time.Now().Add(5*time.Second))
+		var refused *RefusedError
+		if errors.As(err, &refused) {
+			fmt.Println(int(refused.Code))
+			return nil
+		}
+		return fmt.Errorf("not refused: %v", err)
+	})
+	// systemd: started with LISTEN_FDS; report what Listen found.
+	registerHelper("systemd", func() error {
+		u, err := New(context.Background(), helperConfig())
+		if err != nil {
+			return err
+		}
+		defer u.Close()
+		web, err := u.ListenNamed("web", "tcp", "127.0.0.1:1")
+		if err != nil {
+			return err
+		}
+		dns, err := u.ListenPacket("udp", os.Getenv(envAddr))
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(os.Stdout).Encode(map[string]string{
+			"web":         web.Addr().String(),
+			"dns":         dns.LocalAddr().String(),
+			"LISTEN_FDS":  os.Getenv("LISTEN_FDS"),
+			"LISTEN_PID":  os.Getenv("LISTEN_PID"),
+			"LISTEN_NAME": os.Getenv("LISTEN_FDNAMES"),
+		})
+	})
+}
+
+// children lists the pids of this process's children, zombies included.
+func children(t testing.TB) []int {
+	t.Helper()
+	tasks, err := filepath.Glob("/proc/self/task/*/children")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, f := range tasks {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // the thread exited
+		}
+		for _, s := range strings.Fields(string(b)) {
+			pid, _ := strconv.Atoi(s)
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// stopChild ends a successor this test's process started (through
+// Upgrade) and reaps it.
+func stopChild(t testing.TB, pid int) {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Errorf("kill %d: %v", pid, err)
+		return
+	}
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(pid, &ws, 0, nil); err != nil {
+		t.Errorf("wait %d: %v", pid, err)
+	}
+}
+
+// upgradeSetup returns an Upgrader serving "old" on a fresh port, with
+// Upgrade set to start the given helper role.
+func upgradeSetup(t *testing.T, role string, readyTimeout time.Duration) (*Upgrader, Config, string) {
+	t.Helper()
+	cfg := testConfig(t)
+	cfg.ReadyTimeout = readyTimeout
+	cfg.PIDFile = filepath.Join(filepath.Dir(cfg.Socket), "pid")
+	t.Setenv(envHelper, role)
+	t.Setenv(envSocket, cfg.Socket)
+	t.Setenv(envPID, cfg.PIDFile)
+	t.Setenv(envAddr, "127.0.0.1:0")
+	u := newUpgrader(t, cfg)
+	ln, err := u.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveTag(ln, "old")
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	return u, cfg, ln.Addr().String()
+}
+
+// TestUpgradeStartsSuccessor: Upgrade starts a fresh copy of the program,
+// which takes over; the pid file follows.
+func TestUpgradeStartsSuccessor(t *testing.T) {
+	checkLeaks(t)
+	old, cfg, addr := upgradeSetup(t, "successor", 10*time.Second)
+	if b, _ := os.ReadFile(cfg.PIDFile); strings.TrimSpace(string(b)) != strconv.Itoa(os.Getpid()) {
+		t.Fatalf("pid file %q before the upgrade", b)
+	}
+	if err := old.Upgrade(context.Background()); err != nil {
+		t.Fatalf("Upgrade: %v", err)
+	}
+	<-old.Exit()
+	tag := fetchTag(t, "tcp", addr)
+	pid, err := strconv.Atoi(tag)
+	if err != nil || pid == os.Getpid() {
+		t.Fatalf("after the upgrade the server answered %q", tag)
+	}
+	defer stopChild(t, pid)
+	if b, _ := os.ReadFile(cfg.PIDFile); strings.TrimSpace(string(b)) != tag {
+		t.Fatalf("pid file %q, want the successor's %s", b, tag)
+	}
+}
+
+// TestUpgradeSuccessorFails: a successor that crashes, or hangs past the
+// ready timeout, is killed and reaped; the old process keeps serving and
+// can be upgraded again.
+func TestUpgradeSuccessorFails(t *testing.T) {
+	for _, tt := range []struct {
+		role    string
+		timeout time.Duration
+	}{
+		{"crash-before-ready", 10 * time.Second},
+		{"hang", 500 * time.Millisecond},
+	} {
+		t.Run(tt.role, func(t *testing.T) {
+			checkLeaks(t)
+			old, _, addr := upgradeSetup(t, tt.role, tt.timeout)
+			err := old.Upgrade(context.Background())
+			if !errors.Is(err, ErrSuccessorFailed) {
+				t.Fatalf("Upgrade = %v, want ErrSuccessorFailed", err)
+			}
+			if kids := children(t); len(kids) != 0 {
+				t.Fatalf("children left after a failed upgrade: %v", kids)
+			}
+			if got := fetchTag(t, "tcp", addr); got != "old" {
+				t.Fatalf("after the failed upgrade: %q", got)
+			}
+			t.Setenv(envHelper, "successor")
+			if err := old.Upgrade(context.Background()); err != nil {
+				t.Fatalf("second Upgrade: %v", err)
+			}
+			pid, _ := strconv.Atoi(fetchTag(t, "tcp", addr))
+			if pid == 0 || pid == os.Getpid() {
+				t.Fatalf("second upgrade did not take over")
+			}
+			stopChild(t, pid)
+		})
+	}
+}
+
+// TestUpgradeInProgress: while a successor is starting, another Upgrade
+// and a takeover get ErrInProgress; the one in flight is unaffected.
+func TestUpgradeInProgress(t *testing.T) {
+	checkLeaks(t)
+	old, cfg, _ := upgradeSetup(t, "hang", 2*time.Second)
+	first := make(chan error, 1)
+	go func() { first <- old.Upgrade(context.Background()) }()
+	waitFor(t, "the upgrade to start", func() bool {
+		old.mu.Lock()
+		defer old.mu.Unlock()
+		return old.state == stateUpgrading
+	})
+	if err := old.Upgrade(context.Background()); !errors.Is(err, ErrInProgress) {
+		t.Fatalf("second Upgrade = %v, want ErrInProgress", err)
+	}
+	if _, err := New(context.Background(), cfg); !errors.Is(err, ErrInProgress) {
+		t.Fatalf("takeover during an upgrade = %v, want ErrInProgress", err)
+	}
+	if err := <-first; !errors.Is(err, ErrSuccessorFailed) {
+		t.Fatalf("hanging upgrade = %v", err)
+	}
+}
+
+// TestUpgradeCanceled: canceling Upgrade's context kills the successor
+// and keeps serving.
+func TestUpgradeCanceled(t *testing.T) {
+	checkLeaks(t)
+	old, _, addr := upgradeSetup(t, "hang", time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := old.Upgrade(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Upgrade = %v, want context.DeadlineExceeded", err)
+	}
+	if kids := children(t); len(kids) != 0 {
+		t.Fatalf("children left: %v", kids)
+	}
+	if got := fetchTag(t, "tcp", addr); got != "old" {
+		t.Fatalf("after the canceled upgrade: %q", got)
+	}
+}
+
+// TestPeerOtherUser: a process of another user is refused before a
+// single descriptor is sent, even when it can reach the control socket.
+func TestPeerOtherUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a peer as another user")
+	}
+	checkLeaks(t)
+	cfg := testConfig(t)
+	u := newUpgrader(t, cfg)
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	// Let the other user reach the socket and a copy of this binary, so
+	// that only the credential check stands in its way.
+	dir := filepath.Dir(cfg.Socket)
+	os.Chmod(dir, 0o755)
+	os.Chmod(cfg.Socket, 0o666)
+	exe := filepath.Join(dir, "peer.test")
+	copyFile(t, os.Args[0], exe)
+
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), envHelper+"=peer", envSocket+"="+cfg.Socket)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("peer: %v\n%s", err, stderr.Bytes())
+	}
+	if code, _ := strconv.Atoi(strings.TrimSpace(string(out))); RefusalCode(code) != RefusedPermission {
+		t.Fatalf("peer of another user got code %q, want %d", out, RefusedPermission)
+	}
+}
+
+func copyFile(t testing.TB, from, to string) {
+	t.Helper()
+	src, err := os.Open(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// rawSocket makes a bound socket with x/sys/unix and returns it as a file
+// for ExtraFiles, so that the test's own copy never changes mode.
+func rawSocket(t testing.TB, typ int, listen bool) (*os.File, string) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if listen {
+		if err := unix.Listen(fd, 16); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e, err := describeSocket(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "socket")
+	t.Cleanup(func() { f.Close() })
+	return f, e.Address
+}
+
+// TestSystemdSocketActivation: sockets passed the way systemd passes them
+// are found by name or address, a descriptor that is not a socket is
+// reported and dropped, and LISTEN_* does not leak.
+func TestSystemdSocketActivation(t *testing.T) {
+	tcp, tcpAddr := rawSocket(t, unix.SOCK_STREAM, true)
+	udp, udpAddr := rawSocket(t, unix.SOCK_DGRAM, false)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+
+	cfg := testConfig(t)
+	// LISTEN_PID must be the helper's own pid: the shell sets it, then
+	// execs the helper in its place.
+	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$0"`, os.Args[0])
+	cmd.Env = append(os.Environ(), envHelper+"=systemd", envSocket+"="+cfg.Socket, envAddr+"="+udpAddr,
+		"LISTEN_FDS=3", "LISTEN_FDNAMES=web:dns:junk")
+	cmd.ExtraFiles = []*os.File{tcp, udp, r}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helper: %v\n%s", err, stderr.Bytes())
+	}
+	var got map[string]string
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("helper said %q: %v", out, err)
+	}
+	if got["web"] != tcpAddr || got["dns"] != udpAddr {
+		t.Errorf("helper listened on web=%s dns=%s, want the passed %s and %s", got["web"], got["dns"], tcpAddr, udpAddr)
+	}
+	if got["LISTEN_FDS"] != "" || got["LISTEN_PID"] != "" || got["LISTEN_NAME"] != "" {
+		t.Errorf("LISTEN_* still set: %v", got)
+	}
+	if !strings.Contains(stderr.String(), "ignoring a descriptor passed by systemd") || !strings.Contains(stderr.String(), "junk") {
+		t.Errorf("the pipe passed as a socket was not reported:\n%s", stderr.Bytes())
+	}
+}

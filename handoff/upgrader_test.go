@@ -1,0 +1,432 @@
+package handoff
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// serveTag answers every connection on ln with tag, until ln is closed.
+// The returned channel yields Accept's final error.
+func serveTag(ln net.Listener, tag string) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				done <- err
+				return
+			}
+			c.Write([]byte(tag))
+			c.Close()
+		}
+	}()
+	return done
+}
+
+// fetchTag connects to addr and returns what the server said.
+func fetchTag(t testing.TB, network, addr string) string {
+	t.Helper()
+	c, err := net.DialTimeout(network, addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read from %s: %v", addr, err)
+	}
+	return string(b)
+}
+
+// TestTakeover: a second process of the same service on the same control
+// socket takes the listening socket over; the first stops accepting only
+// when the second is ready, and the second can itself be taken over.
+func TestTakeover(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	old := newUpgrader(t, cfg)
+	ln, err := old.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	oldDone := serveTag(ln, "old")
+	if err := old.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	if got := fetchTag(t, "tcp", addr); got != "old" {
+		t.Fatalf("before takeover: %q", got)
+	}
+
+	next := newUpgrader(t, cfg)
+	if g := next.Generation(); g != 2 {
+		t.Fatalf("successor generation %d, want 2", g)
+	}
+	ln2, err := next.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ln2.Addr().String() != addr {
+		t.Fatalf("successor listens on %s, want the inherited %s", ln2.Addr(), addr)
+	}
+	select {
+	case <-old.Exit():
+		t.Fatal("predecessor told to exit before the successor was ready")
+	default:
+	}
+	nextDone := serveTag(ln2, "next")
+	if err := next.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	<-old.Exit()
+	if err := <-oldDone; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("old listener: %v, want closed", err)
+	}
+	if got := fetchTag(t, "tcp", addr); got != "next" {
+		t.Fatalf("after takeover: %q", got)
+	}
+	if err := old.Upgrade(context.Background()); !errors.Is(err, ErrHandedOver) {
+		t.Fatalf("Upgrade after handover = %v, want ErrHandedOver", err)
+	}
+	old.Close()
+	if _, err := os.Stat(cfg.Socket); err != nil {
+		t.Fatalf("control socket gone after the old process closed: %v", err)
+	}
+
+	third := newUpgrader(t, cfg)
+	if g := third.Generation(); g != 3 {
+		t.Fatalf("third generation %d, want 3", g)
+	}
+	ln3, err := third.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	thirdDone := serveTag(ln3, "third")
+	if err := third.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	<-nextDone
+	if got := fetchTag(t, "tcp", addr); got != "third" {
+		t.Fatalf("after second takeover: %q", got)
+	}
+	next.Close()
+	third.Close()
+	<-thirdDone
+	if _, err := os.Stat(cfg.Socket); !os.IsNotExist(err) {
+		t.Fatalf("control socket left behind by the last process: %v", err)
+	}
+}
+
+// TestTakeoverRefusedBeforeReady: a process that is not serving yet
+// cannot be taken over; it is not disturbed by the attempt.
+func TestTakeoverRefusedBeforeReady(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	old := newUpgrader(t, cfg)
+	_, err := New(context.Background(), cfg)
+	if !errors.Is(err, ErrNotReady) {
+		t.Fatalf("New = %v, want ErrNotReady", err)
+	}
+	if err := old.Ready(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOneUpgradeAtATime: of many processes trying to take over at once,
+// exactly one proceeds; the rest, and Upgrade, get ErrInProgress.
+func TestOneUpgradeAtATime(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	old := newUpgrader(t, cfg)
+	if _, err := old.Listen("tcp", "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		winners []*Upgrader
+		errs    []error
+	)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			u, err := New(context.Background(), cfg)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			winners = append(winners, u)
+		}()
+	}
+	wg.Wait()
+	if len(winners) != 1 {
+		t.Fatalf("%d processes took over, want 1 (errors: %v)", len(winners), errs)
+	}
+	for _, err := range errs {
+		if !errors.Is(err, ErrInProgress) {
+			t.Errorf("loser got %v, want ErrInProgress", err)
+		}
+	}
+	if err := old.Upgrade(context.Background()); !errors.Is(err, ErrInProgress) {
+		t.Fatalf("Upgrade during a takeover = %v, want ErrInProgress", err)
+	}
+	next := winners[0]
+	defer next.Close()
+	if _, err := next.Listen("tcp", "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	<-old.Exit()
+}
+
+// TestSuccessorFailsBeforeReady: whether the successor goes away or
+// never says it is ready, the serving process keeps serving and a later
+// takeover succeeds.
+func TestSuccessorFailsBeforeReady(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		fail func(*Upgrader)
+	}{
+		{"exits", func(u *Upgrader) { u.Close() }},
+		{"hangs", func(u *Upgrader) {}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			checkLeaks(t)
+			cfg := testConfig(t)
+			cfg.ReadyTimeout = 300 * time.Millisecond
+			old := newUpgrader(t, cfg)
+			ln, err := old.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr := ln.Addr().String()
+			serveTag(ln, "old")
+			if err := old.Ready(); err != nil {
+				t.Fatal(err)
+			}
+
+			failing := newUpgrader(t, cfg)
+			if _, err := failing.Listen("tcp", "127.0.0.1:0"); err != nil {
+				t.Fatal(err)
+			}
+			tt.fail(failing)
+			waitFor(t, "the upgrade slot to free up", func() bool {
+				old.mu.Lock()
+				defer old.mu.Unlock()
+				return old.state == stateServing
+			})
+			if got := fetchTag(t, "tcp", addr); got != "old" {
+				t.Fatalf("after a failed successor: %q", got)
+			}
+			if err := failing.Ready(); err == nil {
+				t.Fatal("Ready succeeded for a successor the predecessor gave up on")
+			}
+			failing.Close()
+
+			next := newUpgrader(t, cfg)
+			ln2, err := next.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			serveTag(ln2, "next")
+			if err := next.Ready(); err != nil {
+				t.Fatal(err)
+			}
+			<-old.Exit()
+			if got := fetchTag(t, "tcp", addr); got != "next" {
+				t.Fatalf("after the retry: %q", got)
+			}
+		})
+	}
+}
+
+// TestUDPHandover: a datagram socket handed over keeps receiving; after
+// the handover only the successor reads it.
+func TestUDPHandover(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	old := newUpgrader(t, cfg)
+	pc, err := old.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	client, err := net.Dial("udp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	buf := make([]byte, 64)
+	client.Write([]byte("one"))
+	pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, _, err := pc.ReadFrom(buf); err != nil || string(buf[:n]) != "one" {
+		t.Fatalf("old read %q, %v", buf[:n], err)
+	}
+
+	next := newUpgrader(t, cfg)
+	pc2, err := next.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pc2.LocalAddr().String() != pc.LocalAddr().String() {
+		t.Fatalf("successor bound %s, want %s", pc2.LocalAddr(), pc.LocalAddr())
+	}
+	if err := next.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := pc.ReadFrom(buf); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("old socket still reads after the handover: %v", err)
+	}
+	for _, msg := range []string{"two", "three"} {
+		client.Write([]byte(msg))
+		pc2.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, _, err := pc2.ReadFrom(buf); err != nil || string(buf[:n]) != msg {
+			t.Fatalf("successor read %q, %v; want %q", buf[:n], err, msg)
+		}
+	}
+}
+
+// TestUnixListenerHandover: a unix socket path survives the old process,
+// and goes away with the last one.
+func TestUnixListenerHandover(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	path := filepath.Join(filepath.Dir(cfg.Socket), "app.sock")
+	old := newUpgrader(t, cfg)
+	ln, err := old.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveTag(ln, "old")
+	if err := old.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	next := newUpgrader(t, cfg)
+	ln2, err := next.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveTag(ln2, "next")
+	if err := next.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	if got := fetchTag(t, "unix", path); got != "next" {
+		t.Fatalf("after handover: %q", got)
+	}
+	next.Close()
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("socket file left by the last process: %v", err)
+	}
+}
+
+// TestStaleControlSocketReplaced: a socket file nobody listens on is
+// replaced by a fresh start.
+func TestStaleControlSocketReplaced(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	ln, err := net.Listen("unixpacket", cfg.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close() // leaves the file, with nobody behind it
+	u := newUpgrader(t, cfg)
+	if g := u.Generation(); g != 1 {
+		t.Fatalf("generation %d, want a fresh start", g)
+	}
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(cfg.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := fi.Mode().Perm(); perm != 0o600 {
+		t.Fatalf("control socket mode %v, want 0600", perm)
+	}
+}
+
+// TestUnclaimedSocketsClosed: a socket the predecessor had but this
+// version does not listen on is closed at Ready, and its unix path
+// removed.
+func TestUnclaimedSocketsClosed(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	path := filepath.Join(filepath.Dir(cfg.Socket), "gone.sock")
+	old := newUpgrader(t, cfg)
+	if _, err := old.Listen("unix", path); err != nil {
+		t.Fatal(err)
+	}
+	keep, err := old.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	next := newUpgrader(t, cfg)
+	if _, err := next.Listen("tcp", "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("unclaimed unix socket still there: %v", err)
+	}
+	_ = keep
+}
+
+func TestListenErrors(t *testing.T) {
+	checkLeaks(t)
+	u := newUpgrader(t, testConfig(t))
+	if _, err := u.Listen("udp", "127.0.0.1:0"); err == nil {
+		t.Error("Listen on udp succeeded")
+	}
+	if _, err := u.ListenPacket("tcp", "127.0.0.1:0"); err == nil {
+		t.Error("ListenPacket on tcp succeeded")
+	}
+	if _, err := u.ListenNamed("web", "tcp", "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := u.ListenNamed("web", "tcp", "127.0.0.1:0"); err == nil {
+		t.Error("two sockets with the same name")
+	}
+	u.Close()
+	if _, err := u.Listen("tcp", "127.0.0.1:0"); !errors.Is(err, ErrClosed) {
+		t.Errorf("Listen after Close = %v, want ErrClosed", err)
+	}
+	if err := u.Ready(); !errors.Is(err, ErrClosed) {
+		t.Errorf("Ready after Close = %v, want ErrClosed", err)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	long := Config{Socket: "/tmp/" + string(make([]byte, 200))}
+	if _, err := New(context.Background(), long); err == nil {
+		t.Error("New accepted a control socket path longer than sun_path")
+	}
+	if _, err := New(context.Background(), Config{Name: "a/b"}); err == nil {
+		t.Error("New accepted a name with a slash")
+	}
+}
