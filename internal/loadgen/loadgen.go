@@ -1,0 +1,331 @@
+// Package loadgen is an HTTP/1.1 load generator that never retries: every
+// request that does not get a complete 200 response counts as a failure,
+// classified by what went wrong. It speaks over raw connections, so that
+// nothing between it and the server hides a reset or an early close.
+package loadgen
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Mode says how requests use connections.
+type Mode int
+
+const (
+	// KeepAlive sends request after request on one connection, opening a
+	// new one only when the server says "Connection: close".
+	KeepAlive Mode = iota
+	// NewConn opens a connection for every request.
+	NewConn
+	// Mixed runs half the workers in each mode.
+	Mixed
+)
+
+func (m Mode) String() string {
+	switch m {
+	case KeepAlive:
+		return "keepalive"
+	case NewConn:
+		return "newconn"
+	case Mixed:
+		return "mixed"
+	}
+	return fmt.Sprintf("mode(%d)", int(m))
+}
+
+// ParseMode is the inverse of Mode.String.
+func ParseMode(s string) (Mode, error) {
+	for _, m := range []Mode{KeepAlive, NewConn, Mixed} {
+		if m.String() == s {
+			return m, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown mode %q (keepalive, newconn, mixed)", s)
+}
+
+// Kind classifies a failed request.
+type Kind string
+
+// Failure kinds.
+const (
+	Refused Kind = "refused" // the connection was refused
+	Reset   Kind = "reset"   // the connection was reset
+	EOF     Kind = "eof"     // the connection closed before a complete response
+	Timeout Kind = "timeout" // no complete response in time
+	Status  Kind = "status"  // a response other than 200
+	Other   Kind = "other"
+)
+
+// Kinds lists the failure kinds in report order.
+var Kinds = []Kind{Refused, Reset, EOF, Timeout, Status, Other}
+
+// Defaults for the zero fields of Config.
+const (
+	DefaultWorkers     = 4
+	DefaultTimeout     = 5 * time.Second
+	DefaultMaxRequests = 10_000_000
+)
+
+// Config describes a load run. Load only ever goes to Addr, which should
+// be on loopback or in a network namespace of the caller's.
+type Config struct {
+	Addr        string        // host:port of the server
+	Mode        Mode          // how requests use connections
+	Workers     int           // concurrent clients; zero means DefaultWorkers
+	MaxRequests int64         // stop after this many; zero means DefaultMaxRequests
+	Timeout     time.Duration // per request; zero means DefaultTimeout
+	Path        string        // request path; zero means "/"
+}
+
+// Result is what a run saw.
+type Result struct {
+	Requests int64            // requests sent (or attempted)
+	OK       int64            // complete 200 responses
+	Failures map[Kind]int64   // failed requests by kind
+	Errors   []string         // the first few failures, for diagnosis
+	Latency  Histogram        // of successful requests
+	PIDs     map[int]int64    // successful responses by server pid (first body line)
+	Elapsed  time.Duration    // wall time of the run
+	First    time.Time        // when the run started
+	Failed   []time.Duration  // offsets from First at which requests failed
+	Conns    int64            // connections opened
+}
+
+// FailedCount counts all failures.
+func (r *Result) FailedCount() int64 {
+	var n int64
+	for _, c := range r.Failures {
+		n += c
+	}
+	return n
+}
+
+// OutageSpan is the time from the first failure to the last, or zero.
+func (r *Result) OutageSpan() time.Duration {
+	if len(r.Failed) == 0 {
+		return 0
+	}
+	lo, hi := r.Failed[0], r.Failed[0]
+	for _, d := range r.Failed {
+		lo, hi = min(lo, d), max(hi, d)
+	}
+	return hi - lo
+}
+
+// String summarises r in one line.
+func (r *Result) String() string {
+	var fails []string
+	for _, k := range Kinds {
+		if n := r.Failures[k]; n > 0 {
+			fails = append(fails, fmt.Sprintf("%s=%d", k, n))
+		}
+	}
+	if len(fails) == 0 {
+		fails = []string{"none"}
+	}
+	return fmt.Sprintf("%d requests, %d ok, failed: %s; p50 %v p99 %v max %v; %d server pids",
+		r.Requests, r.OK, strings.Join(fails, " "), r.Latency.Quantile(0.5), r.Latency.Quantile(0.99), r.Latency.Max(), len(r.PIDs))
+}
+
+const maxErrors = 10
+
+// Run sends load until ctx ends or MaxRequests were sent.
+func Run(ctx context.Context, cfg Config) *Result {
+	if cfg.Workers <= 0 {
+		cfg.Workers = DefaultWorkers
+	}
+	if cfg.MaxRequests <= 0 {
+		cfg.MaxRequests = DefaultMaxRequests
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.Path == "" {
+		cfg.Path = "/"
+	}
+	start := time.Now()
+	budget := &budget{left: cfg.MaxRequests}
+	results := make([]*Result, cfg.Workers)
+	var wg sync.WaitGroup
+	for i := range results {
+		mode := cfg.Mode
+		if mode == Mixed {
+			mode = []Mode{KeepAlive, NewConn}[i%2]
+		}
+		w := &worker{cfg: cfg, mode: mode, start: start, res: newResult(start)}
+		results[i] = w.res
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.run(ctx, budget)
+		}()
+	}
+	wg.Wait()
+	total := newResult(start)
+	for _, r := range results {
+		total.merge(r)
+	}
+	total.Elapsed = time.Since(start)
+	return total
+}
+
+func newResult(start time.Time) *Result {
+	return &Result{Failures: map[Kind]int64{}, PIDs: map[int]int64{}, First: start}
+}
+
+func (r *Result) merge(o *Result) {
+	r.Requests += o.Requests
+	r.OK += o.OK
+	r.Conns += o.Conns
+	for k, n := range o.Failures {
+		r.Failures[k] += n
+	}
+	for pid, n := range o.PIDs {
+		r.PIDs[pid] += n
+	}
+	r.Latency.Merge(&o.Latency)
+	r.Failed = append(r.Failed, o.Failed...)
+	for _, e := range o.Errors {
+		if len(r.Errors) < maxErrors {
+			r.Errors = append(r.Errors, e)
+		}
+	}
+}
+
+// budget hands out the run's requests to the workers.
+type budget struct {
+	mu   sync.Mutex
+	left int64
+}
+
+func (b *budget) take() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.left <= 0 {
+		return false
+	}
+	b.left--
+	return true
+}
+
+type worker struct {
+	cfg   Config
+	mode  Mode
+	start time.Time
+	res   *Result
+
+	conn net.Conn
+	br   *bufio.Reader
+}
+
+func (w *worker) run(ctx context.Context, b *budget) {
+	defer w.closeConn()
+	for ctx.Err() == nil && b.take() {
+		t0 := time.Now()
+		pid, err := w.request()
+		w.res.Requests++
+		if err != nil {
+			w.fail(t0, err)
+			continue
+		}
+		w.res.OK++
+		w.res.Latency.Record(time.Since(t0))
+		w.res.PIDs[pid]++
+	}
+}
+
+func (w *worker) fail(t0 time.Time, err error) {
+	w.closeConn()
+	kind := classify(err)
+	w.res.Failures[kind]++
+	w.res.Failed = append(w.res.Failed, t0.Sub(w.start))
+	if len(w.res.Errors) < maxErrors {
+		w.res.Errors = append(w.res.Errors, fmt.Sprintf("%s at +%v: %v", kind, t0.Sub(w.start).Round(time.Millisecond), err))
+	}
+}
+
+func (w *worker) closeConn() {
+	if w.conn != nil {
+		w.conn.Close()
+		w.conn, w.br = nil, nil
+	}
+}
+
+// statusError is a complete response with a status other than 200.
+type statusError struct{ code int }
+
+func (e *statusError) Error() string { return fmt.Sprintf("status %d", e.code) }
+
+// request sends one request and returns the pid on the first line of the
+// response body.
+func (w *worker) request() (int, error) {
+	deadline := time.Now().Add(w.cfg.Timeout)
+	if w.conn == nil {
+		c, err := net.DialTimeout("tcp", w.cfg.Addr, w.cfg.Timeout)
+		if err != nil {
+			return 0, err
+		}
+		w.conn, w.br = c, bufio.NewReader(c)
+		w.res.Conns++
+	}
+	w.conn.SetDeadline(deadline)
+	closing := w.mode == NewConn
+	req := "GET " + w.cfg.Path + " HTTP/1.1\r\nHost: " + w.cfg.Addr + "\r\n"
+	if closing {
+		req += "Connection: close\r\n"
+	}
+	if _, err := io.WriteString(w.conn, req+"\r\n"); err != nil {
+		return 0, err
+	}
+	resp, err := http.ReadResponse(w.br, nil)
+	if err != nil {
+		return 0, err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return 0, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return 0, &statusError{resp.StatusCode}
+	}
+	if closing || resp.Close {
+		w.closeConn()
+	}
+	line, _, _ := strings.Cut(string(body), "\n")
+	pid, _ := strconv.Atoi(strings.TrimSpace(line))
+	return pid, nil
+}
+
+func classify(err error) Kind {
+	var se *statusError
+	switch {
+	case errors.As(err, &se):
+		return Status
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return Refused
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return Reset
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return EOF
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return Timeout
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return Timeout
+	}
+	return Other
+}

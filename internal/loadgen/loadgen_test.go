@@ -1,0 +1,91 @@
+package loadgen
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
+
+func TestRunCountsSuccess(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("close") != "" {
+			w.Header().Set("Connection", "close")
+		}
+		fmt.Fprint(w, "4242\nhello\n")
+	}))
+	defer srv.Close()
+	addr := srv.Listener.Addr().String()
+	for _, mode := range []Mode{KeepAlive, NewConn, Mixed} {
+		t.Run(mode.String(), func(t *testing.T) {
+			r := Run(context.Background(), Config{Addr: addr, Mode: mode, Workers: 2, MaxRequests: 200})
+			if r.Requests != 200 || r.OK != 200 || r.FailedCount() != 0 || r.PIDs[4242] != 200 {
+				t.Fatalf("%v (%v)", r, r.Errors)
+			}
+			bounds := map[Mode][2]int64{KeepAlive: {2, 2}, NewConn: {200, 200}, Mixed: {2, 199}}[mode]
+			if lo, hi := bounds[0], bounds[1]; r.Conns < lo || r.Conns > hi {
+				t.Errorf("%d connections, want %d to %d", r.Conns, lo, hi)
+			}
+		})
+	}
+	t.Run("server closes", func(t *testing.T) {
+		r := Run(context.Background(), Config{Addr: addr, Workers: 1, MaxRequests: 10, Path: "/?close=1"})
+		if r.OK != 10 || r.Conns != 10 {
+			t.Fatalf("%v, %d conns: a Connection: close answer must end the connection, not fail", r, r.Conns)
+		}
+	})
+}
+
+// misbehave runs a raw TCP server that treats every connection with fn.
+func misbehave(t *testing.T, fn func(c *net.TCPConn)) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			bufio.NewReader(c).ReadString('\n')
+			fn(c.(*net.TCPConn))
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func TestRunClassifiesFailures(t *testing.T) {
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusing := closed.Addr().String()
+	closed.Close()
+
+	tests := []struct {
+		name string
+		addr string
+		want Kind
+	}{
+		{"refused", refusing, Refused},
+		{"reset", misbehave(t, func(c *net.TCPConn) { c.SetLinger(0); c.Close() }), Reset},
+		{"eof", misbehave(t, func(c *net.TCPConn) { c.Close() }), EOF},
+		{"status", misbehave(t, func(c *net.TCPConn) {
+			fmt.Fprint(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+			c.Close()
+		}), Status},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := Run(context.Background(), Config{Addr: tt.addr, Workers: 1, MaxRequests: 3})
+			if r.Failures[tt.want] != 3 || r.OK != 0 {
+				t.Fatalf("%v, want 3 %s failures (%v)", r, tt.want, r.Errors)
+			}
+		})
+	}
+}
