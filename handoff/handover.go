@@ -69,7 +69,19 @@ func (u *Upgrader) untrack(cc *ctlConn) {
 // failure (the successor exits, hangs past ReadyTimeout, breaks the
 // protocol, or ctx ends) the successor is killed and this process keeps
 // serving as before.
+//
+// Called before Ready, Upgrade waits for it: a SIGHUP that reaches a
+// successor while it completes its own takeover is not lost. (Install the
+// signal handler before calling Ready, or such a SIGHUP kills the
+// process.)
 func (u *Upgrader) Upgrade(ctx context.Context) error {
+	select {
+	case <-u.ready:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-u.ctx.Done():
+		return ErrClosed
+	}
 	if err := u.reserve(); err != nil {
 		return err
 	}
@@ -275,6 +287,9 @@ func sendSockets(cc *ctlConn, items []handoverItem, step time.Duration) error {
 // of the sockets (the kernel sockets live on in the successor, so nothing
 // queued is lost), tells the successor, and closes Exit.
 func (u *Upgrader) commit(cc *ctlConn, succPID int, r ready, caps uint64) error {
+	link := newSuccessorLink(cc, succPID, r.Keys, caps, u.cfg.StepTimeout)
+	link.mu.Lock() // connections may only follow done
+	defer link.mu.Unlock()
 	u.mu.Lock()
 	if u.state != stateUpgrading {
 		u.mu.Unlock()
@@ -284,7 +299,7 @@ func (u *Upgrader) commit(cc *ctlConn, succPID int, r ready, caps uint64) error 
 	ctrl := u.ctrl
 	u.ctrl = nil
 	delete(u.sessions, cc) // the link outlives the session
-	u.succ = newSuccessorLink(cc, succPID, r.Keys, caps, u.cfg.StepTimeout)
+	u.succ = link
 	u.mu.Unlock()
 
 	close(u.exit) // before the sockets close, so Serve can tell why they did
@@ -296,6 +311,7 @@ func (u *Upgrader) commit(cc *ctlConn, succPID int, r ready, caps uint64) error 
 	u.notify(fmt.Sprintf("MAINPID=%d", succPID), "READY=1", u.status("serving: generation %d, pid %d", u.generation+1, succPID))
 	if err := cc.send(done{}, nil, time.Now().Add(u.cfg.StepTimeout)); err != nil {
 		u.log.Warn("could not confirm the handover to the successor", "err", err)
+		link.fail(err)
 	}
 	return nil
 }

@@ -59,6 +59,7 @@ type Upgrader struct {
 	ctx    context.Context // canceled by Close; bounds every session
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // goroutines this Upgrader started
+	ready  chan struct{}  // closed once Ready has succeeded
 	exit   chan struct{}  // closed once a successor has taken over
 
 	mu         sync.Mutex
@@ -95,6 +96,7 @@ func New(ctx context.Context, cfg Config) (*Upgrader, error) {
 		cfg:      cfg,
 		pid:      os.Getpid(),
 		image:    img,
+		ready:    make(chan struct{}),
 		exit:     make(chan struct{}),
 		sessions: make(map[*ctlConn]struct{}),
 	}
@@ -215,6 +217,7 @@ func (u *Upgrader) Ready() error {
 		return ErrClosed
 	}
 	u.state = stateServing
+	close(u.ready)
 	if pred != nil {
 		u.ctrl = ctrl
 		u.wg.Add(2)

@@ -48,6 +48,13 @@ func main() {
 }
 
 func serve(log *slog.Logger, addr, socket, pidfile string, delay time.Duration) error {
+	// Catch the signals before anything else: once this process is ready,
+	// a SIGHUP or SIGTERM may come at any moment.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+
 	upg, err := handoff.New(context.Background(), handoff.Config{
 		Name:         "httpserver",
 		Socket:       socket,
@@ -90,12 +97,9 @@ func serve(log *slog.Logger, addr, socket, pidfile string, delay time.Duration) 
 		return nil
 	}, func(error) { cancel() })
 	g.Add(func() error { // SIGHUP: upgrade to a fresh copy of the binary
-		return upgradeOnHangup(ctx, log, upg)
+		return upgradeOnHangup(ctx, log, upg, hup)
 	}, func(error) { cancel() })
 	g.Add(func() error { // a successor took over, or SIGTERM/SIGINT: drain
-		stop := make(chan os.Signal, 1)
-		signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
-		defer signal.Stop(stop)
 		select {
 		case <-upg.Exit():
 			log.Info("successor took over; draining")
@@ -118,10 +122,7 @@ func serve(log *slog.Logger, addr, socket, pidfile string, delay time.Duration) 
 
 // upgradeOnHangup upgrades on every SIGHUP until ctx ends. A failed
 // upgrade is logged; this process keeps serving.
-func upgradeOnHangup(ctx context.Context, log *slog.Logger, upg *handoff.Upgrader) error {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+func upgradeOnHangup(ctx context.Context, log *slog.Logger, upg *handoff.Upgrader, hup <-chan os.Signal) error {
 	for {
 		select {
 		case <-ctx.Done():
