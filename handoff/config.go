@@ -1,6 +1,7 @@
 package handoff
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -48,6 +49,16 @@ type Config struct {
 
 	// Logger receives the package's log records. Nil means silence.
 	Logger *slog.Logger
+
+	// Reload is what Upgrader.Reload runs, and with it a reload request
+	// on the control socket (`handoff reload`). It reports steps through
+	// progress. Nil means Upgrade. (The wrapper sets it to restart its
+	// child.)
+	Reload func(ctx context.Context, progress func(line string)) error
+
+	// StatusDetail, when set, adds to Status (and `handoff status`)
+	// whatever it returns, marshaled as JSON.
+	StatusDetail func() any
 }
 
 // withDefaults returns c with every zero field filled in and paths made

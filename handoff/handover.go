@@ -33,11 +33,41 @@ func (u *Upgrader) serveControl(ln *net.UnixListener) {
 		go func() {
 			defer u.wg.Done()
 			defer u.untrack(cc)
-			if err := u.handOff(u.ctx, cc, nil); err != nil {
-				u.log.Warn("takeover refused or failed; still serving", "err", err)
-			}
+			u.serveConn(u.ctx, cc)
 		}()
 	}
+}
+
+// serveConn serves one client of the control socket: a process that
+// wants to take over, or a request (handoff reload, handoff status).
+func (u *Upgrader) serveConn(ctx context.Context, cc *ctlConn) {
+	m, err := cc.recvMsg(time.Now().Add(u.cfg.StepTimeout))
+	if err == nil {
+		switch m := m.(type) {
+		case hello:
+			err = u.handOff(ctx, cc, nil, &m)
+		case request:
+			err = u.serveRequest(ctx, cc, m)
+		default:
+			err = fmt.Errorf("%w: expected hello or request, got %s", ErrProtocol, m.msgType())
+			refuse(cc, err)
+		}
+	} else {
+		refuse(cc, fmt.Errorf("waiting for hello: %w", err))
+	}
+	if err != nil {
+		u.log.Warn("control socket client refused or failed; still serving", "err", err)
+	}
+}
+
+// refuse tells the peer why err ends the conversation.
+func refuse(cc *ctlConn, err error) {
+	code := refusalFor(err)
+	var refused *RefusedError
+	if errors.As(err, &refused) {
+		code = refused.Code
+	}
+	cc.refuse(code, err.Error())
 }
 
 // track records a control connection so that Close can interrupt it.
@@ -97,7 +127,7 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 	}
 	defer u.untrack(cc)
 	u.log.Info("started successor", "successor", child.pid())
-	if err := u.handOff(ctx, cc, child); err != nil {
+	if err := u.handOff(ctx, cc, child, nil); err != nil {
 		return err
 	}
 	child.release()
@@ -128,42 +158,44 @@ func (u *Upgrader) release(cause error) {
 	}
 }
 
-// handOff runs the serving side of the protocol on cc. For a takeover,
-// the upgrade slot is reserved once the peer's hello checks out; Upgrade
-// reserved it already and passes the child it started. On success the
-// successor serves and cc has become the successor link; on failure this
-// process keeps serving.
-func (u *Upgrader) handOff(ctx context.Context, cc *ctlConn, child *successorProcess) (err error) {
+// handOff runs the serving side of the protocol on cc, from the peer's
+// hello (already read, or nil to read it). For a takeover, the upgrade
+// slot is reserved once the hello checks out; Upgrade reserved it already
+// and passes the child it started. On success the successor serves and cc
+// has become the successor link; on failure this process keeps serving.
+func (u *Upgrader) handOff(ctx context.Context, cc *ctlConn, child *successorProcess, first *hello) (err error) {
 	stop := cc.bind(ctx)
 	defer stop()
 	reserved := child != nil
+	start := time.Now()
+	succPID := 0
 	defer func() {
 		if err == nil {
+			u.recordUpgrade(start, succPID, nil)
 			return
 		}
 		err = ctxErr(ctx, err)
-		code := refusalFor(err)
-		var refused *RefusedError
-		if errors.As(err, &refused) {
-			code = refused.Code
-		}
-		cc.refuse(code, err.Error())
+		refuse(cc, err)
 		if child != nil {
 			child.kill()
 		}
 		if reserved {
 			u.release(err)
 			err = fmt.Errorf("%w: %w", ErrSuccessorFailed, err)
+			u.recordUpgrade(start, succPID, err)
 		}
 	}()
 
-	start := time.Now()
 	step := func() time.Time { return time.Now().Add(u.cfg.StepTimeout) }
-	h, err := expect[hello](cc, step())
-	if err != nil {
-		return fmt.Errorf("waiting for hello: %w", err)
+	if first == nil {
+		h, err := expect[hello](cc, step())
+		if err != nil {
+			return fmt.Errorf("waiting for hello: %w", err)
+		}
+		first = &h
 	}
-	succPID, err := u.checkPeer(cc, h, child)
+	h := *first
+	succPID, err = u.checkPeer(cc, h, child)
 	if err != nil {
 		return err
 	}

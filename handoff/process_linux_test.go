@@ -91,11 +91,16 @@ func init() {
 		}
 		_, err = expect[welcome](cc, time.Now().Add(5*time.Second))
 		var refused *RefusedError
-		if errors.As(err, &refused) {
-			fmt.Println(int(refused.Code))
-			return nil
+		if !errors.As(err, &refused) {
+			return fmt.Errorf("hello not refused: %v", err)
 		}
-		return fmt.Errorf("not refused: %v", err)
+		fmt.Println(int(refused.Code))
+		_, err = RequestStatus(context.Background(), os.Getenv(envSocket))
+		if !errors.As(err, &refused) {
+			return fmt.Errorf("request not refused: %v", err)
+		}
+		fmt.Println(int(refused.Code))
+		return nil
 	})
 	// systemd: started with LISTEN_FDS; report what Listen found.
 	registerHelper("systemd", func() error {
@@ -200,6 +205,29 @@ func TestUpgradeStartsSuccessor(t *testing.T) {
 	defer stopChild(t, pid)
 	if b, _ := os.ReadFile(cfg.PIDFile); strings.TrimSpace(string(b)) != tag {
 		t.Fatalf("pid file %q, want the successor's %s", b, tag)
+	}
+}
+
+// TestRequestReloadUpgrades: without Config.Reload, a reload request on
+// the control socket (handoff reload) upgrades, and reports the new pid.
+func TestRequestReloadUpgrades(t *testing.T) {
+	checkLeaks(t)
+	old, cfg, addr := upgradeSetup(t, "successor", 10*time.Second)
+	var lines []string
+	if err := RequestReload(context.Background(), cfg.Socket, func(l string) { lines = append(lines, l) }); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	<-old.Exit()
+	pid, _ := strconv.Atoi(fetchTag(t, "tcp", addr))
+	if pid == 0 || pid == os.Getpid() {
+		t.Fatal("reload did not upgrade")
+	}
+	defer stopChild(t, pid)
+	if want := fmt.Sprintf("successor pid %d is serving", pid); len(lines) != 2 || lines[1] != want {
+		t.Errorf("progress %q, want it to end with %q", lines, want)
+	}
+	if last := old.Status().LastReload; last == nil || last.Successor != pid || last.Error != "" {
+		t.Errorf("last reload %+v", last)
 	}
 }
 
@@ -310,8 +338,10 @@ func TestPeerOtherUser(t *testing.T) {
 	if err != nil {
 		t.Fatalf("peer: %v\n%s", err, stderr.Bytes())
 	}
-	if code, _ := strconv.Atoi(strings.TrimSpace(string(out))); RefusalCode(code) != RefusedPermission {
-		t.Fatalf("peer of another user got code %q, want %d", out, RefusedPermission)
+	for _, code := range strings.Fields(string(out)) {
+		if c, _ := strconv.Atoi(code); RefusalCode(c) != RefusedPermission {
+			t.Fatalf("peer of another user got codes %q, want %d for its hello and its request", out, RefusedPermission)
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 )
 
 // lifecycle is where an Upgrader stands.
@@ -62,8 +63,11 @@ type Upgrader struct {
 	ready  chan struct{}  // closed once Ready has succeeded
 	exit   chan struct{}  // closed once a successor has taken over
 
+	started time.Time
+
 	mu         sync.Mutex
 	state      lifecycle
+	lastReload *ReloadResult
 	generation uint32
 	ctrl       *net.UnixListener     // this process's copy of the control socket
 	pred       *ctlConn              // link to the predecessor, until it exits
@@ -95,6 +99,7 @@ func New(ctx context.Context, cfg Config) (*Upgrader, error) {
 	u := &Upgrader{
 		cfg:      cfg,
 		pid:      os.Getpid(),
+		started:  time.Now(),
 		image:    img,
 		ready:    make(chan struct{}),
 		exit:     make(chan struct{}),

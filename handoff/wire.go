@@ -47,15 +47,17 @@ const (
 type msgType uint16
 
 const (
-	msgHello   msgType = 1 // successor → serving: who I am, versions I speak
-	msgWelcome msgType = 2 // serving → successor: accepted; how many sockets follow
-	msgRefuse  msgType = 3 // either way: no, and why; the sender then closes
-	msgFDs     msgType = 4 // serving → successor: a batch of socket entries + fds
-	msgAck     msgType = 5 // successor → serving: batch received
-	msgReady   msgType = 6 // successor → serving: I serve; stop accepting
-	msgDone    msgType = 7 // serving → successor: stopped accepting; draining
-	msgConn    msgType = 8 // serving → successor: one established connection + fd
-	msgConnAck msgType = 9 // successor → serving: connection taken (or not)
+	msgHello   msgType = 1  // successor → serving: who I am, versions I speak
+	msgWelcome msgType = 2  // serving → successor: accepted; how many sockets follow
+	msgRefuse  msgType = 3  // either way: no, and why; the sender then closes
+	msgFDs     msgType = 4  // serving → successor: a batch of socket entries + fds
+	msgAck     msgType = 5  // successor → serving: batch received
+	msgReady   msgType = 6  // successor → serving: I serve; stop accepting
+	msgDone    msgType = 7  // serving → successor: stopped accepting; draining
+	msgConn    msgType = 8  // serving → successor: one established connection + fd
+	msgConnAck msgType = 9  // successor → serving: connection taken (or not)
+	msgRequest msgType = 10 // client → serving, instead of hello: run a request
+	msgReply   msgType = 11 // serving → client: progress, then the final answer
 )
 
 func (t msgType) String() string {
@@ -78,6 +80,10 @@ func (t msgType) String() string {
 		return "conn"
 	case msgConnAck:
 		return "conn-ack"
+	case msgRequest:
+		return "request"
+	case msgReply:
+		return "reply"
 	}
 	return fmt.Sprintf("type(%d)", uint16(t))
 }
@@ -164,6 +170,18 @@ type connAck struct {
 	Reason string
 }
 
+type request struct {
+	Name string // "reload" or "status"
+}
+
+// reply answers a request: progress lines, then a final reply on success.
+// A failed request gets a refusal instead.
+type reply struct {
+	Final bool   // the last reply; before it, progress lines
+	Text  string // a progress line, or the outcome
+	Data  []byte // with Final: the request's result (status: JSON)
+}
+
 func (hello) msgType() msgType   { return msgHello }
 func (welcome) msgType() msgType { return msgWelcome }
 func (refusal) msgType() msgType { return msgRefuse }
@@ -173,6 +191,8 @@ func (ready) msgType() msgType   { return msgReady }
 func (done) msgType() msgType    { return msgDone }
 func (connMsg) msgType() msgType { return msgConn }
 func (connAck) msgType() msgType { return msgConnAck }
+func (request) msgType() msgType { return msgRequest }
+func (reply) msgType() msgType   { return msgReply }
 func (m hello) appendBody(b []byte) []byte {
 	b = binary.BigEndian.AppendUint16(b, m.MinVersion)
 	b = binary.BigEndian.AppendUint16(b, m.MaxVersion)
@@ -236,12 +256,23 @@ func (m connMsg) appendBody(b []byte) []byte {
 
 func (m connAck) appendBody(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, m.ID)
-	ok := byte(0)
-	if m.OK {
-		ok = 1
-	}
-	b = append(b, ok)
+	b = append(b, boolByte(m.OK))
 	return appendString(b, m.Reason)
+}
+
+func (m request) appendBody(b []byte) []byte { return appendString(b, m.Name) }
+
+func (m reply) appendBody(b []byte) []byte {
+	b = append(b, boolByte(m.Final))
+	b = appendString(b, m.Text)
+	return appendBytes(b, m.Data)
+}
+
+func boolByte(v bool) byte {
+	if v {
+		return 1
+	}
+	return 0
 }
 
 func appendString(b []byte, s string) []byte {
@@ -297,6 +328,10 @@ func checkLimits(m message) error {
 		strs = []string{m.Key}
 	case connAck:
 		strs = []string{m.Reason}
+	case request:
+		strs = []string{m.Name}
+	case reply:
+		strs = []string{m.Text}
 	}
 	for _, s := range strs {
 		if len(s) > maxStringLen {
@@ -321,9 +356,9 @@ func decode(b []byte) (message, error) {
 	if int64(length) != int64(len(b)-headerSize) {
 		return nil, fmt.Errorf("%w: header says %d body bytes, message has %d", ErrProtocol, length, len(b)-headerSize)
 	}
-	// hello and refuse keep their layout in every version, so any peer
-	// can say who it is or why it says no.
-	if version != protocolVersion && typ != msgHello && typ != msgRefuse {
+	// hello, request and refuse keep their layout in every version, so
+	// any peer can say who it is or what it wants, or why it says no.
+	if version != protocolVersion && typ != msgHello && typ != msgRequest && typ != msgRefuse {
 		return nil, fmt.Errorf("%w: %s message in unsupported protocol version %d", ErrProtocol, typ, version)
 	}
 	r := &reader{b: b[headerSize:]}
@@ -360,6 +395,10 @@ func decode(b []byte) (message, error) {
 		m = connMsg{ID: r.u64(), Key: r.str(), State: r.bytes()}
 	case msgConnAck:
 		m = connAck{ID: r.u64(), OK: r.u8() != 0, Reason: r.str()}
+	case msgRequest:
+		m = request{Name: r.str()}
+	case msgReply:
+		m = reply{Final: r.u8() != 0, Text: r.str(), Data: r.bytes()}
 	default:
 		return nil, fmt.Errorf("%w: unknown message %s", ErrProtocol, typ)
 	}

@@ -32,6 +32,9 @@ func wireSamples() []message {
 		connMsg{ID: 0},
 		connAck{ID: 5, OK: true},
 		connAck{ID: 6, OK: false, Reason: "no listener"},
+		request{Name: "reload"},
+		reply{Text: "started successor 42"},
+		reply{Final: true, Text: "ok", Data: []byte(`{"pid":1}`)},
 	}
 }
 
@@ -51,6 +54,11 @@ func normalize(m message) message {
 	case connMsg:
 		if len(m.State) == 0 {
 			m.State = nil
+		}
+		return m
+	case reply:
+		if len(m.Data) == 0 {
+			m.Data = nil
 		}
 		return m
 	}
