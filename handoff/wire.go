@@ -9,9 +9,10 @@ import (
 // nothing about sockets or file descriptors. PROTOCOL.md is its
 // specification; keep the two in step.
 
+const wireMagic uint32 = 0x484f4646 // "HOFF"
+
 const (
-	wireMagic  uint32 = 0x484f4646 // "HOFF"
-	headerSize        = 12         // magic u32, version u16, type u16, length u32
+	headerSize = 12 // magic u32, version u16, type u16, length u32
 
 	// protocolVersion is the only version this package speaks. A peer
 	// offers a range in its hello; the serving side picks the highest

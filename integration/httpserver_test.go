@@ -13,6 +13,7 @@ import (
 
 	"github.com/handoffd/handoff/handoff"
 	"github.com/handoffd/handoff/internal/loadgen"
+	"github.com/handoffd/handoff/internal/testbed"
 )
 
 // runHelper runs the test binary as a broken build of httpserver: it is
@@ -57,26 +58,26 @@ func runHelper(roleFile string) {
 func TestHTTPServerRestartsUnderLoad(t *testing.T) {
 	checkNoChildren(t)
 	s := newService(t, binary(t, "./examples/httpserver"))
-	first := s.start()
-	s.waitPID(first, 0, 30*time.Second)
-	waitServing(t, s.addr, first)
+	first := s.Start()
+	s.WaitPID(first, 0, 30*time.Second)
+	testbed.WaitServing(t, s.Addr, first)
 
-	stopLoad := runLoad(s.addr, loadgen.Mixed, 8)
+	stopLoad := testbed.RunLoad(s.Addr, loadgen.Mixed, 8)
 	pids := []int{first}
 	var hupToStop []time.Duration
 	for range 50 {
 		old := pids[len(pids)-1]
 		t0 := time.Now()
-		s.signal(old, syscall.SIGHUP)
+		s.Signal(old, syscall.SIGHUP)
 		// The old process rewrites the pid file right after it closed
 		// its listeners: this is when it stopped accepting.
-		next := s.waitPID(0, old, 30*time.Second)
+		next := s.WaitPID(0, old, 30*time.Second)
 		hupToStop = append(hupToStop, time.Since(t0))
 		pids = append(pids, next)
 	}
 	for range 10 {
-		next := s.start()
-		s.waitPID(next, 0, 30*time.Second)
+		next := s.Start()
+		s.WaitPID(next, 0, 30*time.Second)
 		pids = append(pids, next)
 	}
 	res := stopLoad()
@@ -90,17 +91,17 @@ func TestHTTPServerRestartsUnderLoad(t *testing.T) {
 		seen[pid] = true
 	}
 	for _, pid := range pids[:len(pids)-1] {
-		if ws := s.waitExit(pid, 60*time.Second); ws.ExitStatus() != 0 {
+		if ws := s.WaitExit(pid, 60*time.Second); ws.ExitStatus() != 0 {
 			t.Errorf("old process %d exited with %v", pid, ws)
 		}
 	}
 	last := pids[len(pids)-1]
-	s.signal(last, syscall.SIGTERM)
-	if ws := s.waitExit(last, 60*time.Second); ws.ExitStatus() != 0 {
+	s.Signal(last, syscall.SIGTERM)
+	if ws := s.WaitExit(last, 60*time.Second); ws.ExitStatus() != 0 {
 		t.Errorf("last process exited with %v after SIGTERM", ws)
 	}
 	t.Logf("%d generations served %d requests (%d distinct pids answered); SIGHUP to old process stopped accepting: median %v, max %v",
-		len(pids), res.OK, len(res.PIDs), median(hupToStop), slicesMax(hupToStop))
+		len(pids), res.OK, len(res.PIDs), testbed.Median(hupToStop), slicesMax(hupToStop))
 }
 
 func slicesMax(ds []time.Duration) time.Duration {
@@ -119,40 +120,40 @@ func TestHTTPServerBrokenSuccessor(t *testing.T) {
 	good := binary(t, "./examples/httpserver")
 	s := newService(t, good)
 	// Run a copy that the test can replace, as a deploy would.
-	installed := s.dir + "/httpserver"
+	installed := s.Dir + "/httpserver"
 	install(t, good, installed)
-	s.bin = installed
+	s.Bin = installed
 	broken, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	roleFile := s.dir + "/role"
-	s.env = []string{envHelper + "=" + roleFile} // httpserver ignores it; the broken build reads it
+	roleFile := s.Dir + "/role"
+	s.Env = []string{envHelper + "=" + roleFile} // httpserver ignores it; the broken build reads it
 
-	first := s.start()
-	s.waitPID(first, 0, 30*time.Second)
-	waitServing(t, s.addr, first)
-	stopLoad := runLoad(s.addr, loadgen.Mixed, 8)
+	first := s.Start()
+	s.WaitPID(first, 0, 30*time.Second)
+	testbed.WaitServing(t, s.Addr, first)
+	stopLoad := testbed.RunLoad(s.Addr, loadgen.Mixed, 8)
 	for _, role := range []string{"crash", "hang"} {
 		if err := os.WriteFile(roleFile, []byte(role), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		install(t, broken, installed)
-		from := s.logSize()
-		s.signal(first, syscall.SIGHUP)
-		s.waitLog(from, "upgrade failed; still serving", 60*time.Second)
-		if pid := s.pid(); pid != first {
+		from := s.LogSize()
+		s.Signal(first, syscall.SIGHUP)
+		s.WaitLog(from, "upgrade failed; still serving", 60*time.Second)
+		if pid := s.PID(); pid != first {
 			t.Fatalf("after the %s successor the pid file says %d, want %d", role, pid, first)
 		}
 	}
 	install(t, good, installed)
-	s.signal(first, syscall.SIGHUP)
-	next := s.waitPID(0, first, 30*time.Second)
+	s.Signal(first, syscall.SIGHUP)
+	next := s.WaitPID(0, first, 30*time.Second)
 	requireNoFailures(t, stopLoad())
-	s.waitExit(first, 60*time.Second)
-	s.signal(next, syscall.SIGTERM)
-	s.waitExit(next, 60*time.Second)
+	s.WaitExit(first, 60*time.Second)
+	s.Signal(next, syscall.SIGTERM)
+	s.WaitExit(next, 60*time.Second)
 }
 
 // install copies the executable from to to, replacing to atomically as

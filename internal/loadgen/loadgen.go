@@ -91,16 +91,16 @@ type Config struct {
 
 // Result is what a run saw.
 type Result struct {
-	Requests int64            // requests sent (or attempted)
-	OK       int64            // complete 200 responses
-	Failures map[Kind]int64   // failed requests by kind
-	Errors   []string         // the first few failures, for diagnosis
-	Latency  Histogram        // of successful requests
-	PIDs     map[int]int64    // successful responses by server pid (first body line)
-	Elapsed  time.Duration    // wall time of the run
-	First    time.Time        // when the run started
-	Failed   []time.Duration  // offsets from First at which requests failed
-	Conns    int64            // connections opened
+	Requests int64           // requests sent (or attempted)
+	OK       int64           // complete 200 responses
+	Failures map[Kind]int64  // failed requests by kind
+	Errors   []string        // the first few failures, for diagnosis
+	Latency  Histogram       // of successful requests
+	PIDs     map[int]int64   // successful responses by server pid (first body line)
+	Elapsed  time.Duration   // wall time of the run
+	First    time.Time       // when the run started
+	Failed   []time.Duration // offsets from First at which requests failed
+	Conns    int64           // connections opened
 }
 
 // FailedCount counts all failures.

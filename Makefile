@@ -1,0 +1,43 @@
+# handoff: zero-downtime restarts. `make help` lists the targets.
+.DEFAULT_GOAL := help
+GO ?= go
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+FUZZTIME ?= 60s
+UNIT_PKGS = $$($(GO) list ./... | grep -v /integration)
+
+.PHONY: help build demo test integration check fuzz fuzz-ci lint cover bench deps
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## build every binary into bin/
+	$(GO) build -o bin/ ./cmd/... ./examples/...
+
+demo: ## the main job: restart a server under load, count failed requests
+	$(GO) run ./internal/demo
+
+test: ## unit tests, with the race detector
+	$(GO) test -race -count=1 $(UNIT_PKGS)
+
+integration: deps ## integration tests: real binaries, processes, sockets and load
+	$(GO) test -race -count=1 -timeout 25m ./integration/...
+
+check: lint test fuzz-ci integration ## everything CI runs (README's test command)
+
+fuzz: ## fuzz the wire decoder for FUZZTIME (default 60s)
+	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME) ./handoff
+
+fuzz-ci: ## a short fuzzing run
+	$(MAKE) fuzz FUZZTIME=10s
+
+lint: ## gofmt, go vet and staticcheck
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "run gofmt -w ."; exit 1; }
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+cover: ## unit test coverage, in cover.html
+	$(GO) test -coverprofile=cover.out $(UNIT_PKGS)
+	$(GO) tool cover -html=cover.out -o cover.html
+
+deps: ## install the system packages the tests need (Debian)
+	./scripts/deps.sh

@@ -1,0 +1,203 @@
+// Package testbed runs real server processes for the integration tests,
+// the demo and the benchmark. It builds binaries, starts processes and
+// signals them only by the pids it knows, and reaps them: as a subreaper
+// its process inherits the orphans of every server generation, so it can
+// also tell that none is left behind.
+package testbed
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TB is the part of testing.TB that testbed uses; the demo and the
+// benchmark bring their own.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Logf(format string, args ...any)
+	Cleanup(func())
+	Failed() bool
+}
+
+// BecomeSubreaper makes this process inherit its orphaned descendants:
+// a server's successor, once the server that started it has exited.
+func BecomeSubreaper() error {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return os.NewSyscallError("prctl(PR_SET_CHILD_SUBREAPER)", err)
+	}
+	return nil
+}
+
+// A Reaper reaps the processes it is told to watch: the ones this process
+// starts and the orphans it inherits. It never waits for any child (-1),
+// which would steal the exit status of commands run with os/exec.
+type Reaper struct {
+	mu      sync.Mutex
+	watched map[int]bool
+	exited  map[int]syscall.WaitStatus
+	changed chan struct{}
+	kick    chan struct{}
+}
+
+// StartReaper starts reaping on SIGCHLD; it runs for the life of the
+// process.
+func StartReaper() *Reaper {
+	r := &Reaper{watched: map[int]bool{}, exited: map[int]syscall.WaitStatus{}, changed: make(chan struct{}), kick: make(chan struct{}, 1)}
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, syscall.SIGCHLD)
+	go func() {
+		for {
+			r.reapWatched()
+			select {
+			case <-sigc:
+			case <-r.kick:
+			}
+		}
+	}()
+	return r
+}
+
+// Watch makes the reaper reap pid, a child of this process now or later
+// (an orphan it inherits).
+func (r *Reaper) Watch(pid int) {
+	r.mu.Lock()
+	if _, done := r.exited[pid]; !done {
+		r.watched[pid] = true
+	}
+	r.mu.Unlock()
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (r *Reaper) reapWatched() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for pid := range r.watched {
+		var ws syscall.WaitStatus
+		got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+		if got != pid || err != nil {
+			continue // still running, or not (yet) our child
+		}
+		delete(r.watched, pid)
+		r.exited[pid] = ws
+		close(r.changed)
+		r.changed = make(chan struct{})
+	}
+}
+
+// Wait waits until pid, which it watches from now on, has exited and has
+// been reaped.
+func (r *Reaper) Wait(pid int, timeout time.Duration) (syscall.WaitStatus, bool) {
+	r.Watch(pid)
+	deadline := time.After(timeout)
+	for {
+		r.mu.Lock()
+		ws, ok := r.exited[pid]
+		changed := r.changed
+		r.mu.Unlock()
+		if ok {
+			return ws, true
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			return 0, false
+		}
+	}
+}
+
+// Children lists this process's children that are still running or not
+// yet reaped.
+func Children() []int {
+	tasks, _ := filepath.Glob("/proc/self/task/*/children")
+	var pids []int
+	for _, f := range tasks {
+		b, _ := os.ReadFile(f)
+		for _, s := range strings.Fields(string(b)) {
+			pid, _ := strconv.Atoi(s)
+			pids = append(pids, pid)
+		}
+	}
+	slices.Sort(pids)
+	return slices.Compact(pids)
+}
+
+// CheckNoChildren fails tb if a process is still around once tb's later
+// cleanups have run (so register it first); leftovers are killed.
+func CheckNoChildren(tb TB, r *Reaper) {
+	tb.Cleanup(func() {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			kids := Children()
+			if len(kids) == 0 {
+				return
+			}
+			for _, pid := range kids {
+				r.Watch(pid) // a zombie not reaped yet is no leak
+			}
+			if time.Now().After(deadline) {
+				tb.Logf("processes left running: %v", kids)
+				for _, pid := range kids {
+					syscall.Kill(pid, syscall.SIGKILL)
+					r.Wait(pid, 10*time.Second)
+				}
+				tb.Fatalf("%d processes were left running", len(kids))
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+}
+
+// A Builder builds the module's commands into Dir, once each.
+type Builder struct {
+	ModuleRoot string // where go.mod is
+	Dir        string // where the binaries go
+	Race       bool   // build with the race detector
+
+	builds sync.Map // package → *build
+}
+
+type build struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// Build builds the main package pkg ("./examples/httpserver") and returns
+// the executable's path.
+func (b *Builder) Build(tb TB, pkg string) string {
+	tb.Helper()
+	v, _ := b.builds.LoadOrStore(pkg, &build{})
+	bl := v.(*build)
+	bl.once.Do(func() {
+		bl.path = filepath.Join(b.Dir, filepath.Base(pkg))
+		args := []string{"build", "-o", bl.path}
+		if b.Race {
+			args = append(args, "-race")
+		}
+		cmd := exec.Command("go", append(args, pkg)...)
+		cmd.Dir = b.ModuleRoot
+		if out, err := cmd.CombinedOutput(); err != nil {
+			bl.err = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+		}
+	})
+	if bl.err != nil {
+		tb.Fatalf("%v", bl.err)
+	}
+	return bl.path
+}

@@ -1,0 +1,237 @@
+package testbed
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/handoffd/handoff/internal/loadgen"
+)
+
+// A Service is one service under test, run the way examples/httpserver
+// is: its processes share a control socket, a pid file, an address, and
+// one log they all append to.
+type Service struct {
+	Bin     string   // executable Start runs
+	Dir     string   // private directory: working directory, socket, pid file, log
+	Addr    string   // loopback address it serves on
+	Socket  string   // control socket
+	PIDFile string   // pid file
+	Env     []string // added to the environment of the processes Start starts
+
+	tb     TB
+	reaper *Reaper
+	log    *os.File
+	known  map[int]bool // every pid seen, to reap and, at the end, kill
+}
+
+// NewService prepares a service; its processes are killed, and its
+// directory removed, when tb's cleanups run.
+func NewService(tb TB, r *Reaper, bin string) *Service {
+	tb.Helper()
+	dir, err := os.MkdirTemp("", "svc")
+	if err != nil {
+		tb.Fatalf("%v", err)
+	}
+	log, err := os.OpenFile(filepath.Join(dir, "log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		tb.Fatalf("%v", err)
+	}
+	s := &Service{Bin: bin, Dir: dir, Addr: FreePort(tb), Socket: filepath.Join(dir, "ctl.sock"),
+		PIDFile: filepath.Join(dir, "pid"), tb: tb, reaper: r, log: log, known: map[int]bool{}}
+	tb.Cleanup(func() {
+		s.KillAll()
+		log.Close()
+		if tb.Failed() {
+			b, _ := os.ReadFile(log.Name())
+			tb.Logf("service log:\n%s", Tail(b, 60))
+		}
+		os.RemoveAll(dir)
+	})
+	return s
+}
+
+// Tail returns the last lines of b.
+func Tail(b []byte, lines int) []byte {
+	parts := bytes.Split(b, []byte("\n"))
+	if len(parts) > lines {
+		parts = parts[len(parts)-lines:]
+	}
+	return bytes.Join(parts, []byte("\n"))
+}
+
+// FreePort returns a loopback address nothing listens on right now.
+func FreePort(tb TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("%v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// DefaultArgs are httpserver's flags for this service.
+func (s *Service) DefaultArgs() []string {
+	return []string{"-addr", s.Addr, "-socket", s.Socket, "-pidfile", s.PIDFile}
+}
+
+// Start starts one more process of the service (the first, or an
+// independent successor) with args, or DefaultArgs, and returns its pid.
+func (s *Service) Start(args ...string) int {
+	s.tb.Helper()
+	if len(args) == 0 {
+		args = s.DefaultArgs()
+	}
+	cmd := exec.Command(s.Bin, args...)
+	cmd.Dir = s.Dir
+	cmd.Env = append(os.Environ(), s.Env...)
+	cmd.Stdout, cmd.Stderr = s.log, s.log
+	if err := cmd.Start(); err != nil {
+		s.tb.Fatalf("start %s: %v", s.Bin, err)
+	}
+	pid := cmd.Process.Pid
+	cmd.Process.Release() // the reaper reaps it
+	s.Remember(pid)
+	return pid
+}
+
+// Remember records pid as a process of this service: the reaper reaps it
+// and KillAll kills it if it is still running.
+func (s *Service) Remember(pid int) {
+	s.known[pid] = true
+	s.reaper.Watch(pid)
+}
+
+// PID reads the pid file (0 if there is none).
+func (s *Service) PID() int {
+	b, err := os.ReadFile(s.PIDFile)
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
+
+// WaitPID waits until the pid file names pid, or, when pid is 0, any
+// process but not, and returns it.
+func (s *Service) WaitPID(pid, not int, timeout time.Duration) int {
+	s.tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		got := s.PID()
+		if got != 0 && (got == pid || (pid == 0 && got != not)) {
+			s.Remember(got)
+			return got
+		}
+		if time.Now().After(deadline) {
+			s.tb.Fatalf("pid file says %d after %v, want %d (not %d)", got, timeout, pid, not)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// LogSize is the current length of the shared log, to wait for lines
+// written after it.
+func (s *Service) LogSize() int64 {
+	fi, err := s.log.Stat()
+	if err != nil {
+		s.tb.Fatalf("%v", err)
+	}
+	return fi.Size()
+}
+
+// WaitLog waits until the log, past offset from, contains substr.
+func (s *Service) WaitLog(from int64, substr string, timeout time.Duration) {
+	s.tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		b, _ := os.ReadFile(s.log.Name())
+		if int64(len(b)) > from && bytes.Contains(b[from:], []byte(substr)) {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.tb.Fatalf("log has no %q after %v", substr, timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Signal sends sig to pid, which must be a process of this service.
+func (s *Service) Signal(pid int, sig syscall.Signal) {
+	s.tb.Helper()
+	if !s.known[pid] {
+		s.tb.Fatalf("refusing to signal %d: not a process of this service", pid)
+	}
+	if err := syscall.Kill(pid, sig); err != nil {
+		s.tb.Fatalf("kill -%v %d: %v", sig, pid, err)
+	}
+}
+
+// WaitExit waits until pid has exited and returns its status.
+func (s *Service) WaitExit(pid int, timeout time.Duration) syscall.WaitStatus {
+	s.tb.Helper()
+	ws, ok := s.reaper.Wait(pid, timeout)
+	if !ok {
+		s.tb.Fatalf("process %d still running after %v", pid, timeout)
+	}
+	return ws
+}
+
+// KillAll kills whatever of the service's processes is still running.
+func (s *Service) KillAll() {
+	for pid := range s.known {
+		if err := syscall.Kill(pid, 0); err == nil {
+			syscall.Kill(pid, syscall.SIGKILL)
+			s.reaper.Wait(pid, 10*time.Second)
+		}
+	}
+}
+
+// RunLoad sends load to addr until the returned stop is called, which
+// returns the result. The load ends by itself after ten minutes.
+func RunLoad(addr string, mode loadgen.Mode, workers int) (stop func() *loadgen.Result) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	done := make(chan *loadgen.Result, 1)
+	go func() {
+		done <- loadgen.Run(ctx, loadgen.Config{Addr: addr, Mode: mode, Workers: workers, Timeout: 10 * time.Second})
+	}()
+	return func() *loadgen.Result {
+		cancel()
+		return <-done
+	}
+}
+
+// WaitServing waits until addr answers with pid.
+func WaitServing(tb TB, addr string, pid int) {
+	tb.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r := loadgen.Run(context.Background(), loadgen.Config{Addr: addr, Mode: loadgen.NewConn, Workers: 1, MaxRequests: 1, Timeout: time.Second})
+		if r.PIDs[pid] == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s not served by %d: %v %v", addr, pid, r, r.Errors)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Median returns the middle of ds.
+func Median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}

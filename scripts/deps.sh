@@ -1,0 +1,24 @@
+#!/bin/sh
+# Installs the Debian packages the integration tests need, if missing.
+# Idempotent; needs root (or sudo) only when something is missing.
+set -eu
+
+# command:package pairs
+needs="
+unshare:util-linux
+nsenter:util-linux
+"
+
+missing=""
+for pair in $needs; do
+	cmd=${pair%%:*}
+	pkg=${pair#*:}
+	command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+[ -z "$missing" ] && exit 0
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing:$missing" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
