@@ -61,6 +61,14 @@ type Config struct {
 	StatusDetail func() any
 }
 
+// SocketPath returns the control socket that a Config with this Name and
+// no Socket uses, so that a client (`handoff reload -name NAME`) finds the
+// socket the service serves without being told its path.
+func SocketPath(name string) (string, error) {
+	c, err := Config{Name: name}.withDefaults()
+	return c.Socket, err
+}
+
 // withDefaults returns c with every zero field filled in and paths made
 // absolute, so that a later chdir changes nothing.
 func (c Config) withDefaults() (Config, error) {
