@@ -185,12 +185,37 @@ func (u *Upgrader) adoptConn(m connMsg, fd int) string {
 		}
 		return ""
 	}
-	ln := u.reg.listenerFor(m.Key)
-	if ln == nil || !ln.inject(c) {
-		c.Close()
-		return fmt.Sprintf("no listener for %q", m.Key)
+	if ln := u.reg.listenerFor(m.Key); ln != nil && ln.inject(c) {
+		return ""
 	}
-	return ""
+	// This process has handed over in turn: the connection goes on to
+	// its successor.
+	if link := u.successor(); link != nil && link.accepts(m.Key) {
+		if err := u.forwardConn(m.Key, c, m.State); err != nil {
+			return err.Error()
+		}
+		return ""
+	}
+	c.Close()
+	return fmt.Sprintf("no listener for %q", m.Key)
+}
+
+// forwardConn passes c, a connection this process holds but no longer
+// serves, to the successor, and closes it here; on failure it is closed
+// anyway: nobody here can serve it.
+func (u *Upgrader) forwardConn(key string, c net.Conn, state []byte) error {
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(u.ctx, u.cfg.StepTimeout)
+	defer cancel()
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return fmt.Errorf("handoff: cannot forward a %T", c)
+	}
+	err := u.sendConn(ctx, key, sc, state)
+	if err != nil {
+		u.log.Warn("could not pass a handed-over connection on to the successor", "key", key, "err", err)
+	}
+	return err
 }
 
 type handedConn struct {

@@ -226,6 +226,11 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctlConn, child *successorPro
 	if peerClosed(cc.c) {
 		return fmt.Errorf("successor exited right after saying it was ready")
 	}
+	// From the commit on, ctx has no say: whoever canceled it (perhaps
+	// reacting to Exit) must not cut the link to the successor.
+	if !stop() {
+		return ctx.Err()
+	}
 	if err := u.commit(cc, succPID, r, h.Caps); err != nil {
 		return err
 	}
@@ -321,10 +326,10 @@ func sendSockets(cc *ctlConn, items []handoverItem, step time.Duration) error {
 func (u *Upgrader) commit(cc *ctlConn, succPID int, r ready, caps uint64) error {
 	link := newSuccessorLink(cc, succPID, r.Keys, caps, u.cfg.StepTimeout)
 	link.mu.Lock() // connections may only follow done
-	defer link.mu.Unlock()
 	u.mu.Lock()
 	if u.state != stateUpgrading {
 		u.mu.Unlock()
+		link.mu.Unlock()
 		return ErrClosed
 	}
 	u.state = stateHandedOver
@@ -335,7 +340,7 @@ func (u *Upgrader) commit(cc *ctlConn, succPID int, r ready, caps uint64) error 
 	u.mu.Unlock()
 
 	close(u.exit) // before the sockets close, so Serve can tell why they did
-	u.reg.closeSockets(false)
+	queued := u.reg.closeSockets(false)
 	if ctrl != nil {
 		ctrl.Close()
 	}
@@ -344,6 +349,12 @@ func (u *Upgrader) commit(cc *ctlConn, succPID int, r ready, caps uint64) error 
 	if err := cc.send(done{}, nil, time.Now().Add(u.cfg.StepTimeout)); err != nil {
 		u.log.Warn("could not confirm the handover to the successor", "err", err)
 		link.fail(err)
+	}
+	link.mu.Unlock()
+	// Connections our predecessor handed over that no Accept took yet go
+	// down the line, to our successor.
+	for _, q := range queued {
+		u.forwardConn(q.key, q.conn, nil)
 	}
 	return nil
 }

@@ -69,17 +69,23 @@ func (l *listener) inject(c net.Conn) bool {
 	return true
 }
 
-// Close closes this process's copy of the socket. Handed-over connections
-// that were never accepted are closed too.
+// Close closes this process's copy of the socket. Handed-over
+// connections that were never accepted are closed too.
 func (l *listener) Close() error {
-	l.mu.Lock()
-	queued := l.queue
-	l.queue, l.closed = nil, true
-	l.mu.Unlock()
-	for _, c := range queued {
+	for _, c := range l.detach() {
 		c.Close()
 	}
 	return l.Listener.Close()
+}
+
+// detach stops queueing handed-over connections and returns those that
+// were never accepted, which the caller now owns.
+func (l *listener) detach() []net.Conn {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	queued := l.queue
+	l.queue, l.closed = nil, true
+	return queued
 }
 
 // SyscallConn gives access to the kernel socket, so that a caller can

@@ -291,6 +291,27 @@ func TestUpgradeInProgress(t *testing.T) {
 	}
 }
 
+// TestUpgradeContextCanceledAtExit: a program that cancels Upgrade's
+// context as soon as Exit fires (its run group winding down) does not cut
+// the link to the successor that has just taken over.
+func TestUpgradeContextCanceledAtExit(t *testing.T) {
+	checkLeaks(t)
+	old, _, addr := upgradeSetup(t, "successor", 10*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-old.Exit()
+		cancel()
+	}()
+	if err := old.Upgrade(ctx); err != nil {
+		t.Fatalf("Upgrade: %v", err)
+	}
+	if link := old.successor(); link == nil || link.dead.Load() {
+		t.Fatal("the link to the successor broke when the context was canceled after the commit")
+	}
+	pid, _ := strconv.Atoi(fetchTag(t, "tcp", addr))
+	stopChild(t, pid)
+}
+
 // TestUpgradeCanceled: canceling Upgrade's context kills the successor
 // and keeps serving.
 func TestUpgradeCanceled(t *testing.T) {

@@ -305,18 +305,40 @@ func (r *registry) dropUnclaimed() []inheritedFD {
 	return dropped
 }
 
-// closeSockets closes this process's copies of the sockets in use. With
-// unlink, unix socket paths are removed too: nobody serves them any more.
-func (r *registry) closeSockets(unlink bool) {
+// queuedConn is a handed-over connection that no Accept took.
+type queuedConn struct {
+	key  string
+	conn net.Conn
+}
+
+// closeSockets closes this process's copies of the sockets in use, and
+// returns the handed-over connections their listeners still queued, which
+// the caller now owns. With unlink, unix socket paths are removed too:
+// nobody serves them any more.
+func (r *registry) closeSockets(unlink bool) []queuedConn {
 	r.mu.Lock()
 	sockets := r.sockets
 	r.sockets = nil
 	r.mu.Unlock()
+	var queued []queuedConn
 	for _, s := range sockets {
+		if s.ln != nil {
+			for _, c := range s.ln.detach() {
+				queued = append(queued, queuedConn{key: s.key(), conn: c})
+			}
+		}
 		s.close()
 		if unlink && s.source != fromSystemd && isUnixNetwork(s.Network) {
 			os.Remove(s.Address)
 		}
+	}
+	return queued
+}
+
+// closeConns closes connections nobody will serve.
+func closeConns(queued []queuedConn) {
+	for _, q := range queued {
+		q.conn.Close()
 	}
 }
 
@@ -330,5 +352,5 @@ func (r *registry) close(unlink bool) {
 	for _, in := range inherited {
 		in.file.Close()
 	}
-	r.closeSockets(unlink)
+	closeConns(r.closeSockets(unlink))
 }

@@ -279,7 +279,7 @@ func (u *Upgrader) Stop() {
 		ctrl.Close()
 		os.Remove(u.cfg.Socket)
 	}
-	u.reg.closeSockets(true)
+	closeConns(u.reg.closeSockets(true))
 	if wasServing {
 		u.notify("STOPPING=1", u.status("stopping: generation %d, pid %d", u.generation, u.pid))
 	}
