@@ -188,7 +188,9 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctlConn, child *successorPro
 
 	step := func() time.Time { return time.Now().Add(u.cfg.StepTimeout) }
 	if first == nil {
-		h, err := expect[hello](cc, step())
+		// A successor this process started says hello once it has
+		// started up: that is part of getting ready.
+		h, err := expect[hello](cc, start.Add(u.cfg.ReadyTimeout))
 		if err != nil {
 			return fmt.Errorf("waiting for hello: %w", err)
 		}
