@@ -117,8 +117,10 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 	}
 	child, cc, err := u.startSuccessor()
 	if err != nil {
+		err = fmt.Errorf("handoff: start successor: %w", err)
 		u.release(err)
-		return fmt.Errorf("handoff: start successor: %w", err)
+		u.recordUpgrade(time.Now(), 0, err)
+		return err
 	}
 	if !u.track(cc) {
 		cc.Close()

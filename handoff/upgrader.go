@@ -22,7 +22,7 @@ const (
 	stateClosed
 )
 
-// stateErr is why an upgrade cannot start in state s.
+// upgradeErr is why an upgrade cannot start in state s.
 func (s lifecycle) upgradeErr() error {
 	switch s {
 	case stateStarting:
