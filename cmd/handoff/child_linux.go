@@ -1,0 +1,103 @@
+//go:build linux
+
+package main
+
+import (
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+)
+
+// child is one running COMMAND. Its wait goroutine reaps it and then
+// closes done; whoever stops a child waits for done, so no child is left
+// unreaped.
+type child struct {
+	pid     int
+	number  int // 1 for the wrapper's first child, then one more per start
+	started time.Time
+	proc    *os.Process
+	done    chan struct{}
+	status  syscall.WaitStatus // valid once done is closed
+}
+
+// watchChild takes charge of the child pid: it reaps it when it exits.
+func watchChild(pid, number int) (*child, error) {
+	proc, err := os.FindProcess(pid) // a pidfd on Linux: signals never reach a reused pid
+	if err != nil {
+		return nil, err
+	}
+	c := &child{pid: pid, number: number, started: time.Now(), proc: proc, done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		st, err := proc.Wait()
+		if err == nil {
+			c.status = st.Sys().(syscall.WaitStatus)
+		}
+	}()
+	return c, nil
+}
+
+// exited reports whether the child has exited (and been reaped).
+func (c *child) exited() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// signal sends sig unless the child has exited.
+func (c *child) signal(sig os.Signal) error {
+	if c.exited() {
+		return nil
+	}
+	return c.proc.Signal(sig)
+}
+
+// stop sends sig, waits up to drain for the child to exit, then kills it.
+// It returns once the child is reaped, and whether it needed SIGKILL.
+func (c *child) stop(sig syscall.Signal, drain time.Duration) (killed bool) {
+	c.signal(sig)
+	t := time.NewTimer(drain)
+	defer t.Stop()
+	select {
+	case <-c.done:
+		return false
+	case <-t.C:
+	}
+	c.kill()
+	return true
+}
+
+// kill kills the child and waits until it is reaped.
+func (c *child) kill() {
+	c.signal(syscall.SIGKILL)
+	<-c.done
+}
+
+// describe says how the child ended.
+func (c *child) describe() string {
+	switch {
+	case c.status.Exited():
+		return fmt.Sprintf("exit status %d", c.status.ExitStatus())
+	case c.status.Signaled():
+		return "killed by " + c.status.Signal().String()
+	}
+	return fmt.Sprintf("wait status %#x", uint32(c.status))
+}
+
+// exitCode is the wrapper's exit code for a child stopped with stopSig:
+// its own exit code, 0 if stopSig ended it, 128+N if signal N did.
+func (c *child) exitCode(stopSig syscall.Signal) int {
+	switch {
+	case c.status.Exited():
+		return c.status.ExitStatus()
+	case c.status.Signaled() && c.status.Signal() == stopSig:
+		return 0
+	case c.status.Signaled():
+		return 128 + int(c.status.Signal())
+	}
+	return exitRuntime
+}

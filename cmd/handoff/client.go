@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/handoffd/handoff/handoff"
+)
+
+// clientTimeout bounds `handoff status`; a reload is bounded by the
+// wrapper's own ready and drain timeouts.
+const clientTimeout = 10 * time.Second
+
+// clientFlags parses the flags of reload and status and returns the
+// control socket. Help requested with -h is flag.ErrHelp.
+func clientFlags(cmd string, args []string, help io.Writer, extra func(*flag.FlagSet)) (string, error) {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	socket := fs.String("socket", "", "control socket `PATH` of the wrapper")
+	name := fs.String("name", "", "service `NAME`: the wrapper's default control socket for it")
+	if extra != nil {
+		extra(fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(help, "Usage: handoff %s [-socket PATH | -name NAME]\n\nFlags:\n", cmd)
+			fs.SetOutput(help)
+			fs.PrintDefaults()
+			return "", err
+		}
+		return "", &usageError{msg: err.Error()}
+	}
+	switch {
+	case fs.NArg() > 0:
+		return "", usageErrorf("unexpected argument %q", fs.Arg(0))
+	case *socket != "" && *name != "":
+		return "", usageErrorf("give -socket or -name, not both")
+	case *socket != "":
+		return *socket, nil
+	case *name != "":
+		return handoff.SocketPath(*name)
+	}
+	return "", usageErrorf("which wrapper? give -socket PATH or -name NAME")
+}
+
+// cmdReload is `handoff reload`: it prints the wrapper's progress and
+// exits 0 once the new child serves, 1 with the reason if it was rolled
+// back.
+func cmdReload(args []string, stdout, stderr io.Writer) int {
+	socket, err := clientFlags("reload", args, stdout, nil)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		return report(stderr, "reload", err)
+	}
+	err = handoff.RequestReload(context.Background(), socket, func(line string) { fmt.Fprintln(stdout, line) })
+	if err != nil {
+		return report(stderr, "reload", err)
+	}
+	fmt.Fprintln(stdout, "reloaded")
+	return exitOK
+}
+
+// cmdStatus is `handoff status`.
+func cmdStatus(args []string, stdout, stderr io.Writer) int {
+	var asJSON bool
+	socket, err := clientFlags("status", args, stdout, func(fs *flag.FlagSet) {
+		fs.BoolVar(&asJSON, "json", false, "print the status as JSON")
+	})
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		return report(stderr, "status", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), clientTimeout)
+	defer cancel()
+	st, err := handoff.RequestStatus(ctx, socket)
+	if err != nil {
+		return report(stderr, "status", err)
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(st)
+		return exitOK
+	}
+	printStatus(stdout, st)
+	return exitOK
+}

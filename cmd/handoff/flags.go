@@ -1,0 +1,147 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Defaults of `handoff run`.
+const (
+	defaultReadyTimeout = 30 * time.Second
+	defaultDrainTimeout = 30 * time.Second
+)
+
+// runConfig is `handoff run`'s command line, checked.
+type runConfig struct {
+	listen       []listenSpec
+	socket       string
+	name         string
+	pidfile      string
+	ready        readySpec
+	readyTimeout time.Duration
+	drainTimeout time.Duration
+	stopSignal   syscall.Signal
+	path         string   // COMMAND, found in PATH
+	argv         []string // COMMAND and its ARGS, as given
+}
+
+// listenFlag collects the repeatable -listen.
+type listenFlag []listenSpec
+
+func (l *listenFlag) String() string { return "" }
+
+func (l *listenFlag) Set(s string) error {
+	spec, err := parseListen(s)
+	if err != nil {
+		return err
+	}
+	*l = append(*l, spec)
+	return nil
+}
+
+// parseRun parses `handoff run`'s arguments. Help requested with -h is
+// flag.ErrHelp, the usage having been written to help.
+func parseRun(args []string, help io.Writer) (runConfig, error) {
+	var (
+		cfg    runConfig
+		listen listenFlag
+		ready  = "auto"
+		stop   = "SIGTERM"
+	)
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are reported on one line by the caller
+	fs.Var(&listen, "listen", "`[NAME=]URL` to listen on, repeatable: tcp://HOST:PORT, tcp4://, tcp6://, udp://HOST:PORT, udp4://, udp6://, unix:///PATH; NAME goes to LISTEN_FDNAMES")
+	fs.StringVar(&cfg.socket, "socket", "", "control `PATH` (default: NAME.sock in $RUNTIME_DIRECTORY, or in a private directory under $TMPDIR)")
+	fs.StringVar(&cfg.name, "name", "", "service `NAME` (default: base name of COMMAND)")
+	fs.StringVar(&cfg.pidfile, "pidfile", "", "write the wrapper's pid to `PATH`")
+	fs.StringVar(&ready, "ready", ready, "how a child shows it is ready: `MODE` auto, notify, accepting, tcp://HOST:PORT, http://HOST:PORT/PATH, or a duration (see above)")
+	fs.DurationVar(&cfg.readyTimeout, "ready-timeout", defaultReadyTimeout, "a new child not ready by then is killed and the reload rolled back")
+	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", defaultDrainTimeout, "after the stop signal, the old child gets this long, then SIGKILL")
+	fs.StringVar(&stop, "stop-signal", stop, "`SIG`nal that makes the old child drain and exit (lighttpd, nginx: SIGINT or SIGQUIT)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(help, runHelpText)
+			fs.SetOutput(help)
+			fs.PrintDefaults()
+			return cfg, err
+		}
+		return cfg, &usageError{msg: err.Error()}
+	}
+	cfg.listen = listen
+	cfg.argv = fs.Args()
+	if len(cfg.argv) == 0 {
+		return cfg, usageErrorf("no COMMAND: handoff run [flags] -- COMMAND [ARGS...]")
+	}
+	if len(cfg.listen) == 0 {
+		return cfg, usageErrorf("no -listen: the child needs at least one socket")
+	}
+	if err := checkNames(cfg.listen); err != nil {
+		return cfg, err
+	}
+	var err error
+	if cfg.ready, err = parseReady(ready); err != nil {
+		return cfg, err
+	}
+	if err := cfg.ready.checkProbe(cfg.listen); err != nil {
+		return cfg, err
+	}
+	if cfg.stopSignal, err = parseSignal(stop); err != nil {
+		return cfg, err
+	}
+	if cfg.readyTimeout <= 0 || cfg.drainTimeout <= 0 {
+		return cfg, usageErrorf("-ready-timeout and -drain-timeout must be positive")
+	}
+	if cfg.name == "" {
+		cfg.name = filepath.Base(cfg.argv[0])
+	}
+	// A command that does not exist is an error now rather than a child
+	// that fails at every restart.
+	if cfg.path, err = exec.LookPath(cfg.argv[0]); err != nil {
+		return cfg, fmt.Errorf("command %q: %w", cfg.argv[0], errors.Unwrap(err))
+	}
+	if cfg.path, err = filepath.Abs(cfg.path); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// checkNames refuses two sockets with the same name: names identify
+// sockets across generations and in LISTEN_FDNAMES.
+func checkNames(specs []listenSpec) error {
+	seen := map[string]bool{}
+	for _, s := range specs {
+		if s.name == "" {
+			continue
+		}
+		if seen[s.name] {
+			return usageErrorf("-listen: name %q used twice", s.name)
+		}
+		seen[s.name] = true
+	}
+	return nil
+}
+
+// parseSignal reads SIGTERM, TERM or 15.
+func parseSignal(s string) (syscall.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil && n > 0 && n < 65 {
+		return syscall.Signal(n), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	return 0, usageErrorf("-stop-signal: unknown signal %q", s)
+}

@@ -1,0 +1,116 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+)
+
+// readyPoll is how often readiness is checked.
+var readyPoll = 10 * time.Millisecond
+
+// readiness decides when a new child is ready.
+type readiness struct {
+	spec   readySpec
+	notify *notifySocket // nil unless spec.usesNotify()
+	shared sharedSockets
+	// notifies is set once a child has sent READY=1: later children are
+	// then expected to send it too (auto).
+	notifies atomic.Bool
+}
+
+// errExited says the child exited before it was ready.
+var errExited = errors.New("exited before it was ready")
+
+// wait returns nil once c is ready, errExited if it exits first, or
+// ctx's error.
+func (r *readiness) wait(ctx context.Context, c *child) error {
+	tick := time.NewTicker(readyPoll)
+	defer tick.Stop()
+	for {
+		var changed <-chan struct{}
+		if r.notify != nil {
+			changed = r.notify.changed()
+		}
+		ok, err := r.check(ctx, c)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		select {
+		case <-c.done:
+			return errExited
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		case <-tick.C:
+		}
+	}
+}
+
+// check looks once.
+func (r *readiness) check(ctx context.Context, c *child) (bool, error) {
+	switch r.spec.mode {
+	case readyNotify:
+		return r.notify.state(c.pid).ready, nil
+	case readyAccepting:
+		return accepting(c.pid, r.shared.inodes())
+	case readyAuto:
+		st := r.notify.state(c.pid)
+		if st.ready {
+			r.notifies.Store(true)
+		}
+		if (st.spoke || r.notifies.Load()) && !st.ready {
+			return false, nil
+		}
+		return accepting(c.pid, r.shared.inodes())
+	case readyTCP:
+		return probeTCP(ctx, r.spec.addr), nil
+	case readyHTTP:
+		return probeHTTP(ctx, r.spec.url), nil
+	case readyDelay:
+		return time.Since(c.started) >= r.spec.delay, nil
+	}
+	return false, fmt.Errorf("unknown ready mode %d", r.spec.mode)
+}
+
+// probeTimeout bounds one probe.
+const probeTimeout = time.Second
+
+// probeClient keeps no connection between probes.
+var probeClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
+func probeTCP(ctx context.Context, addr string) bool {
+	d := net.Dialer{Timeout: probeTimeout}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+func probeHTTP(ctx context.Context, u string) bool {
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return false
+	}
+	resp, err := probeClient.Do(req)
+	if err != nil {
+		return false
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+	resp.Body.Close()
+	return resp.StatusCode >= 200 && resp.StatusCode < 300
+}

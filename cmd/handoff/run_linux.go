@@ -1,0 +1,131 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/handoffd/handoff/handoff"
+	"github.com/oklog/run"
+)
+
+// takeoverSlack is added to -ready-timeout for the library's ready
+// timeout: a new wrapper that takes over from this one still has to start
+// its child and wait for it, under its own -ready-timeout, before it is
+// ready.
+const takeoverSlack = 10 * time.Second
+
+// cmdRun is `handoff run`.
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseRun(args, stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		return report(stderr, "run", err)
+	}
+	code, err := runWrapper(cfg, stderr)
+	if err != nil {
+		return report(stderr, "run", err)
+	}
+	return code
+}
+
+// runWrapper runs the wrapper until it is stopped or replaced, and
+// returns its exit code.
+func runWrapper(cfg runConfig, stderr io.Writer) (int, error) {
+	// Catch signals first: once a predecessor or systemd sees this wrapper
+	// ready, a SIGHUP or SIGTERM may come at any moment.
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, handledSignals()...)
+	defer signal.Stop(sigs)
+
+	log := slog.New(slog.NewTextHandler(stderr, nil)).With("service", cfg.name)
+	sup := &supervisor{cfg: cfg, reloads: make(chan reloadRequest), quit: make(chan struct{})}
+	upg, err := handoff.New(context.Background(), handoff.Config{
+		Name:         cfg.name,
+		Socket:       cfg.socket,
+		PIDFile:      cfg.pidfile,
+		ReadyTimeout: cfg.readyTimeout + takeoverSlack,
+		Logger:       log,
+		Reload:       sup.requestReload,
+		StatusDetail: sup.detail,
+	})
+	if err != nil {
+		return 0, err
+	}
+	defer upg.Close()
+	log = log.With("generation", upg.Generation())
+
+	shared, err := openShared(upg, cfg.listen)
+	if err != nil {
+		return 0, err
+	}
+	defer shared.close()
+	sup.ready = &readiness{spec: cfg.ready, shared: shared}
+	sup.forget = func(int) {}
+	var g run.Group
+	if cfg.ready.usesNotify() {
+		ns, err := listenNotify(log)
+		if err != nil {
+			return 0, err
+		}
+		defer ns.close()
+		sup.ready.notify, sup.forget = ns, ns.forget
+		g.Add(ns.serve, func(error) { ns.close() })
+	}
+	sup.env = childEnv(shared, sup.ready.notify)
+	sup.files = shared.fds()
+	sup.log, sup.upg = log, upg
+	sp := newSpawner()
+	defer sp.close() // after every child is reaped: run returns only then
+	sup.spawn = sp
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	g.Add(func() error { return sup.run(ctx) }, func(error) { cancel() })
+	g.Add(func() error { return signalActor(ctx, sigs, log, upg, sup) }, func(error) { cancel() })
+	err = g.Run()
+	var stop *stopError
+	switch {
+	case errors.As(err, &stop):
+		if c := sup.lastChild(); c != nil {
+			return c.exitCode(cfg.stopSignal), nil
+		}
+		return exitOK, nil
+	case err != nil:
+		return 0, err
+	}
+	return exitOK, nil // a new wrapper took over
+}
+
+// childEnv is the children's environment: the wrapper's, without the
+// variables that were meant for the wrapper itself (systemd's sockets and
+// notify socket, a predecessor's control connection), plus the sockets
+// and, for -ready auto and notify, the wrapper's notify socket.
+// LISTEN_PID is set by the shim, to the child's own pid.
+func childEnv(shared sharedSockets, ns *notifySocket) []string {
+	drop := []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PIDFDID", "NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "HANDOFF_FD", "HANDOFF_PPID"}
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(drop, name) {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, "LISTEN_FDS="+strconv.Itoa(len(shared)), "LISTEN_FDNAMES="+shared.fdNames())
+	if ns != nil {
+		env = append(env, "NOTIFY_SOCKET="+ns.path)
+	}
+	return env
+}

@@ -1,0 +1,99 @@
+//go:build linux
+
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"syscall"
+)
+
+// shimCommand is the hidden subcommand that runs between fork and the
+// child's command: Go cannot run code there, and LISTEN_PID must be the
+// child's own pid. The wrapper re-executes itself (/proc/self/exe, the
+// very binary that runs, even if replaced on disk meanwhile) as
+// `handoff exec-shim PATH ARGV...`; the shim sets LISTEN_PID to its pid
+// and execs PATH, which keeps the pid.
+const shimCommand = "exec-shim"
+
+// runShim is the shim: it only returns if exec failed.
+func runShim(args []string, stderr io.Writer) int {
+	if len(args) < 2 {
+		fmt.Fprintln(stderr, "handoff exec-shim: internal use only")
+		return exitUsage
+	}
+	env := append(os.Environ(), "LISTEN_PID="+strconv.Itoa(os.Getpid()))
+	err := syscall.Exec(args[0], args[1:], env)
+	fmt.Fprintf(stderr, "handoff: exec %s: %v\n", args[0], err)
+	return 127
+}
+
+// spawnRequest asks the spawner to start a child.
+type spawnRequest struct {
+	argv  []string
+	attr  *syscall.ProcAttr
+	reply chan spawnResult
+}
+
+type spawnResult struct {
+	pid int
+	err error
+}
+
+// A spawner forks every child from one OS thread. The parent-death
+// signal (PR_SET_PDEATHSIG) fires when the thread that forked the child
+// exits, not the process: a child forked from an ordinary goroutine would
+// be killed whenever the Go runtime retires that thread. The spawner's
+// goroutine stays locked to its thread until close, which the owner calls
+// only once every child has been reaped.
+type spawner struct {
+	reqs chan spawnRequest
+	done chan struct{}
+}
+
+func newSpawner() *spawner {
+	s := &spawner{reqs: make(chan spawnRequest), done: make(chan struct{})}
+	go s.loop()
+	return s
+}
+
+func (s *spawner) loop() {
+	// Never unlocked: when loop returns the thread exits with it, and by
+	// then no child is left for the signal to reach.
+	runtime.LockOSThread()
+	defer close(s.done)
+	for r := range s.reqs {
+		pid, err := syscall.ForkExec("/proc/self/exe", r.argv, r.attr)
+		r.reply <- spawnResult{pid, err}
+	}
+}
+
+// start runs path with argv through the shim: stdin from /dev/null, the
+// wrapper's stdout and stderr, then files as fds 3... The child gets
+// SIGKILL if the wrapper dies, and its own process group, so that a
+// terminal's ^C reaches only the wrapper, which stops it in order.
+func (s *spawner) start(path string, argv, env []string, files []uintptr) (int, error) {
+	null, err := syscall.Open(os.DevNull, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, os.NewSyscallError("open "+os.DevNull, err)
+	}
+	defer syscall.Close(null)
+	attr := &syscall.ProcAttr{
+		Env:   env,
+		Files: append([]uintptr{uintptr(null), 1, 2}, files...),
+		Sys:   &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true},
+	}
+	reply := make(chan spawnResult, 1)
+	s.reqs <- spawnRequest{argv: append([]string{"handoff", shimCommand, path}, argv...), attr: attr, reply: reply}
+	r := <-reply
+	return r.pid, r.err
+}
+
+// close ends the spawner's thread; no child may be left.
+func (s *spawner) close() {
+	close(s.reqs)
+	<-s.done
+}

@@ -1,0 +1,61 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/handoffd/handoff/handoff"
+)
+
+// statusDetail is what the wrapper adds to `handoff status`.
+type statusDetail struct {
+	Command  []string      `json:"command"`
+	Ready    string        `json:"ready"`
+	Children []childStatus `json:"children"`
+	Restarts int           `json:"restarts"` // after a child died on its own
+}
+
+// childStatus is one child of the wrapper.
+type childStatus struct {
+	PID     int       `json:"pid"`
+	Number  int       `json:"number"` // 1 for the wrapper's first child
+	Role    string    `json:"role"`   // serving, starting, stopping
+	Started time.Time `json:"started"`
+}
+
+// printStatus writes st for a person.
+func printStatus(w io.Writer, st handoff.Status) {
+	fmt.Fprintf(w, "service:    %s\n", st.Service)
+	fmt.Fprintf(w, "wrapper:    pid %d, generation %d, %s, up %v\n", st.PID, st.Generation, st.State, time.Since(st.Started).Round(time.Second))
+	var d statusDetail
+	if len(st.Detail) > 0 && json.Unmarshal(st.Detail, &d) == nil {
+		fmt.Fprintf(w, "command:    %s\n", strings.Join(d.Command, " "))
+		fmt.Fprintf(w, "ready:      %s\n", d.Ready)
+		if len(d.Children) == 0 {
+			fmt.Fprintf(w, "child:      none running\n")
+		}
+		for _, c := range d.Children {
+			fmt.Fprintf(w, "child:      pid %d (%s, child %d of this wrapper, up %v)\n", c.PID, c.Role, c.Number, time.Since(c.Started).Round(time.Second))
+		}
+		fmt.Fprintf(w, "restarts:   %d\n", d.Restarts)
+	}
+	for _, s := range st.Sockets {
+		name := s.Name
+		if name == "" {
+			name = "-"
+		}
+		fmt.Fprintf(w, "socket:     %s %s %s\n", name, s.Network, s.Address)
+	}
+	if r := st.LastReload; r != nil {
+		result := "ok"
+		if r.Error != "" {
+			result = "failed: " + r.Error
+		}
+		fmt.Fprintf(w, "last reload: %s, took %v, %s\n", r.At.Format(time.RFC3339), r.Duration.Round(time.Millisecond), result)
+	} else {
+		fmt.Fprintf(w, "last reload: none\n")
+	}
+}

@@ -1,0 +1,300 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/handoffd/handoff/handoff"
+	"golang.org/x/sys/unix"
+)
+
+// Restart backoff for a child that dies on its own.
+const (
+	restartBackoffMin = 100 * time.Millisecond
+	restartBackoffMax = 30 * time.Second
+	// stableAfter: a child that ran this long resets the backoff.
+	stableAfter = 10 * time.Second
+)
+
+// starter starts a child process; spawner.start on Linux.
+type starter interface {
+	start(path string, argv, env []string, files []uintptr) (int, error)
+}
+
+// supervisor owns the children. Its run loop is the only goroutine that
+// starts or stops them: reloads reach it over reloads, one at a time.
+type supervisor struct {
+	cfg    runConfig
+	log    *slog.Logger
+	upg    *handoff.Upgrader
+	ready  *readiness
+	spawn  starter
+	env    []string  // the children's environment
+	files  []uintptr // the children's fds 3...
+	forget func(pid int)
+
+	reloads chan reloadRequest
+	quit    chan struct{} // closed when run returns
+
+	mu       sync.Mutex
+	current  *child   // serving
+	starting *child   // started by a reload, not ready yet
+	stopping []*child // draining after a reload
+	number   int      // children started so far
+	restarts int      // crash restarts
+	last     *child   // the latest child that ended while serving
+}
+
+type reloadRequest struct {
+	ctx      context.Context
+	progress func(string)
+	reply    chan error
+}
+
+// requestReload is Config.Reload: the upgrader calls it for SIGHUP (via
+// Upgrader.Reload) and for `handoff reload`, one at a time.
+func (s *supervisor) requestReload(ctx context.Context, progress func(string)) error {
+	req := reloadRequest{ctx: ctx, progress: progress, reply: make(chan error, 1)}
+	select {
+	case s.reloads <- req:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.quit:
+		return errors.New("the wrapper is stopping")
+	}
+	return <-req.reply // the loop answers every request it took
+}
+
+// run starts the first child, says ready once it is, then restarts a
+// child that dies and serves reloads until ctx ends (stop) or a new
+// wrapper takes over. Every child is reaped before run returns.
+func (s *supervisor) run(ctx context.Context) error {
+	defer close(s.quit)
+	first, err := s.start()
+	if err != nil {
+		return err
+	}
+	if err := s.waitReady(ctx, first); err != nil {
+		return err
+	}
+	s.setCurrent(first)
+	if err := s.upg.Ready(); err != nil {
+		s.stopChild(first, "the wrapper could not take over")
+		return err
+	}
+	s.log.Info("serving", "child", first.pid, "ready", s.cfg.ready.String())
+
+	backoff := restartBackoffMin
+	var restart <-chan time.Time
+	for {
+		var exited <-chan struct{}
+		cur := s.currentChild()
+		if cur != nil {
+			exited = cur.done
+		}
+		select {
+		case <-ctx.Done():
+			s.upg.Stop() // no takeover or reload from here on
+			return s.stopCurrent("stopping")
+		case <-s.upg.Exit():
+			return s.stopCurrent("a new wrapper took over")
+		case <-exited:
+			s.ended(cur)
+			if time.Since(cur.started) >= stableAfter {
+				backoff = restartBackoffMin
+			}
+			s.log.Error("child exited on its own; restarting", "child", cur.pid, "status", cur.describe(), "after", backoff)
+			restart = time.After(backoff)
+			backoff = min(2*backoff, restartBackoffMax)
+		case <-restart:
+			restart = nil
+			if s.currentChild() != nil {
+				break // a reload started one meanwhile
+			}
+			c, err := s.start()
+			if err != nil {
+				s.log.Error("cannot restart the child", "err", err, "after", backoff)
+				restart = time.After(backoff)
+				backoff = min(2*backoff, restartBackoffMax)
+				break
+			}
+			s.mu.Lock()
+			s.restarts++
+			s.mu.Unlock()
+			s.setCurrent(c)
+		case req := <-s.reloads:
+			req.reply <- s.reload(ctx, req.ctx, req.progress)
+		}
+	}
+}
+
+// start starts the next child.
+func (s *supervisor) start() (*child, error) {
+	pid, err := s.spawn.start(s.cfg.path, s.cfg.argv, s.env, s.files)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", s.cfg.path, err)
+	}
+	s.mu.Lock()
+	s.number++
+	n := s.number
+	s.mu.Unlock()
+	c, err := watchChild(pid, n)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("started child", "child", pid, "number", n)
+	return c, nil
+}
+
+// waitReady waits until c is ready, up to the ready timeout; a child that
+// is not is killed, and the error says why.
+func (s *supervisor) waitReady(ctx context.Context, c *child) error {
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.readyTimeout)
+	defer cancel()
+	err := s.ready.wait(rctx, c)
+	if err == nil {
+		s.log.Info("child is ready", "child", c.pid, "took", time.Since(c.started).Round(time.Millisecond))
+		return nil
+	}
+	c.kill()
+	s.forget(c.pid)
+	switch {
+	case errors.Is(err, errExited):
+		return fmt.Errorf("child pid %d exited before it was ready (%s)", c.pid, c.describe())
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("child pid %d was not ready within %v (-ready %s); killed", c.pid, s.cfg.readyTimeout, s.cfg.ready)
+	case ctx.Err() != nil:
+		return fmt.Errorf("child pid %d killed before it was ready: %w", c.pid, ctx.Err())
+	}
+	return fmt.Errorf("child pid %d: %w; killed", c.pid, err)
+}
+
+// reload starts a new child, waits until it is ready, then stops the old
+// one. A new child that exits or is not ready in time is killed and the
+// old one keeps serving: the reload is rolled back.
+// It is abandoned when either ctx (the wrapper stops) or reqCtx (the
+// request's) ends.
+func (s *supervisor) reload(ctx, reqCtx context.Context, progress func(string)) error {
+	old := s.currentChild()
+	c, err := s.start()
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.starting = c
+	s.mu.Unlock()
+	progress(fmt.Sprintf("started child pid %d; waiting until it is ready (-ready %s)", c.pid, s.cfg.ready))
+	rctx, cancel := context.WithCancel(reqCtx)
+	defer context.AfterFunc(ctx, cancel)()
+	err = s.waitReady(rctx, c)
+	cancel()
+	s.mu.Lock()
+	s.starting = nil
+	if err == nil {
+		s.current = c
+		if old != nil {
+			s.stopping = append(s.stopping, old)
+		}
+	}
+	s.mu.Unlock()
+	if err != nil {
+		if old != nil && !old.exited() {
+			err = fmt.Errorf("rolled back: %w; pid %d keeps serving", err, old.pid)
+		} else {
+			err = fmt.Errorf("rolled back: %w", err)
+		}
+		s.log.Warn("reload failed", "child", c.pid, "err", err)
+		return err
+	}
+	if old == nil {
+		progress(fmt.Sprintf("child pid %d is ready and serving", c.pid))
+		return nil
+	}
+	progress(fmt.Sprintf("child pid %d is ready; stopping pid %d with %s", c.pid, old.pid, unix.SignalName(s.cfg.stopSignal)))
+	s.stopChild(old, "replaced by pid "+fmt.Sprint(c.pid))
+	s.mu.Lock()
+	for i, o := range s.stopping {
+		if o == old {
+			s.stopping = append(s.stopping[:i], s.stopping[i+1:]...)
+			break
+		}
+	}
+	s.mu.Unlock()
+	progress(fmt.Sprintf("pid %d stopped (%s); pid %d serves", old.pid, old.describe(), c.pid))
+	return nil
+}
+
+// stopChild stops c: stop signal, drain timeout, SIGKILL, reap.
+func (s *supervisor) stopChild(c *child, why string) {
+	s.log.Info("stopping child", "child", c.pid, "why", why, "signal", unix.SignalName(s.cfg.stopSignal))
+	t0 := time.Now()
+	killed := c.stop(s.cfg.stopSignal, s.cfg.drainTimeout)
+	s.forget(c.pid)
+	if killed {
+		s.log.Warn("child did not stop within the drain timeout; killed", "child", c.pid, "drain_timeout", s.cfg.drainTimeout)
+	}
+	s.log.Info("child stopped", "child", c.pid, "status", c.describe(), "took", time.Since(t0).Round(time.Millisecond))
+}
+
+// stopCurrent stops the serving child, if any, for good.
+func (s *supervisor) stopCurrent(why string) error {
+	if c := s.currentChild(); c != nil {
+		s.stopChild(c, why)
+		s.ended(c)
+	}
+	return nil
+}
+
+// ended records that the serving child c has exited.
+func (s *supervisor) ended(c *child) {
+	s.forget(c.pid)
+	s.mu.Lock()
+	if s.current == c {
+		s.current = nil
+	}
+	s.last = c
+	s.mu.Unlock()
+}
+
+func (s *supervisor) setCurrent(c *child) {
+	s.mu.Lock()
+	s.current = c
+	s.mu.Unlock()
+}
+
+func (s *supervisor) currentChild() *child {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.current
+}
+
+// detail is Config.StatusDetail.
+func (s *supervisor) detail() any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := statusDetail{Command: s.cfg.argv, Ready: s.cfg.ready.String(), Restarts: s.restarts, Children: []childStatus{}}
+	add := func(c *child, role string) {
+		if c != nil {
+			d.Children = append(d.Children, childStatus{PID: c.pid, Number: c.number, Role: role, Started: c.started})
+		}
+	}
+	add(s.current, "serving")
+	add(s.starting, "starting")
+	for _, c := range s.stopping {
+		add(c, "stopping")
+	}
+	return d
+}
+
+// lastChild is the child that last ended while serving, for the exit code.
+func (s *supervisor) lastChild() *child {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last
+}
