@@ -29,6 +29,7 @@ const (
 	envSocket = "HANDOFF_TEST_SOCKET"
 	envAddr   = "HANDOFF_TEST_ADDR"
 	envPID    = "HANDOFF_TEST_PIDFILE"
+	envQuiet  = "HANDOFF_TEST_QUIET"
 )
 
 func helperConfig() Config {
@@ -37,8 +38,17 @@ func helperConfig() Config {
 		Socket:      os.Getenv(envSocket),
 		PIDFile:     os.Getenv(envPID),
 		StepTimeout: 2 * time.Second,
-		Logger:      slog.New(slog.NewTextHandler(os.Stderr, nil)),
+		Logger:      helperLogger(),
 	}
+}
+
+// helperLogger logs to stderr, unless HANDOFF_TEST_QUIET is set (the
+// benchmarks' successors, whose lines would land in the results).
+func helperLogger() *slog.Logger {
+	if os.Getenv(envQuiet) != "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, nil))
 }
 
 func init() {
@@ -164,7 +174,7 @@ func stopChild(t testing.TB, pid int) {
 
 // upgradeSetup returns an Upgrader serving "old" on a fresh port, with
 // Upgrade set to start the given helper role.
-func upgradeSetup(t *testing.T, role string, readyTimeout time.Duration) (*Upgrader, Config, string) {
+func upgradeSetup(t testing.TB, role string, readyTimeout time.Duration) (*Upgrader, Config, string) {
 	t.Helper()
 	cfg := testConfig(t)
 	cfg.ReadyTimeout = readyTimeout

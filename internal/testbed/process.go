@@ -169,7 +169,7 @@ type Builder struct {
 	Dir        string // where the binaries go
 	Race       bool   // build with the race detector
 
-	builds sync.Map // package → *build
+	builds sync.Map // executable name → *build
 }
 
 type build struct {
@@ -182,18 +182,31 @@ type build struct {
 // the executable's path.
 func (b *Builder) Build(tb TB, pkg string) string {
 	tb.Helper()
-	v, _ := b.builds.LoadOrStore(pkg, &build{})
+	return b.build(tb, pkg, filepath.Base(pkg), "build")
+}
+
+// BuildTest builds the test binary of package pkg ("./handoff"), as
+// `go test -c` does, and returns its path: its helper roles can then play
+// peers of the real servers.
+func (b *Builder) BuildTest(tb TB, pkg string) string {
+	tb.Helper()
+	return b.build(tb, pkg, filepath.Base(pkg)+".test", "test", "-c")
+}
+
+func (b *Builder) build(tb TB, pkg, name string, goArgs ...string) string {
+	tb.Helper()
+	v, _ := b.builds.LoadOrStore(name, &build{})
 	bl := v.(*build)
 	bl.once.Do(func() {
-		bl.path = filepath.Join(b.Dir, filepath.Base(pkg))
-		args := []string{"build", "-o", bl.path}
+		bl.path = filepath.Join(b.Dir, name)
+		args := append(slices.Clone(goArgs), "-o", bl.path)
 		if b.Race {
 			args = append(args, "-race")
 		}
 		cmd := exec.Command("go", append(args, pkg)...)
 		cmd.Dir = b.ModuleRoot
 		if out, err := cmd.CombinedOutput(); err != nil {
-			bl.err = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+			bl.err = fmt.Errorf("go %s %s: %v\n%s", strings.Join(goArgs, " "), pkg, err, out)
 		}
 	})
 	if bl.err != nil {

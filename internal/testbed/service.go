@@ -91,7 +91,15 @@ func (s *Service) Start(args ...string) int {
 	if len(args) == 0 {
 		args = s.DefaultArgs()
 	}
-	cmd := exec.Command(s.Bin, args...)
+	return s.StartProgram(s.Bin, args...)
+}
+
+// StartProgram starts bin, another program that plays a part in the
+// service (a successor, a peer on its control socket), with args, the
+// service's directory, environment and log, and returns its pid.
+func (s *Service) StartProgram(bin string, args ...string) int {
+	s.tb.Helper()
+	cmd := exec.Command(bin, args...)
 	cmd.Dir = s.Dir
 	// A race-enabled binary sleeps a second before exiting, for late
 	// reports; that would hide how fast a drained process exits. A data
@@ -100,7 +108,7 @@ func (s *Service) Start(args ...string) int {
 	cmd.Env = append(cmd.Env, s.Env...)
 	cmd.Stdout, cmd.Stderr = s.log, s.log
 	if err := cmd.Start(); err != nil {
-		s.tb.Fatalf("start %s: %v", s.Bin, err)
+		s.tb.Fatalf("start %s: %v", bin, err)
 	}
 	pid := cmd.Process.Pid
 	cmd.Process.Release() // the reaper reaps it

@@ -1,0 +1,298 @@
+//go:build linux
+
+package handoff
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Helper roles for the chaos and hostile-input integration tests
+// (integration/chaos_test.go, integration/hostile_test.go). Those tests
+// build this package's test binary and run it, against a real
+// examples/httpserver under load, as a successor that dies at a chosen
+// step of the protocol, or as a hostile client of the control socket. The
+// roles speak the protocol with this package's own codec.
+//
+// Both take httpserver's flags (only -socket matters), so that the test
+// binary can also be installed in place of httpserver and started by its
+// SIGHUP upgrade; they read the rest from the environment.
+const (
+	// envChaosFile names a file that holds the step at which
+	// chaos-successor dies (a file, so that a test can choose the step
+	// after the server, whose environment its successors inherit, started).
+	envChaosFile = "HANDOFF_TEST_CHAOS_FILE"
+	// envHostile is the attack hostile-peer makes.
+	envHostile = "HANDOFF_TEST_HOSTILE"
+	// envService is the service name the roles present.
+	envService = "HANDOFF_TEST_SERVICE"
+)
+
+// Steps at which chaos-successor kills itself with SIGKILL.
+const (
+	stepAfterConnect = "after-connect" // connected, said nothing
+	stepAfterHello   = "after-hello"   // said hello, read nothing
+	stepMidTransfer  = "mid-transfer"  // read welcome; the fd batch is in flight
+	stepAfterFDs     = "after-fds"     // received and acknowledged every socket
+	stepBeforeReady  = "before-ready"  // took over through New and Listen, not ready yet
+	stepAfterReady   = "after-ready"   // sent ready, did not wait for done
+	// stepHold takes over through New, says "holding sockets", waits for
+	// SIGCONT (the test stops and continues it), then calls Ready and
+	// exits 0 only if Ready fails because the predecessor gave up.
+	stepHold = "hold"
+)
+
+func init() {
+	registerHelper("chaos-successor", runChaosSuccessor)
+	registerHelper("hostile-peer", runHostilePeer)
+}
+
+// socketFlag parses httpserver's flags and returns -socket.
+func socketFlag() string {
+	fs := flag.NewFlagSet("httpserver", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	socket := fs.String("socket", "", "")
+	fs.String("addr", "", "")
+	fs.String("pidfile", "", "")
+	fs.Duration("delay", 0, "")
+	fs.Parse(os.Args[1:])
+	return *socket
+}
+
+// die ends this process the hard way, as a crash or an OOM kill would.
+func die() {
+	syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	select {}
+}
+
+// chaosConn connects to the serving process like New does: through the
+// socketpair its Upgrade passed, else through the control socket.
+func chaosConn(socket string) (*ctlConn, error) {
+	if cc, err := inheritedControlConn(); cc != nil || err != nil {
+		return cc, err
+	}
+	c, err := net.Dial("unixpacket", socket)
+	if err != nil {
+		return nil, err
+	}
+	return newCtlConn(c.(*net.UnixConn), maxMessageSize, maxFDsPerMessage), nil
+}
+
+func runChaosSuccessor() error {
+	b, err := os.ReadFile(os.Getenv(envChaosFile))
+	if err != nil {
+		return err
+	}
+	step := strings.TrimSpace(string(b))
+	socket, name := socketFlag(), os.Getenv(envService)
+	fmt.Fprintf(os.Stderr, "chaos-successor pid %d: step %s\n", os.Getpid(), step)
+	switch step {
+	case stepBeforeReady, stepHold:
+		return chaosWithLibrary(step, socket, name)
+	}
+	cc, err := chaosConn(socket)
+	if err != nil {
+		return err
+	}
+	if step == stepAfterConnect {
+		die()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	if err := cc.send(hello{MinVersion: protocolVersion, MaxVersion: protocolVersion, PID: uint32(os.Getpid()), Name: name}, nil, deadline); err != nil {
+		return err
+	}
+	if step == stepAfterHello {
+		die()
+	}
+	w, err := expect[welcome](cc, deadline)
+	if err != nil {
+		return err
+	}
+	if step == stepMidTransfer {
+		die()
+	}
+	var files []*os.File
+	keep := func(_ entry, f *os.File) { files = append(files, f) }
+	if err := receiveSockets(cc, w.Sockets, 10*time.Second, keep); err != nil {
+		return err
+	}
+	if step == stepAfterFDs {
+		die()
+	}
+	if step != stepAfterReady {
+		return fmt.Errorf("unknown chaos step %q", step)
+	}
+	if err := cc.send(ready{PID: uint32(os.Getpid())}, nil, deadline); err != nil {
+		return err
+	}
+	die()
+	return nil
+}
+
+// chaosWithLibrary takes over through the public API and listens on the
+// inherited socket, but never accepts.
+func chaosWithLibrary(step, socket, name string) error {
+	cont := make(chan os.Signal, 1)
+	signal.Notify(cont, syscall.SIGCONT)
+	u, err := New(context.Background(), Config{Name: name, Socket: socket})
+	if err != nil {
+		return err
+	}
+	defer u.Close()
+	var listeners []entry
+	for _, in := range u.reg.inherited {
+		if in.Kind == kindListener {
+			listeners = append(listeners, in.entry)
+		}
+	}
+	for _, e := range listeners {
+		if _, err := u.ListenNamed(e.Name, e.Network, e.Address); err != nil {
+			return err
+		}
+	}
+	if step == stepBeforeReady {
+		die()
+	}
+	fmt.Fprintf(os.Stderr, "chaos-successor pid %d: holding sockets\n", os.Getpid())
+	<-cont
+	err = u.Ready()
+	if err == nil {
+		return errors.New("Ready succeeded after the predecessor's ready timeout")
+	}
+	fmt.Fprintf(os.Stderr, "chaos-successor pid %d: Ready failed as it should: %v\n", os.Getpid(), err)
+	return nil
+}
+
+// Attacks hostile-peer makes on the control socket. Each prints the
+// refusal code it got, one line per connection.
+var attacks = map[string]func(c *net.UnixConn, name string) error{
+	"random-bytes": func(c *net.UnixConn, _ string) error {
+		b := make([]byte, 1000)
+		rand.Read(b)
+		_, err := c.Write(b)
+		return err
+	},
+	"huge-length": func(c *net.UnixConn, name string) error {
+		b, err := encode(goodHello(name))
+		if err != nil {
+			return err
+		}
+		binary.BigEndian.PutUint32(b[8:], 1<<30)
+		_, err = c.Write(b)
+		return err
+	},
+	"cut-message": func(c *net.UnixConn, name string) error {
+		b, err := encode(goodHello(name))
+		if err != nil {
+			return err
+		}
+		_, err = c.Write(b[:len(b)/2])
+		return err
+	},
+	"wrong-version": func(c *net.UnixConn, name string) error {
+		h := goodHello(name)
+		h.MinVersion, h.MaxVersion = protocolVersion+1, protocolVersion+9
+		return writeMsg(c, h, nil)
+	},
+	"wrong-name": func(c *net.UnixConn, name string) error {
+		return writeMsg(c, goodHello(name+"-other"), nil)
+	},
+	"silence": func(*net.UnixConn, string) error { return nil },
+	"valid-hello": func(c *net.UnixConn, name string) error { // refused only for who sends it
+		return writeMsg(c, goodHello(name), nil)
+	},
+	"unrequested-fds": func(c *net.UnixConn, name string) error {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		fd, err := dupFD(ln.(*net.TCPListener))
+		if err != nil {
+			return err
+		}
+		defer closeFDs([]int{fd})
+		return writeMsg(c, goodHello(name), []int{fd, fd})
+	},
+}
+
+func goodHello(name string) hello {
+	return hello{MinVersion: protocolVersion, MaxVersion: protocolVersion, PID: uint32(os.Getpid()), Name: name}
+}
+
+// runHostilePeer makes the attack envHostile names, on HANDOFF_TEST_CONNS
+// connections at once (default 1), and prints each refusal code.
+func runHostilePeer() error {
+	kind := os.Getenv(envHostile)
+	attack, ok := attacks[kind]
+	if !ok {
+		return fmt.Errorf("unknown attack %q", kind)
+	}
+	n := 1
+	if s := os.Getenv("HANDOFF_TEST_CONNS"); s != "" {
+		fmt.Sscan(s, &n)
+	}
+	socket, name := socketFlag(), os.Getenv(envService)
+	conns := make([]*net.UnixConn, n)
+	for i := range conns {
+		c, err := net.Dial("unixpacket", socket)
+		if err != nil {
+			return fmt.Errorf("connection %d: %w", i, err)
+		}
+		defer c.Close()
+		conns[i] = c.(*net.UnixConn)
+	}
+	codes := make([]RefusalCode, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes[i], errs[i] = attackOnce(c, attack, name)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	for _, code := range codes {
+		fmt.Println(int(code))
+	}
+	return nil
+}
+
+// attackOnce makes the attack on c and returns the refusal that answers
+// it; the serving process must then close the connection.
+func attackOnce(c *net.UnixConn, attack func(*net.UnixConn, string) error, name string) (RefusalCode, error) {
+	if err := attack(c, name); err != nil {
+		return 0, err
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	buf, oob := make([]byte, maxMessageSize), make([]byte, oobSpace(maxFDsPerMessage))
+	m, fds, err := readMsg(c, buf, oob)
+	closeFDs(fds)
+	if err != nil {
+		return 0, fmt.Errorf("waiting for a refusal: %w", err)
+	}
+	r, ok := m.(refusal)
+	if !ok || len(fds) > 0 {
+		return 0, fmt.Errorf("got %s with %d descriptors, want a refusal", m.msgType(), len(fds))
+	}
+	if _, _, err := readMsg(c, buf, oob); !errors.Is(err, io.EOF) {
+		return 0, fmt.Errorf("after the refusal: %v, want the connection closed", err)
+	}
+	return r.Code, nil
+}
