@@ -144,6 +144,7 @@ func (u *Upgrader) AcceptConn(ctx context.Context) (net.Conn, []byte, error) {
 func (u *Upgrader) receiveConns(pred *ctlConn) {
 	defer u.wg.Done()
 	defer u.conns.finish()
+	defer u.dropPredecessor(pred)
 	for {
 		m, fds, err := pred.recv(time.Time{})
 		if err != nil {
@@ -166,6 +167,17 @@ func (u *Upgrader) receiveConns(pred *ctlConn) {
 			return
 		}
 	}
+}
+
+// dropPredecessor closes the link to a predecessor that has exited (or
+// broke the protocol): nothing more can come from it.
+func (u *Upgrader) dropPredecessor(pred *ctlConn) {
+	u.mu.Lock()
+	if u.pred == pred {
+		u.pred = nil
+	}
+	u.mu.Unlock()
+	pred.Close()
 }
 
 // adoptConn takes ownership of fd, a connection the predecessor sent, and
