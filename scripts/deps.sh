@@ -7,6 +7,8 @@ set -eu
 needs="
 unshare:util-linux
 nsenter:util-linux
+lighttpd:lighttpd
+gunicorn:gunicorn
 "
 
 missing=""
