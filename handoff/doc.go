@@ -40,11 +40,30 @@
 //
 // # systemd
 //
-// Sockets passed by systemd (LISTEN_FDS) are found by Listen by name or by
-// address. With NOTIFY_SOCKET set, the Upgrader sends READY=1 when the
-// first process is ready, RELOADING=1 when an upgrade starts, MAINPID= and
-// READY=1 when the successor takes over (from the old main process, so
-// NotifyAccess=main suffices), and STOPPING=1 on Stop.
+// Under Type=notify (or Type=notify-reload, systemd 253 and later) the
+// Upgrader speaks the notify protocol with no code from the program:
+// READY=1 once the first process is ready; on an upgrade RELOADING=1
+// (with MONOTONIC_USEC=), then MAINPID= of the successor with READY=1,
+// sent by the old process while it is still the main process, so
+// NotifyAccess=main (the default) suffices; READY=1 from the old process
+// if the upgrade fails, which leaves it the main process; STOPPING=1 on
+// Stop; and STATUS= lines naming generation, pid and sockets, to which
+// SetStatus adds the program's own words. A successor outside the unit's
+// control group (another service taking over) does not become the unit's
+// main process: the unit is told STOPPING=1 instead, and the successor,
+// if systemd started it, says READY=1 itself.
+//
+// Listen finds the sockets systemd passed (LISTEN_FDS) by name
+// (FileDescriptorName=) or address; descriptors it cannot serve are
+// logged and closed, and LISTEN_* is unset so that children do not
+// inherit it.
+//
+// With $FDSTORE set (systemd 254 and later set it when
+// FileDescriptorStoreMax= is not zero; with older versions add
+// Environment=FDSTORE= with the same number), the serving process keeps
+// its sockets in systemd's file descriptor store: after a crash and
+// Restart=, the new process gets the very same sockets back, and serves
+// the connections that queued while it was down.
 //
 // # Platforms
 //

@@ -156,7 +156,7 @@ func (u *Upgrader) release(cause error) {
 	}
 	u.mu.Unlock()
 	if released {
-		u.notify("READY=1", u.status("serving: generation %d, pid %d; upgrade failed: %v", u.generation, u.pid, cause))
+		u.announceReloaded(cause)
 	}
 }
 
@@ -211,7 +211,8 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctlConn, child *successorPro
 	}
 	log := u.log.With("successor", succPID)
 	log.Info("handing over to successor")
-	u.notify(reloading(), u.status("upgrading: generation %d, pid %d, handing over to pid %d", u.generation, u.pid, succPID))
+	inUnit := sameCgroup(succPID) // for systemd: the same service
+	u.announceUpgrade(succPID, inUnit)
 
 	items := u.handoverItems()
 	if err := cc.send(welcome{Version: protocolVersion, Caps: supportedCaps, PID: uint32(u.pid), Generation: u.generation, Sockets: uint32(len(items))}, nil, step()); err != nil {
@@ -235,7 +236,7 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctlConn, child *successorPro
 	if !stop() {
 		return ctx.Err()
 	}
-	if err := u.commit(cc, succPID, r, h.Caps); err != nil {
+	if err := u.commit(cc, succPID, inUnit, r, h.Caps); err != nil {
 		return err
 	}
 	log.Info("successor is ready; stopped accepting", "took", time.Since(start).Round(time.Millisecond))
@@ -327,7 +328,7 @@ func sendSockets(cc *ctlConn, items []handoverItem, step time.Duration) error {
 // commit makes the successor the server: this process closes its copies
 // of the sockets (the kernel sockets live on in the successor, so nothing
 // queued is lost), tells the successor, and closes Exit.
-func (u *Upgrader) commit(cc *ctlConn, succPID int, r ready, caps uint64) error {
+func (u *Upgrader) commit(cc *ctlConn, succPID int, inUnit bool, r ready, caps uint64) error {
 	link := newSuccessorLink(cc, succPID, r.Keys, caps, u.cfg.StepTimeout)
 	link.mu.Lock() // connections may only follow done
 	u.mu.Lock()
@@ -349,7 +350,7 @@ func (u *Upgrader) commit(cc *ctlConn, succPID int, r ready, caps uint64) error 
 		ctrl.Close()
 	}
 	u.writePIDFile(succPID) // the successor writes it too, once it has heard done
-	u.notify(fmt.Sprintf("MAINPID=%d", succPID), "READY=1", u.status("serving: generation %d, pid %d", u.generation+1, succPID))
+	u.announceHandover(succPID, inUnit)
 	if err := cc.send(done{}, nil, time.Now().Add(u.cfg.StepTimeout)); err != nil {
 		u.log.Warn("could not confirm the handover to the successor", "err", err)
 		link.fail(err)

@@ -5,7 +5,6 @@ package handoff
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,8 +19,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Helper processes read their settings from these variables.
@@ -111,29 +108,6 @@ func init() {
 		}
 		fmt.Println(int(refused.Code))
 		return nil
-	})
-	// systemd: started with LISTEN_FDS; report what Listen found.
-	registerHelper("systemd", func() error {
-		u, err := New(context.Background(), helperConfig())
-		if err != nil {
-			return err
-		}
-		defer u.Close()
-		web, err := u.ListenNamed("web", "tcp", "127.0.0.1:1")
-		if err != nil {
-			return err
-		}
-		dns, err := u.ListenPacket("udp", os.Getenv(envAddr))
-		if err != nil {
-			return err
-		}
-		return json.NewEncoder(os.Stdout).Encode(map[string]string{
-			"web":         web.Addr().String(),
-			"dns":         dns.LocalAddr().String(),
-			"LISTEN_FDS":  os.Getenv("LISTEN_FDS"),
-			"LISTEN_PID":  os.Getenv("LISTEN_PID"),
-			"LISTEN_NAME": os.Getenv("LISTEN_FDNAMES"),
-		})
 	})
 }
 
@@ -392,71 +366,5 @@ func copyFile(t testing.TB, from, to string) {
 	}
 	if err := dst.Close(); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// rawSocket makes a bound socket with x/sys/unix and returns it as a file
-// for ExtraFiles, so that the test's own copy never changes mode.
-func rawSocket(t testing.TB, typ int, listen bool) (*os.File, string) {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, typ|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if listen {
-		if err := unix.Listen(fd, 16); err != nil {
-			t.Fatal(err)
-		}
-	}
-	e, err := describeSocket(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := os.NewFile(uintptr(fd), "socket")
-	t.Cleanup(func() { f.Close() })
-	return f, e.Address
-}
-
-// TestSystemdSocketActivation: sockets passed the way systemd passes them
-// are found by name or address, a descriptor that is not a socket is
-// reported and dropped, and LISTEN_* does not leak.
-func TestSystemdSocketActivation(t *testing.T) {
-	tcp, tcpAddr := rawSocket(t, unix.SOCK_STREAM, true)
-	udp, udpAddr := rawSocket(t, unix.SOCK_DGRAM, false)
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	defer w.Close()
-
-	cfg := testConfig(t)
-	// LISTEN_PID must be the helper's own pid: the shell sets it, then
-	// execs the helper in its place.
-	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$0"`, os.Args[0])
-	cmd.Env = append(os.Environ(), envHelper+"=systemd", envSocket+"="+cfg.Socket, envAddr+"="+udpAddr,
-		"LISTEN_FDS=3", "LISTEN_FDNAMES=web:dns:junk")
-	cmd.ExtraFiles = []*os.File{tcp, udp, r}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("helper: %v\n%s", err, stderr.Bytes())
-	}
-	var got map[string]string
-	if err := json.Unmarshal(out, &got); err != nil {
-		t.Fatalf("helper said %q: %v", out, err)
-	}
-	if got["web"] != tcpAddr || got["dns"] != udpAddr {
-		t.Errorf("helper listened on web=%s dns=%s, want the passed %s and %s", got["web"], got["dns"], tcpAddr, udpAddr)
-	}
-	if got["LISTEN_FDS"] != "" || got["LISTEN_PID"] != "" || got["LISTEN_NAME"] != "" {
-		t.Errorf("LISTEN_* still set: %v", got)
-	}
-	if !strings.Contains(stderr.String(), "ignoring a descriptor passed by systemd") || !strings.Contains(stderr.String(), "junk") {
-		t.Errorf("the pipe passed as a socket was not reported:\n%s", stderr.Bytes())
 	}
 }

@@ -14,7 +14,8 @@ import (
 // Where an inherited socket came from.
 const (
 	fromPredecessor = "predecessor"
-	fromSystemd     = "systemd"
+	fromSystemd     = "systemd"          // a socket unit
+	fromFDStore     = "systemd fd store" // stored by an earlier process
 )
 
 // key identifies a socket across generations: its name when it has one,
@@ -34,6 +35,11 @@ type inheritedFD struct {
 	source string
 }
 
+// heldBySystemd reports whether systemd passed the socket, and holds it.
+func (in *inheritedFD) heldBySystemd() bool {
+	return in.source == fromSystemd || in.source == fromFDStore
+}
+
 // socket is a listening or packet socket this process serves.
 type socket struct {
 	entry
@@ -47,6 +53,14 @@ func (s *socket) conn() syscall.Conn {
 		return s.ln
 	}
 	return s.pc.(syscall.Conn)
+}
+
+// boundAddress is where the socket is bound.
+func (s *socket) boundAddress() string {
+	if s.ln != nil {
+		return s.ln.Addr().String()
+	}
+	return s.pc.LocalAddr().String()
 }
 
 func (s *socket) close() error {
@@ -117,8 +131,9 @@ func (r *registry) open(ctx context.Context, want entry) (*socket, error) {
 }
 
 // match finds the inherited socket for want: first the predecessor's
-// socket with the same name, network and address; then a systemd socket
-// with the same name; then a systemd socket bound to the same address.
+// socket with the same name, network and address; then a socket from the
+// fd store with the same key; then a systemd socket with the same name;
+// then a systemd socket bound to the same address.
 func (r *registry) match(want entry) int {
 	for i, in := range r.inherited {
 		if in.source == fromPredecessor && in.entry == want {
@@ -126,12 +141,17 @@ func (r *registry) match(want entry) int {
 		}
 	}
 	for i, in := range r.inherited {
-		if in.source == fromSystemd && in.Kind == want.Kind && want.Name != "" && in.Name == want.Name {
+		if in.source == fromFDStore && in.Kind == want.Kind && in.Name == want.key() {
 			return i
 		}
 	}
 	for i, in := range r.inherited {
-		if in.source == fromSystemd && in.Kind == want.Kind && sameAddress(want, in.entry) {
+		if in.heldBySystemd() && in.Kind == want.Kind && want.Name != "" && in.Name == want.Name {
+			return i
+		}
+	}
+	for i, in := range r.inherited {
+		if in.heldBySystemd() && in.Kind == want.Kind && sameAddress(want, in.entry) {
 			return i
 		}
 	}
@@ -328,7 +348,7 @@ func (r *registry) closeSockets(unlink bool) []queuedConn {
 			}
 		}
 		s.close()
-		if unlink && s.source != fromSystemd && isUnixNetwork(s.Network) {
+		if unlink && s.source != fromSystemd && s.source != fromFDStore && isUnixNetwork(s.Network) {
 			os.Remove(s.Address)
 		}
 	}

@@ -59,13 +59,7 @@ func (u *Upgrader) Status() Status {
 	}
 	u.mu.Unlock()
 	for _, s := range u.reg.inventory() {
-		addr := ""
-		if s.ln != nil {
-			addr = s.ln.Addr().String()
-		} else {
-			addr = s.pc.LocalAddr().String()
-		}
-		st.Sockets = append(st.Sockets, SocketStatus{Name: s.Name, Network: s.Network, Address: addr})
+		st.Sockets = append(st.Sockets, SocketStatus{Name: s.Name, Network: s.Network, Address: s.boundAddress()})
 	}
 	if u.cfg.StatusDetail != nil {
 		if b, err := json.Marshal(u.cfg.StatusDetail()); err == nil {
@@ -116,6 +110,7 @@ func (u *Upgrader) reload(ctx context.Context, progress func(string)) error {
 		return err
 	}
 	start := time.Now()
+	u.notify(reloading(), u.status("reloading", ""))
 	err := u.cfg.Reload(ctx, progress)
 	u.mu.Lock()
 	if u.state == stateUpgrading {
@@ -123,6 +118,7 @@ func (u *Upgrader) reload(ctx context.Context, progress func(string)) error {
 	}
 	u.mu.Unlock()
 	u.recordUpgrade(start, 0, err)
+	u.announceReloaded(err)
 	return err
 }
 

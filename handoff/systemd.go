@@ -1,34 +1,180 @@
 package handoff
 
 import (
+	"errors"
 	"fmt"
+	"net/url"
+	"os"
+	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
 )
 
+// The systemd glue: sockets systemd passes (socket units and the file
+// descriptor store), and what the Upgrader tells systemd over
+// NOTIFY_SOCKET as the service starts, upgrades and stops.
+
+// systemdState is what an Upgrader knows about its service manager.
+type systemdState struct {
+	// storeMax is the room in systemd's file descriptor store ($FDSTORE,
+	// FileDescriptorStoreMax=); 0: the store is not used.
+	storeMax int
+	// unstore lists the fd store names to remove at Ready: stored
+	// sockets no Listen call claimed, or duplicates.
+	unstore []string
+	// spawned: this process is a successor its predecessor started
+	// (Upgrade), so it runs in the same unit, which learns its pid
+	// from the predecessor.
+	spawned bool
+	// text is the program's own part of the STATUS= line (SetStatus).
+	text string
+}
+
+// fdStorePrefix starts the FDNAME= of every socket the Upgrader stores;
+// the rest is the socket's key, escaped. So a process restarted with the
+// store's sockets tells them from a socket unit's, and finds them by key.
+const fdStorePrefix = "handoff."
+
+// maxFDName is systemd's limit on FDNAME=.
+const maxFDName = 255
+
+// fdStoreName is the FDNAME= under which the socket with key is stored:
+// printable ASCII without ':' (LISTEN_FDNAMES separates names with it).
+func fdStoreName(key string) (string, bool) {
+	name := fdStorePrefix + url.QueryEscape(key)
+	return name, len(name) <= maxFDName
+}
+
+// storedKey is the key of a socket passed under the fd store name name,
+// or false when name is not one of ours.
+func storedKey(name string) (string, bool) {
+	esc, ok := strings.CutPrefix(name, fdStorePrefix)
+	if !ok {
+		return "", false
+	}
+	key, err := url.QueryUnescape(esc)
+	return key, err == nil && key != ""
+}
+
 // inheritSystemd takes the sockets systemd passed (LISTEN_FDS, checked
 // against LISTEN_PID, named by LISTEN_FDNAMES) into the registry, where
-// Listen finds them by name or address. The LISTEN_* variables are unset
-// so that they do not leak to children. A descriptor that is not a socket
-// this package can serve is reported and closed.
+// Listen finds them by name or address, or, for the fd store's, by key.
+// The LISTEN_* variables are unset so that they do not leak to children.
+// A descriptor that is not a socket this package can serve is reported
+// and closed, and so is the fd store's copy of a socket a socket unit
+// passed as well; the store forgets both at Ready.
 func (u *Upgrader) inheritSystemd() {
+	u.sd.storeMax, _ = strconv.Atoi(os.Getenv("FDSTORE"))
+	fromUnits := map[socketID]bool{}
 	for _, f := range activation.Files(true) {
-		rc, err := f.SyscallConn()
-		var e entry
-		if err == nil {
-			rc.Control(func(fd uintptr) { e, err = describeSocket(int(fd)) })
+		key, stored := storedKey(f.Name())
+		e, id, err := describeFile(f)
+		switch {
+		case err != nil:
+			u.log.Warn("ignoring a descriptor passed by systemd", "name", f.Name(), "err", err)
+		case stored && fromUnits[id]:
+			err = errors.New("duplicate")
+			u.log.Debug("dropping the fd store's copy of a socket a socket unit passed", "key", key)
 		}
 		if err != nil {
-			u.log.Warn("ignoring a descriptor passed by systemd", "name", f.Name(), "err", err)
 			f.Close()
+			if stored {
+				u.sd.unstore = append(u.sd.unstore, f.Name())
+			}
 			continue
 		}
+		source := fromSystemd
 		e.Name = f.Name()
-		u.log.Info("inherited socket from systemd", "name", e.Name, "network", e.Network, "address", e.Address)
-		u.reg.inherit(e, f, fromSystemd)
+		if stored {
+			source, e.Name = fromFDStore, key
+		} else {
+			fromUnits[id] = true
+		}
+		u.log.Info("inherited socket from "+source, "name", e.Name, "network", e.Network, "address", e.Address)
+		u.reg.inherit(e, f, source)
 	}
+}
+
+// describeFile is describeSocket for a passed file, with its identity.
+func describeFile(f *os.File) (entry, socketID, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return entry{}, socketID{}, err
+	}
+	var e entry
+	var id socketID
+	cerr := rc.Control(func(fd uintptr) {
+		if e, err = describeSocket(int(fd)); err == nil {
+			id, err = identify(int(fd))
+		}
+	})
+	if cerr != nil {
+		return entry{}, socketID{}, cerr
+	}
+	return e, id, err
+}
+
+// syncFDStore brings systemd's fd store in line with the sockets in use,
+// when the unit has one: names no longer used go (dropped lists the
+// inherited sockets no Listen call claimed), then every socket that no
+// socket unit holds is stored under its key. Storing a socket already
+// there changes nothing: systemd drops duplicates. A process systemd
+// restarts after a crash gets the stored sockets back, and with them the
+// connections that waited in their queues meanwhile.
+func (u *Upgrader) syncFDStore(dropped []inheritedFD) {
+	if u.sd.storeMax <= 0 {
+		return
+	}
+	remove := u.sd.unstore
+	u.sd.unstore = nil
+	for _, d := range dropped {
+		if d.source != fromSystemd {
+			if name, ok := fdStoreName(d.key()); ok {
+				remove = append(remove, name)
+			}
+		}
+	}
+	for _, name := range remove {
+		if err := notifyWithFDs("FDSTOREREMOVE=1\nFDNAME="+name, nil); err != nil {
+			u.log.Warn("cannot remove a socket from the fd store", "name", name, "err", err)
+		}
+	}
+	stored := 0
+	for _, s := range u.reg.inventory() {
+		if s.source == fromSystemd {
+			continue // its socket unit holds it
+		}
+		name, ok := fdStoreName(s.key())
+		if !ok {
+			u.log.Warn("not storing a socket whose key is too long for an fd store name", "key", s.key())
+			continue
+		}
+		if stored == u.sd.storeMax {
+			u.log.Warn("the fd store is full (FileDescriptorStoreMax=); the remaining sockets are not stored", "stored", stored)
+			break
+		}
+		if err := storeSocket(name, s.conn()); err != nil {
+			u.log.Warn("cannot store a socket in the fd store", "key", s.key(), "err", err)
+			continue
+		}
+		stored++
+	}
+	if stored > 0 {
+		u.log.Debug("stored sockets in systemd's fd store", "sockets", stored)
+	}
+}
+
+// storeSocket sends a duplicate of the socket behind conn to the fd store.
+func storeSocket(name string, conn syscall.Conn) error {
+	fd, err := dupFD(conn)
+	if err != nil {
+		return err
+	}
+	defer closeFDs([]int{fd})
+	return notifyWithFDs("FDSTORE=1\nFDNAME="+name, []int{fd})
 }
 
 // notify sends state assignments to the service manager. Without
@@ -40,12 +186,120 @@ func (u *Upgrader) notify(assignments ...string) {
 	}
 }
 
-// status is a STATUS= line a human can read in `systemctl status`.
-func (u *Upgrader) status(format string, args ...any) string {
-	return "STATUS=" + fmt.Sprintf(format, args...)
-}
-
 // reloading is RELOADING=1 with the timestamp Type=notify-reload wants.
 func reloading() string {
 	return daemon.SdNotifyReloading + "\n" + strings.TrimSuffix(daemon.SdNotifyMonotonicUsec(), "\n")
+}
+
+// announceReady tells systemd that this process serves: READY=1 for the
+// process systemd started, the status line, and the sockets for the fd
+// store. A successor that its predecessor started leaves READY=1 out:
+// the predecessor has already made it the unit's main process (and an
+// independent successor, the main process of another unit, says it).
+func (u *Upgrader) announceReady(fresh bool, dropped []inheritedFD) {
+	u.syncFDStore(dropped)
+	if fresh || !u.sd.spawned {
+		u.notify(daemon.SdNotifyReady, u.status("serving", ""))
+		return
+	}
+	u.notify(u.status("serving", ""))
+}
+
+// announceUpgrade tells systemd that an upgrade to successor pid has
+// begun. Within the unit it is a reload (RELOADING=1); a successor
+// outside the unit (another service taking over) is only reported.
+func (u *Upgrader) announceUpgrade(pid int, inUnit bool) {
+	if inUnit {
+		u.notify(reloading(), u.status("upgrading", fmt.Sprintf("handing over to pid %d", pid)))
+		return
+	}
+	u.notify(u.status("upgrading", fmt.Sprintf("handing over to pid %d, outside this unit", pid)))
+}
+
+// announceHandover tells systemd that successor pid serves now. Within
+// the unit it becomes the main process: this process sends MAINPID=
+// while it is still the main process itself, so NotifyAccess=main
+// suffices. A successor outside the unit leaves this unit stopping.
+func (u *Upgrader) announceHandover(pid int, inUnit bool) {
+	if inUnit {
+		u.notify(fmt.Sprintf("MAINPID=%d", pid), daemon.SdNotifyReady,
+			u.statusOf("serving", fmt.Sprintf("pid %d drains", u.pid), u.Generation()+1, pid))
+		return
+	}
+	u.notify(daemon.SdNotifyStopping, u.status("stopping", fmt.Sprintf("handed over to pid %d outside this unit; draining", pid)))
+}
+
+// announceReloaded tells systemd that a reload this process ran itself
+// (Config.Reload), or an upgrade that failed (err), is over and this
+// process serves: READY=1 ends what RELOADING=1 began.
+func (u *Upgrader) announceReloaded(err error) {
+	note := ""
+	if err != nil {
+		note = "the last reload failed: " + err.Error()
+	}
+	u.notify(daemon.SdNotifyReady, u.status("serving", note))
+}
+
+// SetStatus sets the program's own part of the status line the Upgrader
+// keeps up to date with systemd (STATUS=, which `systemctl status` shows)
+// and sends the line at once. The wrapper uses it for its child's pid.
+func (u *Upgrader) SetStatus(text string) {
+	u.mu.Lock()
+	u.sd.text = text
+	doing := u.state.String()
+	u.mu.Unlock()
+	u.notify(u.status(doing, ""))
+}
+
+// status is a STATUS= line about this process: what it is doing, its
+// generation and pid, the program's words (SetStatus), its sockets, and
+// a note, if any.
+func (u *Upgrader) status(doing, note string) string {
+	return u.statusOf(doing, note, u.Generation(), u.pid)
+}
+
+// statusOf is status for generation gen served by pid.
+func (u *Upgrader) statusOf(doing, note string, gen, pid int) string {
+	u.mu.Lock()
+	text := u.sd.text
+	u.mu.Unlock()
+	line := fmt.Sprintf("%s: generation %d, pid %d", doing, gen, pid)
+	if text != "" {
+		line += "; " + text
+	}
+	if s := u.socketsText(); s != "" {
+		line += "; " + s
+	}
+	if note != "" {
+		line += "; " + note
+	}
+	return "STATUS=" + strings.ReplaceAll(line, "\n", " ")
+}
+
+// maxStatusSockets is how many sockets a status line lists by name.
+const maxStatusSockets = 4
+
+// socketsText lists the sockets in use, and where systemd's came from:
+// "web=tcp 127.0.0.1:8080 (fd store), udp [::]:53 (socket unit)".
+func (u *Upgrader) socketsText() string {
+	var parts []string
+	inv := u.reg.inventory()
+	for i, s := range inv {
+		if i == maxStatusSockets {
+			parts = append(parts, fmt.Sprintf("and %d more", len(inv)-i))
+			break
+		}
+		p := s.Network + " " + s.boundAddress()
+		if s.Name != "" {
+			p = s.Name + "=" + p
+		}
+		switch s.source {
+		case fromSystemd:
+			p += " (socket unit)"
+		case fromFDStore:
+			p += " (fd store)"
+		}
+		parts = append(parts, p)
+	}
+	return strings.Join(parts, ", ")
 }

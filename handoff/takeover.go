@@ -15,6 +15,7 @@ import (
 // succeeds, or, when there is none, the newly bound control socket.
 func (u *Upgrader) findPredecessor(ctx context.Context) (*ctlConn, *net.UnixListener, error) {
 	if cc, err := inheritedControlConn(); cc != nil || err != nil {
+		u.sd.spawned = cc != nil
 		return cc, nil, err
 	}
 	path := u.cfg.Socket

@@ -56,6 +56,7 @@ type Upgrader struct {
 
 	reg   registry
 	conns connQueue // connections handed over for AcceptConn
+	sd    systemdState
 
 	ctx    context.Context // canceled by Close; bounds every session
 	cancel context.CancelFunc
@@ -202,7 +203,8 @@ func (u *Upgrader) Ready() error {
 	default:
 		return errors.New("handoff: Ready called twice")
 	}
-	for _, d := range u.reg.dropUnclaimed() {
+	dropped := u.reg.dropUnclaimed()
+	for _, d := range dropped {
 		u.log.Warn("closed inherited socket that no Listen call claimed", "key", d.key(), "network", d.Network, "address", d.Address, "from", d.source)
 	}
 	var ctrl *net.UnixListener
@@ -232,9 +234,7 @@ func (u *Upgrader) Ready() error {
 	u.mu.Unlock()
 
 	u.writePIDFile(u.pid)
-	if pred == nil {
-		u.notify("READY=1", u.status("serving: generation %d, pid %d, %d sockets", u.generation, u.pid, len(u.reg.keys())))
-	}
+	u.announceReady(pred == nil, dropped)
 	u.log.Info("ready", "sockets", len(u.reg.keys()))
 	return nil
 }
@@ -279,9 +279,11 @@ func (u *Upgrader) Stop() {
 		ctrl.Close()
 		os.Remove(u.cfg.Socket)
 	}
-	closeConns(u.reg.closeSockets(true))
+	// Sockets in systemd's fd store live on for the next start: their
+	// paths stay.
+	closeConns(u.reg.closeSockets(u.sd.storeMax <= 0))
 	if wasServing {
-		u.notify("STOPPING=1", u.status("stopping: generation %d, pid %d", u.generation, u.pid))
+		u.notify("STOPPING=1", u.status("stopping", "draining"))
 	}
 }
 

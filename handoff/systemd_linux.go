@@ -1,0 +1,61 @@
+//go:build linux
+
+package handoff
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// notifyWithFDs sends state to the service manager with fds attached
+// (SCM_RIGHTS), as sd_pid_notify_with_fds(3) does: go-systemd has no such
+// call, and FDSTORE=1 needs one. The fds stay the caller's. Without
+// NOTIFY_SOCKET it does nothing.
+func notifyWithFDs(state string, fds []int) error {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	if addr == "" {
+		return nil
+	}
+	if addr[0] != '/' && addr[0] != '@' { // '@': abstract, which SockaddrUnix knows
+		return fmt.Errorf("unsupported NOTIFY_SOCKET %q", addr)
+	}
+	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return os.NewSyscallError("socket", err)
+	}
+	defer unix.Close(s)
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	if err := unix.Sendmsg(s, []byte(state), oob, &unix.SockaddrUnix{Name: addr}, unix.MSG_NOSIGNAL); err != nil {
+		return os.NewSyscallError("sendmsg", err)
+	}
+	return nil
+}
+
+// socketID identifies a socket whatever descriptor refers to it.
+type socketID struct{ dev, ino uint64 }
+
+// identify returns the identity of the socket fd refers to.
+func identify(fd int) (socketID, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return socketID{}, os.NewSyscallError("fstat", err)
+	}
+	return socketID{dev: st.Dev, ino: st.Ino}, nil
+}
+
+// sameCgroup reports whether process pid is in this process's control
+// groups: for systemd, whether it belongs to the same unit.
+func sameCgroup(pid int) bool {
+	own, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return false
+	}
+	theirs, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	return err == nil && bytes.Equal(own, theirs)
+}
