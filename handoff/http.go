@@ -272,6 +272,16 @@ type trackingListener struct {
 	key string // "" when its connections stay in this process
 }
 
+// Close closes the listener. Shutdown closes it before net/http's Shutdown
+// does again (and Stop or a handover may have closed the socket first), so
+// a listener that is closed already is no error.
+func (l *trackingListener) Close() error {
+	if err := l.Listener.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
+}
+
 func (l *trackingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil || l.key == "" {
