@@ -1,0 +1,153 @@
+package bench
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cloudflare/tableflip"
+	"github.com/handoffd/handoff/internal/testbed"
+)
+
+// BenchmarkTableflipUpgradeRoundTrip is handoff's BenchmarkUpgradeRoundTrip
+// (handoff/bench_linux_test.go) for cloudflare/tableflip, so that the two
+// compare on one machine: a minimal server times, in process, the call to
+// Upgrade (start a fresh copy of the program, pass it the socket) until the
+// successor is ready and this process has stopped accepting.
+//
+// tableflip allows one Upgrader per process and one upgrade per Upgrader,
+// so each round is one generation of a chain of processes, upgraded by
+// SIGHUP once its predecessor has exited, as tableflip requires; each
+// reports its time in a file. Allocations are not comparable across
+// processes and are not reported.
+func BenchmarkTableflipUpgradeRoundTrip(b *testing.B) {
+	setupReaper.Do(func() {
+		if err := testbed.BecomeSubreaper(); err != nil {
+			b.Fatal(err)
+		}
+		reaper = testbed.StartReaper()
+	})
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := testbed.NewService(b, reaper, exe)
+	results := filepath.Join(s.Dir, "results")
+	s.Env = []string{envGeneration + "=1", envAddr + "=" + s.Addr, envPIDFile + "=" + s.PIDFile, envResults + "=" + results}
+	pid := s.Start("-test.run=^$")
+	s.WaitPID(pid, 0, 30*time.Second)
+	b.StopTimer()
+	for i := range b.N {
+		old := pid
+		s.Signal(old, syscall.SIGHUP)
+		pid = s.WaitPID(0, old, 30*time.Second)
+		s.WaitExit(old, 30*time.Second)
+		if n := len(readResults(b, results)); n != i+1 {
+			b.Fatalf("%d results after %d upgrades", n, i+1)
+		}
+	}
+	var total time.Duration
+	for _, d := range readResults(b, results) {
+		total += d
+	}
+	b.ReportMetric(float64(total.Nanoseconds())/float64(b.N), "ns/op")
+	s.Signal(pid, syscall.SIGTERM)
+	s.WaitExit(pid, 30*time.Second)
+}
+
+var (
+	setupReaper sync.Once
+	reaper      *testbed.Reaper
+)
+
+// A generation of the chain reads its settings from these variables.
+const (
+	envGeneration = "BENCH_TABLEFLIP_GENERATION"
+	envAddr       = "BENCH_TABLEFLIP_ADDR"
+	envPIDFile    = "BENCH_TABLEFLIP_PIDFILE"
+	envResults    = "BENCH_TABLEFLIP_RESULTS"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envGeneration) != "" {
+		if err := runGeneration(); err != nil {
+			fmt.Fprintln(os.Stderr, "generation:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// runGeneration is one process of the chain: it serves its pid on every
+// connection and, on SIGHUP, upgrades once, timed, and exits.
+func runGeneration() error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	upg, err := tableflip.New(tableflip.Options{PIDFile: os.Getenv(envPIDFile)})
+	if err != nil {
+		return err
+	}
+	defer upg.Stop()
+	ln, err := upg.Listen("tcp", os.Getenv(envAddr))
+	if err != nil {
+		return err
+	}
+	go serveTag(ln, strconv.Itoa(os.Getpid()))
+	if err := upg.Ready(); err != nil {
+		return err
+	}
+	<-hup
+	start := time.Now()
+	if err := upg.Upgrade(); err != nil {
+		return err
+	}
+	ln.Close()
+	took := time.Since(start)
+	f, err := os.OpenFile(os.Getenv(envResults), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintln(f, took.Nanoseconds()); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// serveTag answers every connection with tag until ln is closed.
+func serveTag(ln net.Listener, tag string) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.Write([]byte(tag))
+		c.Close()
+	}
+}
+
+func readResults(tb testing.TB, path string) []time.Duration {
+	tb.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		tb.Fatal(err)
+	}
+	var ds []time.Duration
+	for _, line := range strings.Fields(string(b)) {
+		ns, err := strconv.ParseInt(line, 10, 64)
+		if err != nil {
+			tb.Fatalf("bad result %q", line)
+		}
+		ds = append(ds, time.Duration(ns))
+	}
+	return ds
+}
