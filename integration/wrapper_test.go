@@ -157,15 +157,25 @@ func reloadsUnderLoad(t *testing.T, s *testbed.Service, wrapper, child, n int) i
 	return child
 }
 
-// TestWrapperActivatedReloads: the go-systemd example under the wrapper
-// with the default -ready (auto: it sends READY=1), 30 reloads under load.
+// TestWrapperActivatedReloads: the go-systemd example under the wrapper,
+// reloads under load with each -ready mode that fits it: the default
+// (auto: it sends READY=1, so READY=1 and accepting), notify alone, and
+// accepting alone (the Go runtime registers a listener in its epoll set
+// as soon as it is created).
 func TestWrapperActivatedReloads(t *testing.T) {
-	checkNoChildren(t)
-	s := newService(t, binary(t, "./cmd/handoff"))
-	wrapper, child := startWrapper(t, s, "--", binary(t, "./examples/activated"))
-	testbed.WaitServing(t, s.Addr, child)
-	child = reloadsUnderLoad(t, s, wrapper, child, 30)
-	stopWrapper(t, s, wrapper, child)
+	for _, tt := range []struct {
+		ready   string
+		reloads int
+	}{{"auto", 30}, {"notify", 10}, {"accepting", 10}} {
+		t.Run(tt.ready, func(t *testing.T) {
+			checkNoChildren(t)
+			s := newService(t, binary(t, "./cmd/handoff"))
+			wrapper, child := startWrapper(t, s, "-ready", tt.ready, "--", binary(t, "./examples/activated"))
+			testbed.WaitServing(t, s.Addr, child)
+			child = reloadsUnderLoad(t, s, wrapper, child, tt.reloads)
+			stopWrapper(t, s, wrapper, child)
+		})
+	}
 }
 
 // lighttpdConf writes a lighttpd configuration that takes its socket from
@@ -234,6 +244,41 @@ func TestWrapperGunicornReloads(t *testing.T) {
 		t.Fatal(err)
 	}
 	wrapper, child := startWrapper(t, s, "-ready", "accepting", "--", gunicorn, "--chdir", s.Dir, "--workers", "2", "--graceful-timeout", "10", "app:app")
+	child = reloadsUnderLoad(t, s, wrapper, child, 10)
+	stopWrapper(t, s, wrapper, child)
+}
+
+// TestWrapperNginxReloads: nginx (Debian's nginx-light) knows no socket
+// activation, but takes inherited listening sockets from its NGINX
+// variable ("3;"), which a shell sets before exec. Workers wait in epoll:
+// -ready accepting. SIGQUIT drains. Keep-alive is off for the reason
+// given at lighttpdConf: nginx too closes idle keep-alive connections at
+// once when it stops gracefully.
+func TestWrapperNginxReloads(t *testing.T) {
+	nginx, err := exec.LookPath("nginx")
+	if err != nil {
+		t.Fatalf("nginx is not installed (scripts/deps.sh installs nginx-light): %v", err)
+	}
+	checkNoChildren(t)
+	s := newService(t, binary(t, "./cmd/handoff"))
+	conf := filepath.Join(s.Dir, "nginx.conf")
+	body := fmt.Sprintf(`daemon off;
+master_process on;
+worker_processes 2;
+pid %s/nginx.pid;
+error_log stderr notice;
+events {}
+http {
+	access_log off;
+	keepalive_timeout 0;
+	server { listen %s; location / { return 200 "nginx\\n"; } }
+}
+`, s.Dir, s.Addr)
+	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script := "NGINX='3;' exec " + nginx + " -c " + conf + " -e stderr"
+	wrapper, child := startWrapper(t, s, "-name", "nginx", "-ready", "accepting", "-stop-signal", "SIGQUIT", "--", "/bin/sh", "-c", script)
 	child = reloadsUnderLoad(t, s, wrapper, child, 10)
 	stopWrapper(t, s, wrapper, child)
 }

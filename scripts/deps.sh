@@ -9,6 +9,7 @@ unshare:util-linux
 nsenter:util-linux
 lighttpd:lighttpd
 gunicorn:gunicorn
+nginx:nginx-light
 "
 
 missing=""

@@ -60,6 +60,10 @@ func cmdReload(args []string, stdout, stderr io.Writer) int {
 		return report(stderr, "reload", err)
 	}
 	err = handoff.RequestReload(context.Background(), socket, func(line string) { fmt.Fprintln(stdout, line) })
+	var refused *handoff.RefusedError
+	if errors.As(err, &refused) {
+		err = errors.New(refused.Reason) // the wrapper's own words: why it rolled back
+	}
 	if err != nil {
 		return report(stderr, "reload", err)
 	}
