@@ -105,7 +105,12 @@ func serve(log *slog.Logger, acceptDelay, drain time.Duration) error {
 		dctx, dcancel := context.WithTimeout(context.Background(), drain)
 		defer dcancel()
 		d.wait(dctx)
-		return srv.Close()
+		// Close the connections left; the listeners are closed already,
+		// and closing one twice is no failure.
+		if err := srv.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		return nil
 	}, func(error) { cancel() })
 
 	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
