@@ -76,7 +76,8 @@ func report(stderr io.Writer, cmd string, err error) int {
 	if cmd != "" {
 		prefix += " " + cmd
 	}
-	msg := strings.ReplaceAll(err.Error(), "\n", " ")
+	// The library's errors say "handoff:" already; once is enough.
+	msg := strings.TrimPrefix(strings.ReplaceAll(err.Error(), "\n", " "), "handoff: ")
 	var ue *usageError
 	if errors.As(err, &ue) {
 		hint := "handoff help"

@@ -83,9 +83,6 @@ func (r *readiness) check(ctx context.Context, c *child) (bool, error) {
 	return false, fmt.Errorf("unknown ready mode %d", r.spec.mode)
 }
 
-// probeTimeout bounds one probe.
-const probeTimeout = time.Second
-
 // probeClient keeps no connection between probes.
 var probeClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 

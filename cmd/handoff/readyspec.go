@@ -84,6 +84,9 @@ func parseReady(s string) (readySpec, error) {
 	return readySpec{}, usageErrorf("-ready %q: not a mode (auto, notify, accepting), tcp:// or http:// URL, or duration", s)
 }
 
+// probeTimeout bounds one probe, and the name lookup of a probe's host.
+const probeTimeout = time.Second
+
 // checkProbe refuses a probe at one of the shared sockets: the old child
 // serves them too, so it could answer for a new child that is broken.
 func (r readySpec) checkProbe(listen []listenSpec) error {
@@ -113,7 +116,9 @@ func sameTCPAddress(probe, bound string) bool {
 	if bip != nil && bip.IsUnspecified() {
 		return true
 	}
-	pips, err := net.DefaultResolver.LookupIPAddr(context.Background(), ph)
+	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+	defer cancel()
+	pips, err := net.DefaultResolver.LookupIPAddr(ctx, ph)
 	if err != nil {
 		return strings.EqualFold(ph, bh)
 	}
