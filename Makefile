@@ -33,11 +33,17 @@ fuzz-ci: ## a short fuzzing run
 lint: ## gofmt, go vet and staticcheck
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "run gofmt -w ."; exit 1; }
 	$(GO) vet ./...
+	cd integration/bench && $(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
 cover: ## unit test coverage, in cover.html
 	$(GO) test -coverprofile=cover.out $(UNIT_PKGS)
 	$(GO) tool cover -html=cover.out -o cover.html
+
+bench: ## restarts under load side by side with the peers, and micro-benchmarks: docs/bench.{md,svg}, docs/bench-micro.txt (BENCH_FLAGS="-restarts 100" scales it up)
+	$(GO) run ./internal/bench $(BENCH_FLAGS) -out docs/bench.md -svg docs/bench.svg
+	$(GO) test -run='^$$' -bench=. -benchmem ./handoff | tee docs/bench-micro.txt
+	cd integration/bench && $(GO) test -run='^$$' -bench=. . | tee -a ../../docs/bench-micro.txt
 
 deps: ## install the system packages the tests need (Debian)
 	./scripts/deps.sh

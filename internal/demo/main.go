@@ -26,8 +26,8 @@ func main() {
 	workers := flag.Int("clients", 8, "concurrent clients")
 	flag.Parse()
 
-	d := &demo{}
-	defer d.cleanup()
+	d := &testbed.Program{Name: "demo"}
+	defer d.Close()
 	if err := testbed.BecomeSubreaper(); err != nil {
 		d.Fatalf("%v", err)
 	}
@@ -95,29 +95,4 @@ func report(what string, r *loadgen.Result) {
 	say("%s: %d requests, %d failed (%s); %d server processes answered; latency p50 %v, p99 %v, max %v",
 		what, r.Requests, r.FailedCount(), strings.Join(kinds, ", "), len(r.PIDs),
 		r.Latency.Quantile(0.5).Round(time.Microsecond), r.Latency.Quantile(0.99).Round(time.Microsecond), r.Latency.Max().Round(time.Microsecond))
-}
-
-// demo is the testbed.TB of a program: Fatalf cleans up and exits.
-type demo struct {
-	cleanups []func()
-	failed   bool
-}
-
-func (d *demo) Helper()                      {}
-func (d *demo) Logf(format string, a ...any) { fmt.Printf(format+"\n", a...) }
-func (d *demo) Cleanup(f func())             { d.cleanups = append(d.cleanups, f) }
-func (d *demo) Failed() bool                 { return d.failed }
-func (d *demo) Fatalf(format string, a ...any) {
-	fmt.Fprintf(os.Stderr, "demo: "+format+"\n", a...)
-	d.failed = true
-	d.cleanup()
-	os.Exit(1)
-}
-
-func (d *demo) cleanup() {
-	for len(d.cleanups) > 0 {
-		f := d.cleanups[len(d.cleanups)-1]
-		d.cleanups = d.cleanups[:len(d.cleanups)-1]
-		f()
-	}
 }

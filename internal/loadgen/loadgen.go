@@ -87,6 +87,11 @@ type Config struct {
 	MaxRequests int64         // stop after this many; zero means DefaultMaxRequests
 	Timeout     time.Duration // per request; zero means DefaultTimeout
 	Path        string        // request path; zero means "/"
+	// Interval paces each client: it starts a request at most every
+	// Interval, whatever became of the last one, so that every server gets
+	// the same offered load and one that refuses at once is not sent
+	// requests in a tight loop. Zero means back to back.
+	Interval time.Duration
 }
 
 // Result is what a run saw.
@@ -232,7 +237,11 @@ type worker struct {
 
 func (w *worker) run(ctx context.Context, b *budget) {
 	defer w.closeConn()
+	next := time.Now()
 	for ctx.Err() == nil && b.take() {
+		if !w.pace(ctx, &next) {
+			return
+		}
 		t0 := time.Now()
 		pid, err := w.request()
 		w.res.Requests++
@@ -244,6 +253,33 @@ func (w *worker) run(ctx context.Context, b *budget) {
 		w.res.Latency.Record(time.Since(t0))
 		w.res.PIDs[pid]++
 	}
+}
+
+// pace waits until *next, the start of this client's next request, and
+// moves *next on by the interval (from now, when the client is behind). It
+// reports false if ctx ended first.
+func (w *worker) pace(ctx context.Context, next *time.Time) bool {
+	if w.cfg.Interval <= 0 {
+		return true
+	}
+	if wait := time.Until(*next); wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	*next = later(next.Add(w.cfg.Interval), time.Now())
+	return true
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func (w *worker) fail(t0 time.Time, err error) {

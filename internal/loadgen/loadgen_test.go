@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 )
 
 func TestRunCountsSuccess(t *testing.T) {
@@ -60,12 +61,7 @@ func misbehave(t *testing.T, fn func(c *net.TCPConn)) string {
 }
 
 func TestRunClassifiesFailures(t *testing.T) {
-	closed, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	refusing := closed.Addr().String()
-	closed.Close()
+	refusing := refusingAddr(t)
 
 	tests := []struct {
 		name string
@@ -88,4 +84,31 @@ func TestRunClassifiesFailures(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRunPaced: with an Interval, a client starts a request at most every
+// Interval, even against a server that refuses at once.
+func TestRunPaced(t *testing.T) {
+	refusing := refusingAddr(t)
+	const run, interval = 300 * time.Millisecond, 20 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), run)
+	defer cancel()
+	r := Run(ctx, Config{Addr: refusing, Workers: 2, Interval: interval})
+	if most := 2 * (int64(run/interval) + 1); r.Requests > most || r.Requests < 2 {
+		t.Fatalf("%d requests in %v from 2 clients paced at %v, want 2 to %d", r.Requests, run, interval, most)
+	}
+	if r.Failures[Refused] != r.Requests {
+		t.Fatalf("%v, want every request refused", r)
+	}
+}
+
+// refusingAddr returns a loopback address where nothing listens.
+func refusingAddr(t testing.TB) string {
+	t.Helper()
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closed.Close()
+	return closed.Addr().String()
 }

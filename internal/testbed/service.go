@@ -161,13 +161,21 @@ func (s *Service) LogSize() int64 {
 	return fi.Size()
 }
 
+// LogFrom returns what the log holds past offset from.
+func (s *Service) LogFrom(from int64) []byte {
+	b, _ := os.ReadFile(s.log.Name())
+	if int64(len(b)) <= from {
+		return nil
+	}
+	return b[from:]
+}
+
 // WaitLog waits until the log, past offset from, contains substr.
 func (s *Service) WaitLog(from int64, substr string, timeout time.Duration) {
 	s.tb.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		b, _ := os.ReadFile(s.log.Name())
-		if int64(len(b)) > from && bytes.Contains(b[from:], []byte(substr)) {
+		if bytes.Contains(s.LogFrom(from), []byte(substr)) {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -211,10 +219,16 @@ func (s *Service) KillAll() {
 // RunLoad sends load to addr until the returned stop is called, which
 // returns the result. The load ends by itself after ten minutes.
 func RunLoad(addr string, mode loadgen.Mode, workers int) (stop func() *loadgen.Result) {
+	return RunLoadConfig(loadgen.Config{Addr: addr, Mode: mode, Workers: workers, Timeout: 10 * time.Second})
+}
+
+// RunLoadConfig is RunLoad for any load: it runs until the returned stop
+// is called, or ten minutes.
+func RunLoadConfig(cfg loadgen.Config) (stop func() *loadgen.Result) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	done := make(chan *loadgen.Result, 1)
 	go func() {
-		done <- loadgen.Run(ctx, loadgen.Config{Addr: addr, Mode: mode, Workers: workers, Timeout: 10 * time.Second})
+		done <- loadgen.Run(ctx, cfg)
 	}()
 	return func() *loadgen.Result {
 		cancel()

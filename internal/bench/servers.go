@@ -1,0 +1,177 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/handoffd/handoff/handoff"
+	"github.com/handoffd/handoff/internal/testbed"
+)
+
+// A server is one scenario's server under the benchmark's control.
+type server interface {
+	// start starts the first process and returns the pid that answers.
+	start() int
+	// restart restarts it once and returns once a new process serves and
+	// the old one is gone.
+	restart()
+	// stop ends the last process.
+	stop()
+	// retried counts restarts that had to be triggered again.
+	retried() int
+}
+
+// Bounds on every wait of the benchmark.
+const (
+	startTimeout = 30 * time.Second
+	exitTimeout  = time.Minute
+)
+
+// restartFunc restarts a pidServer from p.pid and returns the new pid.
+type restartFunc func(p *pidServer) int
+
+// pidServer is a server whose serving process the pid file names.
+type pidServer struct {
+	s       *testbed.Service
+	args    []string // of every process the benchmark starts
+	pid     int      // serving now
+	how     restartFunc
+	retries int // restarts signalled again after a refusal
+}
+
+func (p *pidServer) start() int {
+	p.pid = p.s.WaitPID(p.s.Start(p.args...), 0, startTimeout)
+	return p.pid
+}
+
+func (p *pidServer) stop() {
+	p.s.Signal(p.pid, syscall.SIGTERM)
+	p.s.WaitExit(p.pid, exitTimeout)
+}
+
+func (p *pidServer) restart() { p.pid = p.how(p) }
+
+func (p *pidServer) retried() int { return p.retries }
+
+// stopThenStart is the naive restart: stop the old process, wait until it
+// is gone, start a new one.
+func stopThenStart(p *pidServer) int {
+	p.s.Signal(p.pid, syscall.SIGTERM)
+	p.s.WaitExit(p.pid, exitTimeout)
+	return p.s.WaitPID(p.s.Start(p.args...), 0, startTimeout)
+}
+
+// startThenStop starts a new process that listens too (SO_REUSEPORT, or a
+// takeover), waits until it serves, and then until the old one is gone,
+// stopping it first when stopOld is set.
+func startThenStop(stopOld bool) restartFunc {
+	return func(p *pidServer) int {
+		next := p.s.WaitPID(p.s.Start(p.args...), 0, startTimeout)
+		if stopOld {
+			p.s.Signal(p.pid, syscall.SIGTERM)
+		}
+		p.s.WaitExit(p.pid, exitTimeout)
+		return next
+	}
+}
+
+// upgradeOnSignal sends the old process SIGHUP, which starts its
+// successor, and waits until the successor serves and the old one is
+// gone. When the old process logs that the upgrade failed, it signals
+// again, as an operator would: tableflip refuses to upgrade until it has
+// seen its own parent exit, which it notices a moment after the parent is
+// gone.
+func upgradeOnSignal(p *pidServer) int {
+	deadline := time.Now().Add(startTimeout)
+	for {
+		from := p.s.LogSize()
+		p.s.Signal(p.pid, syscall.SIGHUP)
+		for !bytes.Contains(p.s.LogFrom(from), []byte("upgrade failed")) {
+			if next := p.s.PID(); next != 0 && next != p.pid {
+				p.s.Remember(next)
+				p.s.WaitExit(p.pid, exitTimeout)
+				return next
+			}
+			if time.Now().After(deadline) {
+				prog.Fatalf("no successor of %d after %v", p.pid, startTimeout)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		p.retries++
+	}
+}
+
+// wrapped is a server run by `handoff run`: the wrapper keeps the sockets
+// and its pid, and replaces its child on SIGHUP.
+type wrapped struct {
+	s       *testbed.Service
+	wrapper string   // cmd/handoff
+	command []string // the child
+	pid     int      // the wrapper
+	child   int      // the serving child
+}
+
+func (w *wrapped) start() int {
+	args := append([]string{"run", "-listen", "web=tcp://" + w.s.Addr, "-socket", w.s.Socket, "-pidfile", w.s.PIDFile, "--"}, w.command...)
+	w.pid = w.s.WaitPID(w.s.StartProgram(w.wrapper, args...), 0, startTimeout)
+	w.child = w.servingChild(0)
+	return w.child
+}
+
+func (w *wrapped) restart() {
+	old := w.child
+	w.s.Signal(w.pid, syscall.SIGHUP)
+	w.child = w.servingChild(old)
+	waitGone(old)
+}
+
+func (w *wrapped) retried() int { return 0 }
+
+func (w *wrapped) stop() {
+	w.s.Signal(w.pid, syscall.SIGTERM)
+	w.s.WaitExit(w.pid, exitTimeout)
+}
+
+// servingChild waits until the wrapper says that one child serves, not
+// old, and returns it.
+func (w *wrapped) servingChild(old int) int {
+	deadline := time.Now().Add(startTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := handoff.RequestStatus(ctx, w.s.Socket)
+		cancel()
+		var d struct {
+			Children []struct {
+				PID  int    `json:"pid"`
+				Role string `json:"role"`
+			} `json:"children"`
+		}
+		if err == nil && json.Unmarshal(st.Detail, &d) == nil && len(d.Children) == 1 &&
+			d.Children[0].Role == "serving" && d.Children[0].PID != old {
+			return d.Children[0].PID
+		}
+		if time.Now().After(deadline) {
+			prog.Fatalf("wrapper: no new serving child after %v (%v, %+v)", startTimeout, err, d.Children)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// waitGone waits until pid, which its parent reaps, no longer exists.
+func waitGone(pid int) {
+	deadline := time.Now().Add(exitTimeout)
+	for {
+		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); os.IsNotExist(err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			prog.Fatalf("process %d still there after %v", pid, exitTimeout)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
