@@ -411,8 +411,9 @@ func TestWrapperKilled(t *testing.T) {
 	child = servingChild(t, s, child)
 	s.Signal(wrapper, syscall.SIGKILL)
 	s.WaitExit(wrapper, 10*time.Second)
-	if _, ok := reaper.Wait(child, 10*time.Second); !ok {
-		t.Fatalf("child %d still runs 10s after its wrapper was killed", child)
+	if _, ok := reaper.Wait(child, 30*time.Second); !ok {
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", child))
+		t.Fatalf("child %d still exists 30s after its wrapper was killed:\n%s", child, testbed.Tail(st, 12))
 	}
 }
 
