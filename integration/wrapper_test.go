@@ -524,6 +524,39 @@ func TestWrapperKeepsNonblock(t *testing.T) {
 	stopWrapper(t, s, wrapper, child)
 }
 
+// TestWrapperSignals: signals the wrapper does not handle itself reach
+// the child, and once stopped the wrapper exits with the child's status.
+// The child is a shell that never accepts, so it runs with the last-resort
+// -ready delay.
+func TestWrapperSignals(t *testing.T) {
+	checkNoChildren(t)
+	s := newService(t, binary(t, "./cmd/handoff"))
+	got := filepath.Join(s.Dir, "signals")
+	script := `trap 'echo USR1 >> ` + got + `' USR1; trap 'echo WINCH >> ` + got + `' WINCH; trap 'exit 3' TERM; while :; do sleep 0.05; done`
+	wrapper, child := startWrapper(t, s, "-ready", "300ms", "--", "/bin/sh", "-c", script)
+	if _, d := wrapperStatus(t, s); time.Since(d.Children[0].Started) < 300*time.Millisecond {
+		t.Fatalf("the wrapper was ready %v after starting its child, before the 300ms delay", time.Since(d.Children[0].Started))
+	}
+	s.Signal(wrapper, syscall.SIGUSR1)
+	s.Signal(wrapper, syscall.SIGWINCH)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile(got)
+		if strings.Contains(string(b), "USR1") && strings.Contains(string(b), "WINCH") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the child got %q, want USR1 and WINCH", b)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	s.Signal(wrapper, syscall.SIGTERM)
+	if ws := s.WaitExit(wrapper, 30*time.Second); ws.ExitStatus() != 3 {
+		t.Errorf("wrapper exited with %v, want 3, its child's exit code", ws)
+	}
+	waitGone(t, child, 10*time.Second)
+}
+
 // TestWrapperBadInput: mistakes get one clear line and exit code 2
 // (usage) or 1 (runtime).
 func TestWrapperBadInput(t *testing.T) {
