@@ -189,6 +189,7 @@ func TestChaosSuccessorKilledRightAfterReady(t *testing.T) {
 			}
 			res := stop()
 			t.Logf("load while the service was down: %v", res)
+			install(t, c.good, c.installed)
 			fresh := c.start(t) // replaces the dead service's control socket
 			c.stopService(t, fresh)
 		})
