@@ -5,18 +5,26 @@ package handoff
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 )
 
-// BenchmarkSocketTransfer measures passing n listening sockets over a
-// real socketpair: from the first batch sent to the last one received and
-// acknowledged, as in a handover.
+// BenchmarkSocketTransfer measures passing n listening sockets as a
+// takeover does: from connecting to the control socket until the last
+// batch is received and acknowledged.
 func BenchmarkSocketTransfer(b *testing.B) {
 	for _, n := range []int{1, 100, 1000, 10000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			path := filepath.Join(socketDir(b), "ctl.sock")
+			ctl, err := listenControlSocket(path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ctl.Close()
 			ln := localListener(b)
 			items := make([]handoverItem, n)
 			for i := range items {
@@ -25,14 +33,23 @@ func BenchmarkSocketTransfer(b *testing.B) {
 			got := make([]*os.File, 0, n)
 			keep := func(_ entry, f *os.File) { got = append(got, f) }
 			b.ReportAllocs()
-			b.ResetTimer()
 			for b.Loop() {
-				b.StopTimer()
-				server, successor := ctlPair(b)
-				got = got[:0]
-				b.StartTimer()
 				sent := make(chan error, 1)
-				go func() { sent <- sendSockets(server, items, 5*time.Second) }()
+				go func() {
+					c, err := ctl.AcceptUnix()
+					if err != nil {
+						sent <- err
+						return
+					}
+					server := newCtlConn(c, smallMessage, 0)
+					defer server.Close()
+					sent <- sendSockets(server, items, 5*time.Second)
+				}()
+				c, err := net.Dial("unixpacket", path)
+				if err != nil {
+					b.Fatal(err)
+				}
+				successor := newCtlConn(c.(*net.UnixConn), maxMessageSize, maxFDsPerMessage)
 				if err := receiveSockets(successor, uint32(n), 5*time.Second, keep); err != nil {
 					b.Fatalf("receive: %v", err)
 				}
@@ -43,7 +60,7 @@ func BenchmarkSocketTransfer(b *testing.B) {
 				for _, f := range got {
 					f.Close()
 				}
-				server.Close()
+				got = got[:0]
 				successor.Close()
 				b.StartTimer()
 			}
