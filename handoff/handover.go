@@ -47,6 +47,7 @@ func (u *Upgrader) serveConn(ctx context.Context, cc *ctlConn) {
 		case hello:
 			err = u.handOff(ctx, cc, nil, &m)
 		case request:
+			u.finishOnClose(cc)
 			err = u.serveRequest(ctx, cc, m)
 		default:
 			err = fmt.Errorf("%w: expected hello or request, got %s", ErrProtocol, m.msgType())
@@ -77,8 +78,21 @@ func (u *Upgrader) track(cc *ctlConn) bool {
 	if u.state == stateClosed {
 		return false
 	}
-	u.sessions[cc] = struct{}{}
+	u.sessions[cc] = true
 	return true
+}
+
+// finishOnClose exempts a request's connection from Close: the request
+// ends by itself, interrupted through ctx, and the client must hear the
+// outcome, which Close would otherwise cut off when a successful upgrade
+// makes the program close the Upgrader at once. Every send on it has a
+// deadline, so Close's wait for it is bounded.
+func (u *Upgrader) finishOnClose(cc *ctlConn) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if _, ok := u.sessions[cc]; ok {
+		u.sessions[cc] = false
+	}
 }
 
 // untrack closes cc unless the handover made it the successor link.

@@ -215,6 +215,30 @@ func TestRequestReloadUpgrades(t *testing.T) {
 	}
 }
 
+// TestRequestReloadAnsweredAtExit: the client of a reload request hears
+// that it succeeded even when the old process, seeing Exit, drains at
+// once and closes its Upgrader.
+func TestRequestReloadAnsweredAtExit(t *testing.T) {
+	checkLeaks(t)
+	for range 5 {
+		old, cfg, addr := upgradeSetup(t, "successor", 10*time.Second)
+		closed := make(chan struct{})
+		go func() {
+			defer close(closed)
+			<-old.Exit()
+			old.Close()
+		}()
+		err := RequestReload(context.Background(), cfg.Socket, nil)
+		<-old.Exit()
+		<-closed
+		pid, _ := strconv.Atoi(fetchTag(t, "tcp", addr))
+		stopChild(t, pid)
+		if err != nil {
+			t.Fatalf("reload: %v", err)
+		}
+	}
+}
+
 // TestUpgradeSuccessorFails: a successor that crashes, or hangs past the
 // ready timeout, is killed and reaped; the old process keeps serving and
 // can be upgraded again.

@@ -1,6 +1,7 @@
 package handoff
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -8,11 +9,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Environment of a successor started by Upgrade: the control connection
 // is inherited as fd HANDOFF_FD, valid only in the child of HANDOFF_PPID
-// (like systemd's LISTEN_PID, so a leaked variable misleads nobody).
+// (like systemd's LISTEN_PID, so a leaked variable misleads nobody): the
+// process that started it, or that process's parent (successorParent).
 const (
 	envFD   = "HANDOFF_FD"
 	envPPID = "HANDOFF_PPID"
@@ -58,14 +61,16 @@ func (u *Upgrader) startSuccessor() (*successorProcess, *ctlConn, error) {
 		return nil, nil, err
 	}
 	defer child.Close()
+	attr, ppid := successorParent(u.pid)
 	cmd := &exec.Cmd{
-		Path:       u.image.path,
-		Args:       u.image.args,
-		Dir:        u.image.dir,
-		Env:        append(environWithout(envFD, envPPID), envFD+"=3", envPPID+"="+strconv.Itoa(u.pid)),
-		Stdout:     os.Stdout,
-		Stderr:     os.Stderr,
-		ExtraFiles: []*os.File{child}, // fd 3
+		Path:        u.image.path,
+		Args:        u.image.args,
+		Dir:         u.image.dir,
+		Env:         append(environWithout(envFD, envPPID), envFD+"=3", envPPID+"="+strconv.Itoa(ppid)),
+		Stdout:      os.Stdout,
+		Stderr:      os.Stderr,
+		ExtraFiles:  []*os.File{child}, // fd 3
+		SysProcAttr: attr,
 	}
 	if err := cmd.Start(); err != nil {
 		parent.Close()
@@ -76,10 +81,13 @@ func (u *Upgrader) startSuccessor() (*successorProcess, *ctlConn, error) {
 
 func (p *successorProcess) pid() int { return p.cmd.Process.Pid }
 
-// kill stops a successor that failed and reaps it.
+// kill stops a successor that failed and reaps it (its parent does, when
+// it was started as a sibling).
 func (p *successorProcess) kill() {
 	p.cmd.Process.Kill()
-	p.cmd.Wait()
+	if err := p.cmd.Wait(); errors.Is(err, syscall.ECHILD) {
+		p.cmd.Process.Release() // not our child: its pidfd is all there is to free
+	}
 }
 
 // release lets a successor that took over live on: it outlives this

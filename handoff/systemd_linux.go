@@ -6,6 +6,8 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"strconv"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -58,4 +60,21 @@ func sameCgroup(pid int) bool {
 	}
 	theirs, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
 	return err == nil && bytes.Equal(own, theirs)
+}
+
+// successorParent says how to start a successor of process pid, and which
+// process will be its parent. Under a service manager (NOTIFY_SOCKET, and
+// this process is the manager's child: pid 1, or $MANAGERPID for a user
+// manager) the successor is started as a sibling (CLONE_PARENT), a child
+// of the manager, which then supervises it like a process it started
+// once MAINPID= makes it the main process. systemd (252 at least) does
+// not wait for a main process that is not its child: a stop follows
+// SIGTERM with SIGKILL at once, which leaves no time to drain. Elsewhere
+// the successor is this process's child.
+func successorParent(pid int) (*syscall.SysProcAttr, int) {
+	ppid := os.Getppid()
+	if os.Getenv("NOTIFY_SOCKET") == "" || (ppid != 1 && strconv.Itoa(ppid) != os.Getenv("MANAGERPID")) {
+		return nil, pid
+	}
+	return &syscall.SysProcAttr{Cloneflags: syscall.CLONE_PARENT}, ppid
 }

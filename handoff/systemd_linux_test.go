@@ -443,3 +443,35 @@ func TestSystemdFDStoreRestart(t *testing.T) {
 		t.Errorf("the helper did not report the fd store:\n%s", stderr)
 	}
 }
+
+// TestSuccessorParent: under a service manager whose child this process
+// is, a successor is started as a sibling (the manager's child), and
+// told that its parent is the manager; elsewhere it is a child.
+func TestSuccessorParent(t *testing.T) {
+	pid, ppid := os.Getpid(), os.Getppid()
+	tests := []struct {
+		name, notify, managerPID string
+		sibling                  bool
+	}{
+		{"no service manager", "", "", false},
+		{"a manager that is not our parent", "/run/systemd/notify", "", false},
+		{"a user manager that is our parent", "/run/user/0/systemd/notify", fmt.Sprint(ppid), true},
+		{"our parent, but no notify socket", "", fmt.Sprint(ppid), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("NOTIFY_SOCKET", tt.notify)
+			t.Setenv("MANAGERPID", tt.managerPID)
+			attr, parent := successorParent(pid)
+			if !tt.sibling {
+				if attr != nil || parent != pid {
+					t.Errorf("got %+v, parent %d; want a child of %d", attr, parent, pid)
+				}
+				return
+			}
+			if attr == nil || attr.Cloneflags != syscall.CLONE_PARENT || parent != ppid {
+				t.Errorf("got %+v, parent %d; want a sibling, child of %d", attr, parent, ppid)
+			}
+		})
+	}
+}

@@ -70,10 +70,10 @@ type Upgrader struct {
 	state      lifecycle
 	lastReload *ReloadResult
 	generation uint32
-	ctrl       *net.UnixListener     // this process's copy of the control socket
-	pred       *ctlConn              // link to the predecessor, until it exits
-	succ       *successorLink        // link to the successor, after the handover
-	sessions   map[*ctlConn]struct{} // control connections being served
+	ctrl       *net.UnixListener // this process's copy of the control socket
+	pred       *ctlConn          // link to the predecessor, until it exits
+	succ       *successorLink    // link to the successor, after the handover
+	sessions   map[*ctlConn]bool // control connections being served: true if Close interrupts it
 }
 
 // New returns an Upgrader for the service cfg describes. When a process
@@ -104,7 +104,7 @@ func New(ctx context.Context, cfg Config) (*Upgrader, error) {
 		image:    img,
 		ready:    make(chan struct{}),
 		exit:     make(chan struct{}),
-		sessions: make(map[*ctlConn]struct{}),
+		sessions: make(map[*ctlConn]bool),
 	}
 	u.log = cfg.Logger.With("pid", u.pid)
 	u.ctx, u.cancel = context.WithCancel(context.Background())
@@ -299,8 +299,10 @@ func (u *Upgrader) Close() error {
 	ctrl, pred, succ := u.ctrl, u.pred, u.succ
 	u.ctrl, u.pred, u.succ = nil, nil, nil
 	sessions := make([]*ctlConn, 0, len(u.sessions))
-	for cc := range u.sessions {
-		sessions = append(sessions, cc)
+	for cc, interrupt := range u.sessions {
+		if interrupt {
+			sessions = append(sessions, cc)
+		}
 	}
 	u.mu.Unlock()
 
