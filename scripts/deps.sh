@@ -7,6 +7,7 @@ set -eu
 needs="
 unshare:util-linux
 nsenter:util-linux
+systemctl:systemd
 lighttpd:lighttpd
 gunicorn:gunicorn
 nginx:nginx-light
