@@ -42,8 +42,9 @@ cover: ## unit test coverage, in cover.html
 
 bench: ## restarts under load side by side with the peers, and micro-benchmarks: docs/bench.{md,svg}, docs/bench-micro.txt (BENCH_FLAGS="-restarts 100" scales it up)
 	$(GO) run ./internal/bench $(BENCH_FLAGS) -out docs/bench.md -svg docs/bench.svg
-	$(GO) test -run='^$$' -bench=. -benchmem ./handoff | tee docs/bench-micro.txt
-	cd integration/bench && $(GO) test -run='^$$' -bench=. . | tee -a ../../docs/bench-micro.txt
+	$(GO) test -run='^$$' -bench=. -benchmem ./handoff > docs/bench-micro.txt || { cat docs/bench-micro.txt; exit 1; }
+	cd integration/bench && $(GO) test -run='^$$' -bench=. . >> ../../docs/bench-micro.txt || { cat ../../docs/bench-micro.txt; exit 1; }
+	cat docs/bench-micro.txt
 
 deps: ## install the system packages the tests need (Debian)
 	./scripts/deps.sh

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -106,8 +107,8 @@ func runGeneration() error {
 		return err
 	}
 	<-hup
-	start := time.Now()
-	if err := upg.Upgrade(); err != nil {
+	start, err := upgrade(upg)
+	if err != nil {
 		return err
 	}
 	ln.Close()
@@ -121,6 +122,26 @@ func runGeneration() error {
 		return err
 	}
 	return f.Close()
+}
+
+// upgrade upgrades and returns when the attempt that succeeded began.
+// tableflip refuses to upgrade ("parent hasn't exited") until it has seen
+// its own parent exit, a moment after the parent is gone, and even then
+// the refusal can race with the news: wait for it, and retry.
+func upgrade(upg *tableflip.Upgrader) (time.Time, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := upg.WaitForParent(ctx); err != nil {
+		return time.Time{}, err
+	}
+	for {
+		start := time.Now()
+		err := upg.Upgrade()
+		if err == nil || err.Error() != "parent hasn't exited" || ctx.Err() != nil {
+			return start, err
+		}
+		time.Sleep(time.Millisecond) // give tableflip's own goroutine the news
+	}
 }
 
 // serveTag answers every connection with tag until ln is closed.
