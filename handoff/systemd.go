@@ -247,6 +247,9 @@ func (u *Upgrader) SetStatus(text string) {
 	u.mu.Lock()
 	u.sd.text = text
 	doing := u.state.String()
+	if u.state == stateUpgrading && u.cfg.Reload != nil {
+		doing = "reloading" // Config.Reload's, in this process
+	}
 	u.mu.Unlock()
 	u.notify(u.status(doing, ""))
 }

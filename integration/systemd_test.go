@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -120,19 +121,27 @@ func (s *sdService) waitSuccessor(old int) unitProps {
 	return p
 }
 
-// waitAlone waits until pid is the only process left in the unit: every
-// earlier generation has drained and exited.
-func (s *sdService) waitAlone(pid int) {
+// waitAlone waits until pids are the only processes left in the unit:
+// every earlier generation has drained and exited.
+func (s *sdService) waitAlone(pids ...int) {
 	s.t.Helper()
+	slices.Sort(pids)
+	want := fmt.Sprint(pids)
 	procs := "/sys/fs/cgroup/system.slice/" + s.unit + "/cgroup.procs"
 	deadline := time.Now().Add(unitTimeout)
 	for {
 		out, err := s.sb.run("cat", procs)
-		if err == nil && strings.Fields(out) != nil && strings.Join(strings.Fields(out), " ") == strconv.Itoa(pid) {
+		var have []int
+		for _, f := range strings.Fields(out) {
+			pid, _ := strconv.Atoi(f)
+			have = append(have, pid)
+		}
+		slices.Sort(have)
+		if err == nil && fmt.Sprint(have) == want {
 			return
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("%s still runs %q (%v), want only %d", s.unit, out, err, pid)
+			s.t.Fatalf("%s runs %v (%v), want only %v", s.unit, have, err, pids)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -326,12 +335,7 @@ func TestSystemdSocketActivation(t *testing.T) {
 	checkNoChildren(t)
 	sb := startSandbox(t)
 	s := installHTTPServer(t, sb, binary(t, "./examples/httpserver"), true)
-	sb.systemctl("start", "httpserver.socket")
-	if p := s.props(); p["ActiveState"] != "inactive" {
-		t.Fatalf("the service runs before any connection: %v", p)
-	}
-	first := firstAnswer(t, s.addr)
-	p := s.wait("active, started by the socket", func(p unitProps) bool { return p["ActiveState"] == "active" })
+	first, p := s.activate("httpserver.socket")
 	if p.mainPID() != first {
 		t.Fatalf("main process %d, but %d answered", p.mainPID(), first)
 	}
@@ -358,16 +362,39 @@ func TestSystemdSocketActivation(t *testing.T) {
 	t.Logf("socket-activated, 2 reloads: %d requests, %d failed; MainPID %v", res.Requests, res.FailedCount(), pids)
 }
 
-// firstAnswer sends one request to addr, which may start a service, and
-// returns the pid that answered.
-func firstAnswer(t *testing.T, addr string) int {
+// deployable installs a copy of the executable bin in a directory of its
+// own, where a test replaces it as a deploy would (install), and returns
+// its path and that of a broken build, which exits at once.
+func deployable(t *testing.T, bin string) (installed, broken string) {
 	t.Helper()
-	r := loadgen.Run(context.Background(), loadgen.Config{Addr: addr, Mode: loadgen.NewConn, Workers: 1, MaxRequests: 1, Timeout: unitTimeout})
-	for pid := range r.PIDs {
-		return pid
+	dir, err := os.MkdirTemp("", "sdsvc")
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no answer from %s: %v", addr, r.Errors)
-	return 0
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	installed, broken = filepath.Join(dir, filepath.Base(bin)), filepath.Join(dir, "broken")
+	install(t, bin, installed)
+	if err := os.WriteFile(broken, []byte("#!/bin/sh\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return installed, broken
+}
+
+// activate starts socket unit socket, checks that the service does not
+// run yet, then sends a request, which starts it. It returns the pid that
+// answered, and the service's properties once it is active.
+func (s *sdService) activate(socket string) (int, unitProps) {
+	s.t.Helper()
+	s.sb.systemctl("start", socket)
+	if p := s.props(); p["ActiveState"] != "inactive" {
+		s.t.Fatalf("%s runs before any connection: %v", s.unit, p)
+	}
+	r := loadgen.Run(context.Background(), loadgen.Config{Addr: s.addr, Mode: loadgen.NewConn, Workers: 1, MaxRequests: 1, Timeout: unitTimeout})
+	for pid := range r.PIDs {
+		return pid, s.wait("active, started by the socket", func(p unitProps) bool { return p["ActiveState"] == "active" })
+	}
+	s.t.Fatalf("no answer from %s: %v", s.addr, r.Errors)
+	return 0, nil
 }
 
 // TestSystemdLibraryFailedReload: a reload whose successor exits at once
@@ -376,23 +403,13 @@ func firstAnswer(t *testing.T, addr string) int {
 func TestSystemdLibraryFailedReload(t *testing.T) {
 	checkNoChildren(t)
 	sb := startSandbox(t)
-	dir, err := os.MkdirTemp("", "sdsvc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
 	good := binary(t, "./examples/httpserver")
-	installed := filepath.Join(dir, "httpserver")
-	install(t, good, installed)
+	installed, broken := deployable(t, good)
 	s := installHTTPServer(t, sb, installed, false)
 	first := s.start()
 	invocation := s.props()["InvocationID"]
 
 	stop := startLoad(t, s.addr, loadgen.Mixed, 4)
-	broken := filepath.Join(dir, "broken")
-	if err := os.WriteFile(broken, []byte("#!/bin/sh\nexit 3\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
 	install(t, broken, installed)
 	sb.systemctl("reload", s.unit)
 	p := s.wait("the failed reload reported", func(p unitProps) bool {

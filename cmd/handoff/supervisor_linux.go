@@ -212,6 +212,7 @@ func (s *supervisor) reload(ctx, reqCtx context.Context, progress func(string)) 
 		s.log.Warn("reload failed", "child", c.pid, "err", err)
 		return err
 	}
+	s.announce(c)
 	if old == nil {
 		progress(fmt.Sprintf("child pid %d is ready and serving", c.pid))
 		return nil
@@ -266,6 +267,7 @@ func (s *supervisor) setCurrent(c *child) {
 	s.mu.Lock()
 	s.current = c
 	s.mu.Unlock()
+	s.announce(c)
 }
 
 func (s *supervisor) currentChild() *child {
