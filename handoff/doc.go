@@ -43,15 +43,24 @@
 // Under Type=notify (or Type=notify-reload, systemd 253 and later) the
 // Upgrader speaks the notify protocol with no code from the program:
 // READY=1 once the first process is ready; on an upgrade RELOADING=1
-// (with MONOTONIC_USEC=), then MAINPID= of the successor with READY=1,
-// sent by the old process while it is still the main process, so
-// NotifyAccess=main (the default) suffices; READY=1 from the old process
-// if the upgrade fails, which leaves it the main process; STOPPING=1 on
-// Stop; and STATUS= lines naming generation, pid and sockets, to which
-// SetStatus adds the program's own words. A successor outside the unit's
-// control group (another service taking over) does not become the unit's
-// main process: the unit is told STOPPING=1 instead, and the successor,
-// if systemd started it, says READY=1 itself.
+// (with MONOTONIC_USEC=) before the successor starts, then MAINPID= of
+// the successor with READY=1, sent by the old process while it is still
+// the main process, so NotifyAccess=main (the default) suffices; READY=1
+// from the old process if the upgrade fails, which leaves it the main
+// process; STOPPING=1 on Stop; and STATUS= lines naming generation, pid
+// and sockets, to which SetStatus adds the program's own words. With a
+// custom Config.Reload, RELOADING=1 and READY=1 frame each reload.
+//
+// Under a service manager Upgrade starts the successor as a child of the
+// manager (CLONE_PARENT) rather than of this process, so that the
+// manager supervises it as it does a process it started: systemd does
+// not wait for a main process that is not its child, and would cut a
+// later stop's drain short with SIGKILL.
+//
+// A successor outside the unit's control group (another service taking
+// over) does not become the unit's main process: the unit is told
+// STOPPING=1 instead, and the successor, if systemd started it, says
+// READY=1 itself.
 //
 // Listen finds the sockets systemd passed (LISTEN_FDS) by name
 // (FileDescriptorName=) or address; descriptors it cannot serve are

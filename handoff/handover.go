@@ -129,6 +129,7 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 	if err := u.reserve(); err != nil {
 		return err
 	}
+	u.announceUpgrade(0, true)
 	child, cc, err := u.startSuccessor()
 	if err != nil {
 		err = fmt.Errorf("handoff: start successor: %w", err)
@@ -226,7 +227,11 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctlConn, child *successorPro
 	log := u.log.With("successor", succPID)
 	log.Info("handing over to successor")
 	inUnit := sameCgroup(succPID) // for systemd: the same service
-	u.announceUpgrade(succPID, inUnit)
+	if child == nil {
+		u.announceUpgrade(succPID, inUnit)
+	} else {
+		u.announceHandingOver(succPID)
+	}
 
 	items := u.handoverItems()
 	if err := cc.send(welcome{Version: protocolVersion, Caps: supportedCaps, PID: uint32(u.pid), Generation: u.generation, Sockets: uint32(len(items))}, nil, step()); err != nil {

@@ -205,15 +205,26 @@ func (u *Upgrader) announceReady(fresh bool, dropped []inheritedFD) {
 	u.notify(u.status("serving", ""))
 }
 
-// announceUpgrade tells systemd that an upgrade to successor pid has
-// begun. Within the unit it is a reload (RELOADING=1); a successor
-// outside the unit (another service taking over) is only reported.
+// announceUpgrade tells systemd that an upgrade has begun: Upgrade's,
+// before it starts the successor (pid 0), or a takeover by successor pid.
+// Within the unit it is a reload (RELOADING=1, which Type=notify-reload
+// waits for before anything can fail); a successor outside the unit
+// (another service taking over) is only reported.
 func (u *Upgrader) announceUpgrade(pid int, inUnit bool) {
-	if inUnit {
+	switch {
+	case pid == 0:
+		u.notify(reloading(), u.status("upgrading", "starting a successor"))
+	case inUnit:
 		u.notify(reloading(), u.status("upgrading", fmt.Sprintf("handing over to pid %d", pid)))
-		return
+	default:
+		u.notify(u.status("upgrading", fmt.Sprintf("handing over to pid %d, outside this unit", pid)))
 	}
-	u.notify(u.status("upgrading", fmt.Sprintf("handing over to pid %d, outside this unit", pid)))
+}
+
+// announceHandingOver reports that the successor Upgrade started, pid,
+// has said hello.
+func (u *Upgrader) announceHandingOver(pid int) {
+	u.notify(u.status("upgrading", fmt.Sprintf("handing over to pid %d", pid)))
 }
 
 // announceHandover tells systemd that successor pid serves now. Within

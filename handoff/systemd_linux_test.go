@@ -243,11 +243,11 @@ func TestSystemdNotifyLifecycle(t *testing.T) {
 }
 
 // TestSystemdNotifyUpgrade: an upgrade says RELOADING=1 (with
-// MONOTONIC_USEC=), then, from the old main process, MAINPID= of the
-// successor with READY=1; only after that does the successor speak
-// (its fd store and status), so NotifyAccess=main suffices. A failed
-// upgrade ends the reload with READY=1 from the process that still
-// serves.
+// MONOTONIC_USEC=) before it starts the successor, then, from the old
+// main process, MAINPID= of the successor with READY=1; only after that
+// does the successor speak (its fd store and status), so
+// NotifyAccess=main suffices. A failed upgrade ends the reload with
+// READY=1 from the process that still serves.
 func TestSystemdNotifyUpgrade(t *testing.T) {
 	checkLeaks(t)
 	t.Setenv("FDSTORE", "4")
@@ -265,6 +265,7 @@ func TestSystemdNotifyUpgrade(t *testing.T) {
 	if !strings.HasPrefix(m.fields["STATUS"], "upgrading: generation 1") {
 		t.Errorf("status %q", m.fields["STATUS"])
 	}
+	r.expect(t, pid, map[string]string{"STATUS": ""}) // handing over to the successor
 	m = r.expect(t, pid, map[string]string{"READY": "1", "STATUS": ""})
 	if s := m.fields["STATUS"]; !strings.HasPrefix(s, "serving: generation 1") || !strings.Contains(s, "the last reload failed") {
 		t.Errorf("status after the failed upgrade %q", s)
@@ -277,6 +278,10 @@ func TestSystemdNotifyUpgrade(t *testing.T) {
 	succ := old.successor().pid
 	defer stopChild(t, succ)
 	r.expect(t, pid, map[string]string{"RELOADING": "1", "MONOTONIC_USEC": ""})
+	m = r.expect(t, pid, map[string]string{"STATUS": ""})
+	if !strings.Contains(m.fields["STATUS"], fmt.Sprintf("handing over to pid %d", succ)) {
+		t.Errorf("status %q", m.fields["STATUS"])
+	}
 	m = r.expect(t, pid, map[string]string{"MAINPID": fmt.Sprint(succ), "READY": "1", "STATUS": ""})
 	if want := fmt.Sprintf("serving: generation 2, pid %d; pid %d drains", succ, pid); m.fields["STATUS"] != want {
 		t.Errorf("status at the handover %q, want %q", m.fields["STATUS"], want)
