@@ -7,11 +7,13 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// child is one running COMMAND. Its wait goroutine reaps it and then
-// closes done; whoever stops a child waits for done, so no child is left
-// unreaped.
+// child is one running COMMAND, the leader of its own process group. Its
+// wait goroutine reaps it and then closes done; whoever stops a child
+// waits for done, so no child is left unreaped.
 type child struct {
 	pid     int
 	number  int // 1 for the wrapper's first child, then one more per start
@@ -21,15 +23,30 @@ type child struct {
 	status  syscall.WaitStatus // valid once done is closed
 }
 
-// watchChild takes charge of the child pid: it reaps it when it exits.
+// watchChild takes charge of the child pid: when it exits, whatever it
+// left in its process group (workers of a multi-process server) is
+// killed, and it is reaped.
 func watchChild(pid, number int) (*child, error) {
 	proc, err := os.FindProcess(pid) // a pidfd on Linux: signals never reach a reused pid
 	if err != nil {
 		return nil, err
 	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("pidfd_open", err)
+	}
 	c := &child{pid: pid, number: number, started: time.Now(), proc: proc, done: make(chan struct{})}
 	go func() {
 		defer close(c.done)
+		defer unix.Close(pidfd)
+		// Exited but not reaped: the zombie keeps its pid, and so its
+		// process group id, from being reused, so signalling the group
+		// reaches only what the child left behind. A worker that stayed
+		// would keep accepting on the shared sockets.
+		var info unix.Siginfo
+		for unix.Waitid(unix.P_PIDFD, pidfd, &info, unix.WEXITED|unix.WNOWAIT, nil) == unix.EINTR {
+		}
+		unix.Kill(-pid, unix.SIGKILL)
 		st, err := proc.Wait()
 		if err == nil {
 			c.status = st.Sys().(syscall.WaitStatus)
@@ -56,7 +73,8 @@ func (c *child) signal(sig os.Signal) error {
 	return c.proc.Signal(sig)
 }
 
-// stop sends sig, waits up to drain for the child to exit, then kills it.
+// stop sends sig, waits up to drain for the child to exit, then kills it
+// (and, once it is dead, the rest of its process group).
 // It returns once the child is reaped, and whether it needed SIGKILL.
 func (c *child) stop(sig syscall.Signal, drain time.Duration) (killed bool) {
 	c.signal(sig)

@@ -18,23 +18,31 @@ import (
 // the ways servers do, or check what they were given. A pipe passed as
 // fd 4 lets the "hold" role block somewhere else.
 func init() {
+	// Each role waits again when a signal interrupts it: the Go runtime
+	// signals its threads now and then.
 	helpers["hold"] = func() int { // holds the socket, waits on fd 4
-		unix.Read(4, make([]byte, 1))
+		retry(func() error { _, err := unix.Read(4, make([]byte, 1)); return err })
 		return 0
 	}
 	helpers["accept"] = func() int { // blocks in accept
-		unix.Accept(3)
+		retry(func() error { _, _, err := unix.Accept(3); return err })
 		return 0
 	}
 	helpers["poll"] = func() int {
-		unix.Poll([]unix.PollFd{{Fd: 4, Events: unix.POLLIN}, {Fd: 3, Events: unix.POLLIN}}, -1)
+		retry(func() error {
+			_, err := unix.Poll([]unix.PollFd{{Fd: 4, Events: unix.POLLIN}, {Fd: 3, Events: unix.POLLIN}}, -1)
+			return err
+		})
 		return 0
 	}
 	helpers["select"] = func() int {
-		var set unix.FdSet
-		set.Set(3)
-		set.Set(4)
-		unix.Select(5, &set, nil, nil, nil)
+		retry(func() error {
+			var set unix.FdSet
+			set.Set(3)
+			set.Set(4)
+			_, err := unix.Select(5, &set, nil, nil, nil)
+			return err
+		})
 		return 0
 	}
 	helpers["epoll"] = func() int {
@@ -45,7 +53,7 @@ func init() {
 		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, 3, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: 3}); err != nil {
 			return 1
 		}
-		unix.EpollWait(ep, make([]unix.EpollEvent, 1), -1)
+		retry(func() error { _, err := unix.EpollWait(ep, make([]unix.EpollEvent, 1), -1); return err })
 		return 0
 	}
 	helpers["fork-accept"] = func() int { // a worker process accepts, as gunicorn's do
@@ -75,8 +83,14 @@ func init() {
 		if _, err := daemon.SdNotify(false, "STATUS=starting\nREADY=1"); err != nil {
 			return 1
 		}
-		unix.Read(4, make([]byte, 1))
+		retry(func() error { _, err := unix.Read(4, make([]byte, 1)); return err })
 		return 0
+	}
+}
+
+// retry calls wait again while a signal interrupts it.
+func retry(wait func() error) {
+	for wait() == unix.EINTR {
 	}
 }
 
@@ -146,6 +160,16 @@ func newTestSpawner(t *testing.T) *spawner {
 	sp := newSpawner()
 	t.Cleanup(sp.close)
 	return sp
+}
+
+// waitExit waits until c has exited and been reaped.
+func waitExit(t *testing.T, c *child) {
+	t.Helper()
+	select {
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("child %d still runs after 10s", c.pid)
+	}
 }
 
 // waitUntil polls cond until it holds or 10 seconds pass.

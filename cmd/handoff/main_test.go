@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"testing"
 )
 
@@ -13,6 +14,12 @@ import (
 const envHelper = "HANDOFF_TEST_ROLE"
 
 var helpers = map[string]func() int{}
+
+// The main goroutine keeps the main thread: a goroutine that exits while
+// locked to a thread retires it, except the main thread, which Go parks
+// instead. With the main thread taken, every test goroutine runs on a
+// thread that can exit, as TestSpawnerSurvivesThreadExits needs.
+func init() { runtime.LockOSThread() }
 
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == shimCommand {

@@ -31,7 +31,7 @@ func TestSpawnChildEnvironment(t *testing.T) {
 	}
 	sp := newTestSpawner(t)
 	c := startHelper(t, sp, "env", []string{"LISTEN_FDS=1", "LISTEN_FDNAMES=web"}, fd)
-	<-c.done
+	waitExit(t, c)
 	if c.describe() != "exit status 0" {
 		t.Fatalf("child saw the wrong environment: %s", c.describe())
 	}
@@ -65,7 +65,7 @@ func TestSpawnerSurvivesThreadExits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	<-doomed.done
+	waitExit(t, doomed)
 	if !doomed.status.Signaled() || doomed.status.Signal() != syscall.SIGKILL {
 		t.Fatalf("child of an exited thread: %s, want killed by SIGKILL", doomed.describe())
 	}
