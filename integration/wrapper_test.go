@@ -582,7 +582,7 @@ func TestWrapperBadInput(t *testing.T) {
 		{"no command", []string{"run", "-listen", "tcp://" + shared}, 2, "no COMMAND"},
 		{"port in use", []string{"run", "-socket", dir + "/a.sock", "-listen", "tcp://" + busy.Addr, "--", "true"}, 1, "address already in use"},
 		{"command not found", []string{"run", "-socket", dir + "/b.sock", "-listen", "tcp://" + shared, "--", "no-such-command-here"}, 1, `"no-such-command-here": executable file not found`},
-		{"reload, no wrapper", []string{"reload", "-socket", dir + "/none.sock"}, 1, "no such file or directory"},
+		{"reload, no wrapper", []string{"reload", "-socket", dir + "/none.sock"}, 1, "no wrapper is running on " + dir + "/none.sock: no such file or directory"},
 		{"status, no socket", []string{"status"}, 2, "give -socket PATH or -name NAME"},
 		{"unknown command", []string{"restart"}, 2, `unknown command "restart"`},
 	} {

@@ -7,10 +7,21 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"syscall"
 	"time"
 
 	"github.com/handoffd/handoff/handoff"
 )
+
+// noWrapper rewords the failure to reach a control socket that nobody
+// serves.
+func noWrapper(socket string, err error) error {
+	var errno syscall.Errno
+	if errors.As(err, &errno) && (errno == syscall.ENOENT || errno == syscall.ECONNREFUSED) {
+		return fmt.Errorf("no wrapper is running on %s: %w", socket, errno)
+	}
+	return err
+}
 
 // clientTimeout bounds `handoff status`; a reload is bounded by the
 // wrapper's own ready and drain timeouts.
@@ -65,7 +76,7 @@ func cmdReload(args []string, stdout, stderr io.Writer) int {
 		err = errors.New(refused.Reason) // the wrapper's own words: why it rolled back
 	}
 	if err != nil {
-		return report(stderr, "reload", err)
+		return report(stderr, "reload", noWrapper(socket, err))
 	}
 	fmt.Fprintln(stdout, "reloaded")
 	return exitOK
@@ -87,7 +98,7 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	st, err := handoff.RequestStatus(ctx, socket)
 	if err != nil {
-		return report(stderr, "status", err)
+		return report(stderr, "status", noWrapper(socket, err))
 	}
 	if asJSON {
 		enc := json.NewEncoder(stdout)

@@ -39,7 +39,8 @@ SIGTERM/SIGINT stop the child (-stop-signal, then SIGKILL after -drain-timeout)
 and exit with its status. SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGTTIN, SIGTTOU
 and SIGALRM are passed to the child. A child that dies on its own is restarted,
 with a backoff; the sockets stay open, so clients wait instead of being refused.
-A child dies with the wrapper (parent-death signal SIGKILL).
+A child dies with the wrapper (parent-death signal SIGKILL), and what a child
+leaves in its process group when it exits (workers) is killed.
 
 A second 'handoff run' with the same -socket takes the sockets over from the
 running one, starts its own child, and once that is ready the old wrapper stops
