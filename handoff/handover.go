@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"syscall"
@@ -209,7 +210,7 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctlConn, child *successorPro
 		// started up: that is part of getting ready.
 		h, err := expect[hello](cc, start.Add(u.cfg.ReadyTimeout))
 		if err != nil {
-			return fmt.Errorf("waiting for hello: %w", err)
+			return fmt.Errorf("waiting for hello: %w", peerGone(err))
 		}
 		first = &h
 	}
@@ -242,7 +243,7 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctlConn, child *successorPro
 	}
 	r, err := expect[ready](cc, start.Add(u.cfg.ReadyTimeout))
 	if err != nil {
-		return fmt.Errorf("waiting for ready: %w", err)
+		return fmt.Errorf("waiting for ready: %w", peerGone(err))
 	}
 	if int(r.PID) != int(h.PID) {
 		return fmt.Errorf("%w: ready from pid %d, hello from pid %d", ErrProtocol, r.PID, h.PID)
@@ -260,6 +261,15 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctlConn, child *successorPro
 	}
 	log.Info("successor is ready; stopped accepting", "took", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// peerGone says in words that the successor closed the connection (it
+// exited, most likely), when err says so in a read's terms.
+func peerGone(err error) error {
+	if errors.Is(err, io.EOF) {
+		return fmt.Errorf("the successor closed the connection (exited?): %w", err)
+	}
+	return err
 }
 
 // checkPeer accepts a successor only if it runs as this user (or root),
