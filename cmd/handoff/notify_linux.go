@@ -26,9 +26,10 @@ type notifySocket struct {
 	conn *net.UnixConn
 	log  *slog.Logger
 
-	mu      sync.Mutex
-	pids    map[int]notifyState
-	changes chan struct{} // closed and replaced at every message
+	mu        sync.Mutex
+	pids      map[int]notifyState
+	readySeen bool          // some child has sent READY=1
+	changes   chan struct{} // closed and replaced at every message
 }
 
 // notifyState is what one pid has said so far.
@@ -120,7 +121,7 @@ func (n *notifySocket) record(pid int, msg []byte) {
 	st.spoke = true
 	for _, line := range bytes.Split(msg, []byte("\n")) {
 		if string(line) == "READY=1" {
-			st.ready = true
+			st.ready, n.readySeen = true, true
 		}
 	}
 	n.pids[pid] = st
@@ -135,6 +136,14 @@ func (n *notifySocket) state(pid int) notifyState {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.pids[pid]
+}
+
+// notifies reports whether any child has sent READY=1: the command speaks
+// sd_notify, so its next children are expected to say when they are ready.
+func (n *notifySocket) notifies() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.readySeen
 }
 
 // changed is closed at the next message.

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"sync/atomic"
 	"time"
 )
 
@@ -21,9 +20,6 @@ type readiness struct {
 	spec   readySpec
 	notify *notifySocket // nil unless spec.usesNotify()
 	shared sharedSockets
-	// notifies is set once a child has sent READY=1: later children are
-	// then expected to send it too (auto).
-	notifies atomic.Bool
 }
 
 // errExited says the child exited before it was ready.
@@ -65,11 +61,10 @@ func (r *readiness) check(ctx context.Context, c *child) (bool, error) {
 	case readyAccepting:
 		return accepting(c.pid, r.shared.inodes())
 	case readyAuto:
-		st := r.notify.state(c.pid)
-		if st.ready {
-			r.notifies.Store(true)
-		}
-		if (st.spoke || r.notifies.Load()) && !st.ready {
+		// A child that speaks sd_notify, or whose predecessors did, must
+		// also say READY=1: a Go server, say, is seen accepting as soon as
+		// it creates its listeners, which may be before it is ready.
+		if st := r.notify.state(c.pid); !st.ready && (st.spoke || r.notify.notifies()) {
 			return false, nil
 		}
 		return accepting(c.pid, r.shared.inodes())

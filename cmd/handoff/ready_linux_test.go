@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -29,5 +30,36 @@ func TestProbes(t *testing.T) {
 	}
 	if !probeHTTP(ctx, ok.URL) || probeHTTP(ctx, failing.URL) || probeHTTP(ctx, "http://"+closed+"/") {
 		t.Error("probeHTTP: want true for 200, false for 503 and for a closed port")
+	}
+}
+
+// TestReadyAuto: auto takes accepting for a child of a command that never
+// notified, and also wants READY=1 once one of its children has sent it.
+func TestReadyAuto(t *testing.T) {
+	ns, err := listenNotify(slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- ns.serve() }()
+	defer func() {
+		ns.close()
+		<-served
+	}()
+	sock, ino := testSocket(t)
+	r := &readiness{spec: readySpec{mode: readyAuto}, notify: ns, shared: sharedSockets{{fd: sock, inode: ino}}}
+	sp := newTestSpawner(t)
+	ctx := context.Background()
+
+	silent := startHelper(t, sp, "epoll", nil, sock, testPipe(t))
+	waitUntil(t, "a silent child that accepts is ready", func() bool { ok, err := r.check(ctx, silent); return err == nil && ok })
+
+	notifier := startHelper(t, sp, "notify", []string{"NOTIFY_SOCKET=" + ns.path}, sock, testPipe(t))
+	waitUntil(t, "READY=1 arrives", func() bool { return ns.state(notifier.pid).ready })
+
+	silent2 := startHelper(t, sp, "epoll", nil, sock, testPipe(t))
+	waitUntil(t, "the next silent child accepts", func() bool { ok, _ := accepting(silent2.pid, map[uint64]bool{ino: true}); return ok })
+	if ok, err := r.check(ctx, silent2); ok || err != nil {
+		t.Fatalf("auto: a child that accepts but never says READY=1, after one that did: ready %v, %v; want not ready", ok, err)
 	}
 }
