@@ -126,8 +126,9 @@ func runGeneration() error {
 
 // upgrade upgrades and returns when the attempt that succeeded began.
 // tableflip refuses to upgrade ("parent hasn't exited") until it has seen
-// its own parent exit, a moment after the parent is gone, and even then
-// the refusal can race with the news: wait for it, and retry.
+// its own parent exit, a moment after the parent is gone, and ("process is
+// not ready yet") until its own goroutine has taken note of Ready, a
+// moment after Ready returned: wait for the parent, and retry both.
 func upgrade(upg *tableflip.Upgrader) (time.Time, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -137,12 +138,15 @@ func upgrade(upg *tableflip.Upgrader) (time.Time, error) {
 	for {
 		start := time.Now()
 		err := upg.Upgrade()
-		if err == nil || err.Error() != "parent hasn't exited" || ctx.Err() != nil {
+		if err == nil || !retryable[err.Error()] || ctx.Err() != nil {
 			return start, err
 		}
 		time.Sleep(time.Millisecond) // give tableflip's own goroutine the news
 	}
 }
+
+// retryable are tableflip's refusals that only say "not yet".
+var retryable = map[string]bool{"parent hasn't exited": true, "process is not ready yet": true}
 
 // serveTag answers every connection with tag until ln is closed.
 func serveTag(ln net.Listener, tag string) {
