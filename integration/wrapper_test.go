@@ -80,23 +80,9 @@ func servingChild(t testing.TB, s *testbed.Service, not int) int {
 // pid with that start time.
 var startTimes sync.Map // pid → start time (clock ticks after boot)
 
-// startTime reads field 22 of /proc/PID/stat, and the state (field 3).
-func startTime(pid int) (start, state string, ok bool) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return "", "", false
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	f := strings.Fields(string(b[i+1:])) // f[0] is field 3
-	if i < 0 || len(f) < 20 {
-		return "", "", false
-	}
-	return f[19], f[0], true
-}
-
 // learn records the start time of pid, a process the test will wait for.
 func learn(pid int) {
-	if start, _, ok := startTime(pid); ok {
+	if start, _, ok := testbed.ProcStat(pid); ok {
 		startTimes.LoadOrStore(pid, start)
 	}
 }
@@ -104,7 +90,7 @@ func learn(pid int) {
 // exists reports whether the process the test learned as pid is still
 // there: running, or (unless zombies count as gone) exited and unreaped.
 func exists(pid int, zombiesGone bool) bool {
-	start, state, ok := startTime(pid)
+	start, state, ok := testbed.ProcStat(pid)
 	if !ok {
 		return false
 	}
@@ -455,7 +441,7 @@ func TestWrapperKilled(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for exists(child, true) {
 		if time.Now().After(deadline) {
-			start, state, _ := startTime(child)
+			start, state, _ := testbed.ProcStat(child)
 			known, _ := startTimes.Load(child)
 			t.Fatalf("child %d still runs 10s after its wrapper was killed: state %q, started at %s (learned %v)", child, state, start, known)
 		}

@@ -6,6 +6,7 @@
 package testbed
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -118,6 +119,25 @@ func (r *Reaper) Wait(pid int, timeout time.Duration) (syscall.WaitStatus, bool)
 			return 0, false
 		}
 	}
+}
+
+// ProcStat returns the start time (clock ticks after boot) and the state
+// ("R", "S", "Z"...) of process pid, from /proc/PID/stat: a pid and its
+// start time name one process, where a pid alone may have been reused.
+func ProcStat(pid int) (start, state string, ok bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "", "", false
+	}
+	i := bytes.LastIndexByte(b, ')') // the command name may hold anything
+	if i < 0 {
+		return "", "", false
+	}
+	f := strings.Fields(string(b[i+1:])) // f[0] is field 3, state
+	if len(f) < 20 {
+		return "", "", false
+	}
+	return f[19], f[0], true // field 22, starttime
 }
 
 // Children lists this process's children that are still running or not

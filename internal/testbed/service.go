@@ -30,7 +30,7 @@ type Service struct {
 	tb     TB
 	reaper *Reaper
 	log    *os.File
-	known  map[int]bool // every pid seen, to reap and, at the end, kill
+	known  map[int]string // every pid seen, to reap and, at the end, kill: its start time
 }
 
 // NewService prepares a service; its processes are killed, and its
@@ -46,7 +46,7 @@ func NewService(tb TB, r *Reaper, bin string) *Service {
 		tb.Fatalf("%v", err)
 	}
 	s := &Service{Bin: bin, Dir: dir, Addr: FreePort(tb), Socket: filepath.Join(dir, "ctl.sock"),
-		PIDFile: filepath.Join(dir, "pid"), tb: tb, reaper: r, log: log, known: map[int]bool{}}
+		PIDFile: filepath.Join(dir, "pid"), tb: tb, reaper: r, log: log, known: map[int]string{}}
 	tb.Cleanup(func() {
 		s.KillAll()
 		log.Close()
@@ -117,10 +117,21 @@ func (s *Service) StartProgram(bin string, args ...string) int {
 }
 
 // Remember records pid as a process of this service: the reaper reaps it
-// and KillAll kills it if it is still running.
+// and KillAll kills it if it is still running. Its start time is recorded
+// too: pids are reused, and a pid that names another process by the time
+// it is signalled is left alone.
 func (s *Service) Remember(pid int) {
-	s.known[pid] = true
+	if _, seen := s.known[pid]; !seen {
+		start, _, _ := ProcStat(pid)
+		s.known[pid] = start
+	}
 	s.reaper.Watch(pid)
+}
+
+// same reports whether pid still names the process Remember recorded.
+func (s *Service) same(pid int) bool {
+	start, _, ok := ProcStat(pid)
+	return ok && start == s.known[pid] && start != ""
 }
 
 // PID reads the pid file (0 if there is none).
@@ -188,8 +199,11 @@ func (s *Service) WaitLog(from int64, substr string, timeout time.Duration) {
 // Signal sends sig to pid, which must be a process of this service.
 func (s *Service) Signal(pid int, sig syscall.Signal) {
 	s.tb.Helper()
-	if !s.known[pid] {
+	if _, ok := s.known[pid]; !ok {
 		s.tb.Fatalf("refusing to signal %d: not a process of this service", pid)
+	}
+	if !s.same(pid) {
+		s.tb.Fatalf("refusing to signal %d: the process this service knew by that pid is gone", pid)
 	}
 	if err := syscall.Kill(pid, sig); err != nil {
 		s.tb.Fatalf("kill -%v %d: %v", sig, pid, err)
@@ -209,7 +223,7 @@ func (s *Service) WaitExit(pid int, timeout time.Duration) syscall.WaitStatus {
 // KillAll kills whatever of the service's processes is still running.
 func (s *Service) KillAll() {
 	for pid := range s.known {
-		if err := syscall.Kill(pid, 0); err == nil {
+		if s.same(pid) {
 			syscall.Kill(pid, syscall.SIGKILL)
 			s.reaper.Wait(pid, 10*time.Second)
 		}
