@@ -169,6 +169,14 @@ func (u *Upgrader) receiveConns(pred *ctlConn) {
 	}
 }
 
+// predecessorSending reports whether a predecessor may still hand
+// connections over: it has heard ready and has not exited yet.
+func (u *Upgrader) predecessorSending() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.pred != nil && u.state != stateStarting && u.state != stateClosed
+}
+
 // dropPredecessor closes the link to a predecessor that has exited (or
 // broke the protocol): nothing more can come from it.
 func (u *Upgrader) dropPredecessor(pred *ctlConn) {

@@ -225,7 +225,10 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 	http1Done := time.NewTimer(budget / 2)
 	defer http1Done.Stop()
 	interval := time.Millisecond
-	for s.releaseHTTP1() > 0 {
+	// A predecessor that is still draining may yet hand connections over
+	// (which go on to the successor, if there is one): exiting before it
+	// is done would cut them.
+	for s.releaseHTTP1() > 0 || (s.Upgrader != nil && s.Upgrader.predecessorSending()) {
 		select {
 		case <-ctx.Done():
 		case <-http1Done.C:

@@ -100,6 +100,7 @@ func (g *httpGeneration) drain(t testing.TB) time.Duration {
 	if err := <-g.served; !errors.Is(err, http.ErrServerClosed) {
 		t.Errorf("Serve returned %v, want http.ErrServerClosed", err)
 	}
+	g.upg.Close() // the process exits
 	return time.Since(start)
 }
 
@@ -299,4 +300,48 @@ func TestHTTPPipelinedDuringDrain(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestHTTPDrainWaitsForPredecessor: a process that has handed over in
+// turn does not exit while its predecessor may still send it connections:
+// a keep-alive connection that goes idle in the oldest process only after
+// two handovers still reaches the newest.
+func TestHTTPDrainWaitsForPredecessor(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	gen1 := startHTTP(t, cfg, "gen1", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			close(entered)
+			<-release
+		}
+		fmt.Fprint(w, "gen1 ", r.URL.Path)
+	})
+	c := dialHTTP(t, gen1.addr)
+	fmt.Fprintf(c.c, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+	<-entered
+	gen2 := startHTTP(t, cfg, "gen2", nil)
+	gen1Drained := make(chan time.Duration, 1)
+	go func() { gen1Drained <- gen1.drain(t) }()
+	startHTTP(t, cfg, "gen3", nil)
+	gen2Drained := make(chan time.Duration, 1)
+	go func() { gen2Drained <- gen2.drain(t) }()
+	close(release)
+	if body, _, err := c.read(); err != nil || body != "gen1 /slow" {
+		t.Fatalf("in-flight request: %q, %v", body, err)
+	}
+	for n := 0; ; n++ {
+		body, closing, err := c.get(fmt.Sprint("/", n))
+		if err != nil || closing {
+			t.Fatalf("request %d: %q, Connection: close %v, %v", n, body, closing, err)
+		}
+		if strings.HasPrefix(body, "gen3") {
+			break
+		}
+		if n > 100 {
+			t.Fatalf("connection never reached gen3: %q", body)
+		}
+	}
+	<-gen1Drained
+	<-gen2Drained
 }
