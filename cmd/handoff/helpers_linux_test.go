@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strconv"
@@ -92,6 +93,24 @@ func init() {
 func retry(wait func() error) {
 	for wait() == unix.EINTR {
 	}
+}
+
+// serveNotify is a notify socket, served until cleanup.
+func serveNotify(t *testing.T) *notifySocket {
+	t.Helper()
+	ns, err := listenNotify(slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- ns.serve() }()
+	t.Cleanup(func() {
+		ns.close()
+		if err := <-served; err != nil {
+			t.Error(err)
+		}
+	})
+	return ns
 }
 
 // testSocket is a blocking TCP listening socket on loopback, as a raw

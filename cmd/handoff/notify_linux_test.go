@@ -3,7 +3,6 @@
 package main
 
 import (
-	"log/slog"
 	"net"
 	"os"
 	"testing"
@@ -13,18 +12,7 @@ import (
 // (SCM_CREDENTIALS): this process's READY=1 makes no child ready, and a
 // child's makes only that child ready.
 func TestNotifySocket(t *testing.T) {
-	ns, err := listenNotify(slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- ns.serve() }()
-	defer func() {
-		ns.close()
-		if err := <-served; err != nil {
-			t.Error(err)
-		}
-	}()
+	ns := serveNotify(t)
 
 	changed := ns.changed()
 	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: ns.path, Net: "unixgram"})

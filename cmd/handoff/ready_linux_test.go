@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -36,16 +35,7 @@ func TestProbes(t *testing.T) {
 // TestReadyAuto: auto takes accepting for a child of a command that never
 // notified, and also wants READY=1 once one of its children has sent it.
 func TestReadyAuto(t *testing.T) {
-	ns, err := listenNotify(slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- ns.serve() }()
-	defer func() {
-		ns.close()
-		<-served
-	}()
+	ns := serveNotify(t)
 	sock, ino := testSocket(t)
 	r := &readiness{spec: readySpec{mode: readyAuto}, notify: ns, shared: sharedSockets{{fd: sock, inode: ino}}}
 	sp := newTestSpawner(t)
