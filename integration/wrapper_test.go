@@ -203,6 +203,21 @@ func TestWrapperActivatedReloads(t *testing.T) {
 	}
 }
 
+// lookPath finds a server's executable, also in the sbin directories a
+// PATH without them (CI's, a user's) would miss.
+func lookPath(name string) (string, error) {
+	path, err := exec.LookPath(name)
+	if err == nil {
+		return path, nil
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/local/sbin"} {
+		if p, err := exec.LookPath(filepath.Join(dir, name)); err == nil {
+			return p, nil
+		}
+	}
+	return "", err
+}
+
 // lighttpdConf writes a lighttpd configuration that takes its socket from
 // socket activation and serves a static page from dir. Keep-alive is off:
 // at graceful shutdown lighttpd closes every idle keep-alive connection at
@@ -240,7 +255,7 @@ server.max-keep-alive-requests = 0
 // READY=1, under the wrapper with -ready accepting: 30 reloads under load.
 // lighttpd drains on SIGINT (SIGTERM would drop its connections).
 func TestWrapperLighttpdReloads(t *testing.T) {
-	lighttpd, err := exec.LookPath("lighttpd")
+	lighttpd, err := lookPath("lighttpd")
 	if err != nil {
 		t.Fatalf("lighttpd is not installed (scripts/deps.sh installs it): %v", err)
 	}
@@ -258,7 +273,7 @@ func TestWrapperLighttpdReloads(t *testing.T) {
 // READY=1 before its workers exist, but accepting waits until a worker
 // waits in select on the socket.
 func TestWrapperGunicornReloads(t *testing.T) {
-	gunicorn, err := exec.LookPath("gunicorn")
+	gunicorn, err := lookPath("gunicorn")
 	if err != nil {
 		t.Fatalf("gunicorn is not installed (scripts/deps.sh installs it): %v", err)
 	}
@@ -280,7 +295,7 @@ func TestWrapperGunicornReloads(t *testing.T) {
 // given at lighttpdConf: nginx too closes idle keep-alive connections at
 // once when it stops gracefully.
 func TestWrapperNginxReloads(t *testing.T) {
-	nginx, err := exec.LookPath("nginx")
+	nginx, err := lookPath("nginx")
 	if err != nil {
 		t.Fatalf("nginx is not installed (scripts/deps.sh installs nginx-light): %v", err)
 	}
@@ -548,6 +563,12 @@ func TestWrapperKeepsNonblock(t *testing.T) {
 			t.Fatalf("handoff reload: %v\n%s", err, out)
 		}
 		child = servingChild(t, s, child)
+	}
+	out, err := exec.Command(bin, "status", "-socket", s.Socket).CombinedOutput()
+	for _, want := range []string{fmt.Sprintf("wrapper:    pid %d, generation 1, serving", wrapper), fmt.Sprintf("child:      pid %d (serving, child 11 ", child), "last reload:", ", ok"} {
+		if err != nil || !strings.Contains(string(out), want) {
+			t.Fatalf("handoff status: %v; want %q in:\n%s", err, want, out)
+		}
 	}
 	if after := listenerFlags(t, child, s.Addr) & syscall.O_NONBLOCK; after != before || listenerFlags(t, wrapper, s.Addr)&syscall.O_NONBLOCK != before {
 		t.Errorf("O_NONBLOCK on the listening socket: %#o before 10 reloads, %#o after", before, after)

@@ -17,7 +17,8 @@ missing=""
 for pair in $needs; do
 	cmd=${pair%%:*}
 	pkg=${pair#*:}
-	command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
+	# servers live in /usr/sbin, which a PATH may lack
+	command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing="$missing $pkg"
 done
 [ -z "$missing" ] && exit 0
 
