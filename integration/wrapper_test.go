@@ -577,6 +577,56 @@ func TestWrapperKeepsNonblock(t *testing.T) {
 	stopWrapper(t, s, wrapper, child)
 }
 
+// TestWrapperInheritsListenFDs: a wrapper started with socket activation
+// (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES, NOTIFY_SOCKET) serves the
+// sockets it was given, matched by name, and reloads its own child on
+// them without a failed request. The activator is an outer wrapper, which
+// speaks that protocol as systemd does; the inner one tells it READY=1.
+func TestWrapperInheritsListenFDs(t *testing.T) {
+	checkNoChildren(t)
+	bin := binary(t, "./cmd/handoff")
+	s := newService(t, bin)
+	inner := filepath.Join(s.Dir, "inner.sock")
+	from := s.LogSize()
+	_, innerWrapper := startWrapper(t, s, "-ready", "notify", "--",
+		bin, "run", "-name", "inner", "-socket", inner, "-listen", "web=tcp://"+s.Addr, "--", binary(t, "./examples/activated"))
+	s.WaitLog(from, `msg="inherited socket from systemd" service=inner`, 30*time.Second)
+	innerStatus := func() wrapperDetail {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		st, err := handoff.RequestStatus(ctx, inner)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d wrapperDetail
+		if err := json.Unmarshal(st.Detail, &d); err != nil || st.PID != innerWrapper || len(d.Children) != 1 {
+			t.Fatalf("inner wrapper status: pid %d, %+v, %v; want pid %d with one child", st.PID, d, err, innerWrapper)
+		}
+		return d
+	}
+	child := innerStatus().Children[0].PID
+	testbed.WaitServing(t, s.Addr, child)
+	stopLoad := testbed.RunLoad(s.Addr, loadgen.Mixed, 8)
+	for range 5 {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		err := handoff.RequestReload(ctx, inner, nil)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		next := innerStatus().Children[0].PID
+		if next == child {
+			t.Fatalf("inner reload kept child %d", child)
+		}
+		learn(next)
+		waitGone(t, child, 30*time.Second)
+		child = next
+	}
+	requireNoFailures(t, stopLoad())
+	stopWrapper(t, s, s.PID(), innerWrapper)
+	waitGone(t, child, 10*time.Second)
+}
+
 // TestWrapperSignals: signals the wrapper does not handle itself reach
 // the child, and once stopped the wrapper exits with the child's status.
 // The child is a shell that never accepts, so it runs with the last-resort
