@@ -148,14 +148,14 @@ func measure(sc scenario, srv server, load loadgen.Config, steady time.Duration,
 	r := row{scenario: sc.name, mode: load.Mode, steady: stop()}
 
 	stop = testbed.RunLoadConfig(load)
+	var last time.Time
 	for i := range restarts {
 		if i > 0 {
-			time.Sleep(time.Until(r.triggers[i-1].Add(period))) // the restarts' pace, not a wait for anything
+			time.Sleep(time.Until(last.Add(period))) // the restarts' pace, not a wait for anything
 		}
-		t0 := time.Now()
+		last = time.Now()
 		srv.restart()
-		r.triggers = append(r.triggers, t0)
-		r.durations = append(r.durations, time.Since(t0))
+		r.durations = append(r.durations, time.Since(last))
 	}
 	r.load = stop()
 	r.retried = srv.retried()

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,7 +19,6 @@ type row struct {
 	mode      loadgen.Mode
 	steady    *loadgen.Result // load without restarts
 	load      *loadgen.Result // load through the restarts
-	triggers  []time.Time     // when each restart began
 	durations []time.Duration // each restart: trigger until a new process serves and the old one is gone
 	retried   int             // restarts that had to be triggered again
 }
@@ -48,30 +48,23 @@ func (r row) p99Ratio() float64 {
 	return float64(r.load.Latency.Quantile(0.99)) / float64(steady)
 }
 
-// outage is the longest span of failed requests within one restart: from
-// the first to the last request that failed between its trigger and the
-// next one (requests count by when they were sent).
+// outageGap separates outages: failed requests less than this apart
+// belong to the same one.
+const outageGap = 50 * time.Millisecond
+
+// outage is the longest outage: the span from the first to the last of a
+// run of failed requests (by when they were sent) with no gap of
+// outageGap or more. With restarts far enough apart, that is the worst
+// restart's.
 func (r row) outage() time.Duration {
+	failed := slices.Clone(r.load.Failed)
+	slices.Sort(failed)
 	var longest time.Duration
-	for i := range r.triggers {
-		from := r.triggers[i].Sub(r.load.First)
-		until := time.Duration(1<<63 - 1)
-		if i+1 < len(r.triggers) {
-			until = r.triggers[i+1].Sub(r.load.First)
+	for i, start := 0, 0; i < len(failed); i++ {
+		if i > 0 && failed[i]-failed[i-1] >= outageGap {
+			start = i
 		}
-		first, last, seen := time.Duration(0), time.Duration(0), false
-		for _, f := range r.load.Failed {
-			if f < from && i > 0 || f >= until {
-				continue
-			}
-			if !seen || f < first {
-				first = f
-			}
-			last, seen = max(last, f), true
-		}
-		if seen {
-			longest = max(longest, last-first)
-		}
+		longest = max(longest, failed[i]-failed[start])
 	}
 	return longest
 }
@@ -132,8 +125,9 @@ never retry, each starting a request at most every -interval;
 *failed*: requests without a complete 200 response (refused, reset, EOF
 before the response, timeout, other); latency of the successful requests
 during the restarts; *steady p99*: the same server and load without
-restarts, just before; *outage*: the longest span, within one restart, from
-the first failed request to the last (0 with no or one failure);
+restarts, just before; *outage*: the longest run of failed requests (none
+50 ms or more apart), from the first sent to the last (0 with no or one
+failure);
 *restart*: median time from the trigger until a new process serves and the
 old one is gone. Load modes: *keepalive* (requests on persistent
 connections), *newconn* (a connection per request), *mixed* (half each).
