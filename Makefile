@@ -41,6 +41,7 @@ cover: ## unit test coverage, in cover.html
 	$(GO) tool cover -html=cover.out -o cover.html
 
 bench: ## restarts under load side by side with the peers, and micro-benchmarks: docs/bench.{md,svg}, docs/bench-micro.txt (BENCH_FLAGS="-restarts 100" scales it up)
+	@mkdir -p docs
 	$(GO) run ./internal/bench $(BENCH_FLAGS) -out docs/bench.md -svg docs/bench.svg
 	$(GO) test -run='^$$' -bench=. -benchmem ./handoff > docs/bench-micro.txt || { cat docs/bench-micro.txt; exit 1; }
 	cd integration/bench && $(GO) test -run='^$$' -bench=. . >> ../../docs/bench-micro.txt || { cat ../../docs/bench-micro.txt; exit 1; }
