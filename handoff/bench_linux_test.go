@@ -30,8 +30,8 @@ func BenchmarkSocketTransfer(b *testing.B) {
 			for i := range items {
 				items[i] = handoverItem{entry: entry{Kind: kindListener, Network: "tcp", Address: "127.0.0.1:0", Name: fmt.Sprint("s", i)}, conn: ln}
 			}
-			got := make([]*os.File, 0, n)
-			keep := func(_ entry, f *os.File) { got = append(got, f) }
+			got := make([]int, 0, n)
+			keep := func(_ entry, fd int) { got = append(got, fd) }
 			b.ReportAllocs()
 			for b.Loop() {
 				sent := make(chan error, 1)
@@ -57,9 +57,7 @@ func BenchmarkSocketTransfer(b *testing.B) {
 					b.Fatalf("send: %v", err)
 				}
 				b.StopTimer()
-				for _, f := range got {
-					f.Close()
-				}
+				closeFDs(got)
 				got = got[:0]
 				successor.Close()
 				b.StartTimer()

@@ -123,8 +123,8 @@ func runChaosSuccessor() error {
 	if step == stepMidTransfer {
 		die()
 	}
-	var files []*os.File
-	keep := func(_ entry, f *os.File) { files = append(files, f) }
+	var files []int
+	keep := func(_ entry, fd int) { files = append(files, fd) }
 	if err := receiveSockets(cc, w.Sockets, 10*time.Second, keep); err != nil {
 		return err
 	}

@@ -28,10 +28,12 @@ func (e entry) key() string {
 }
 
 // inheritedFD is a socket received from a predecessor or from systemd that
-// no Listen call has claimed yet. The registry owns file.
+// no Listen call has claimed yet. The registry owns fd. It stays a bare
+// descriptor until claimed: making an *os.File registers it with the
+// runtime's poller, which for 10,000 sockets costs more than passing them.
 type inheritedFD struct {
 	entry
-	file   *os.File
+	fd     int
 	source string
 }
 
@@ -79,11 +81,11 @@ type registry struct {
 	closed    bool
 }
 
-// inherit takes ownership of f.
-func (r *registry) inherit(e entry, f *os.File, source string) {
+// inherit takes ownership of fd.
+func (r *registry) inherit(e entry, fd int, source string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.inherited = append(r.inherited, &inheritedFD{entry: e, file: f, source: source})
+	r.inherited = append(r.inherited, &inheritedFD{entry: e, fd: fd, source: source})
 }
 
 var (
@@ -119,7 +121,7 @@ func (r *registry) open(ctx context.Context, want entry) (*socket, error) {
 		in := r.inherited[i]
 		r.inherited = append(r.inherited[:i], r.inherited[i+1:]...)
 		s.source = in.source
-		err = s.fromFile(in.file)
+		err = s.fromFD(in.fd)
 	} else {
 		err = s.create(ctx)
 	}
@@ -182,8 +184,9 @@ func sameAddress(want, have entry) bool {
 	return wantIP != nil && wantIP.Equal(haveIP)
 }
 
-// fromFile makes s serve the inherited socket f, and closes f.
-func (s *socket) fromFile(f *os.File) error {
+// fromFD makes s serve the inherited socket fd, and closes fd.
+func (s *socket) fromFD(fd int) error {
+	f := os.NewFile(uintptr(fd), s.key())
 	defer f.Close()
 	if s.Kind == kindPacket {
 		pc, err := net.FilePacketConn(f)
@@ -288,17 +291,17 @@ func (r *registry) keyOf(ln net.Listener) (string, bool) {
 }
 
 // takeControl removes the inherited control socket from the registry and
-// returns it; the caller owns the file.
-func (r *registry) takeControl() *os.File {
+// returns it, or -1; the caller owns the descriptor.
+func (r *registry) takeControl() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i, in := range r.inherited {
 		if in.Kind == kindControl {
 			r.inherited = append(r.inherited[:i], r.inherited[i+1:]...)
-			return in.file
+			return in.fd
 		}
 	}
-	return nil
+	return -1
 }
 
 // dropUnclaimed closes the inherited sockets no Listen call claimed and
@@ -315,7 +318,7 @@ func (r *registry) dropUnclaimed() []inheritedFD {
 			kept = append(kept, in)
 			continue
 		}
-		in.file.Close()
+		closeFDs([]int{in.fd})
 		if in.source == fromPredecessor && in.Kind == kindListener && isUnixNetwork(in.Network) {
 			os.Remove(in.Address)
 		}
@@ -370,7 +373,7 @@ func (r *registry) close(unlink bool) {
 	r.inherited = nil
 	r.mu.Unlock()
 	for _, in := range inherited {
-		in.file.Close()
+		closeFDs([]int{in.fd})
 	}
 	closeConns(r.closeSockets(unlink))
 }

@@ -93,8 +93,14 @@ func (u *Upgrader) inheritSystemd() {
 		} else {
 			fromUnits[id] = true
 		}
+		fd, err := dupFD(f)
+		f.Close()
+		if err != nil {
+			u.log.Warn("ignoring a descriptor passed by systemd", "name", e.Name, "err", err)
+			continue
+		}
 		u.log.Info("inherited socket from "+source, "name", e.Name, "network", e.Network, "address", e.Address)
-		u.reg.inherit(e, f, source)
+		u.reg.inherit(e, fd, source)
 	}
 }
 

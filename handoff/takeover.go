@@ -66,7 +66,7 @@ func (u *Upgrader) takeOver(ctx context.Context, cc *ctlConn) error {
 	}
 	u.generation = w.Generation + 1
 	u.log = u.log.With("generation", u.generation)
-	inherit := func(e entry, f *os.File) { u.reg.inherit(e, f, fromPredecessor) }
+	inherit := func(e entry, fd int) { u.reg.inherit(e, fd, fromPredecessor) }
 	if err := receiveSockets(cc, w.Sockets, u.cfg.StepTimeout, inherit); err != nil {
 		return fmt.Errorf("handoff: take over: receive sockets: %w", ctxErr(ctx, err))
 	}
@@ -78,7 +78,7 @@ func (u *Upgrader) takeOver(ctx context.Context, cc *ctlConn) error {
 // and gives each to inherit, which takes ownership of the file. On error,
 // the descriptors of the failing batch are closed; earlier ones belong to
 // inherit already.
-func receiveSockets(cc *ctlConn, total uint32, step time.Duration, inherit func(entry, *os.File)) error {
+func receiveSockets(cc *ctlConn, total uint32, step time.Duration, inherit func(entry, int)) error {
 	for received, seq := uint32(0), uint32(0); received < total; seq++ {
 		m, fds, err := cc.recv(time.Now().Add(step))
 		if err != nil {
@@ -100,7 +100,7 @@ func receiveSockets(cc *ctlConn, total uint32, step time.Duration, inherit func(
 			return err
 		}
 		for i, e := range batch.Entries {
-			inherit(e, os.NewFile(uintptr(fds[i]), e.key()))
+			inherit(e, fds[i])
 		}
 		received += uint32(len(fds))
 		if err := cc.send(ack{Seq: seq}, nil, time.Now().Add(step)); err != nil {
@@ -114,10 +114,11 @@ func receiveSockets(cc *ctlConn, total uint32, step time.Duration, inherit func(
 // for it to stop accepting. It returns the control socket, which this
 // process serves from now on.
 func (u *Upgrader) completeTakeover(pred *ctlConn) (*net.UnixListener, error) {
-	f := u.reg.takeControl()
-	if f == nil {
+	fd := u.reg.takeControl()
+	if fd < 0 {
 		return nil, fmt.Errorf("handoff: %w: predecessor sent no control socket", ErrProtocol)
 	}
+	f := os.NewFile(uintptr(fd), u.cfg.Socket)
 	ln, err := net.FileListener(f)
 	f.Close()
 	if err != nil {

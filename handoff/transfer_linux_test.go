@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -68,12 +67,12 @@ func TestSocketTransfer(t *testing.T) {
 			sent := make(chan error, 1)
 			go func() { sent <- sendSockets(server, items, 5*time.Second) }()
 
-			var got []*os.File
-			err := receiveSockets(successor, uint32(n), 5*time.Second, func(e entry, f *os.File) {
+			var got []int
+			err := receiveSockets(successor, uint32(n), 5*time.Second, func(e entry, fd int) {
 				if want := fmt.Sprint("s", len(got)); e.Name != want {
 					t.Errorf("entry %d is %q, want %q", len(got), e.Name, want)
 				}
-				got = append(got, f)
+				got = append(got, fd)
 			})
 			if err != nil {
 				t.Fatalf("receive: %v", err)
@@ -85,11 +84,10 @@ func TestSocketTransfer(t *testing.T) {
 				t.Fatalf("received %d sockets, want %d", len(got), n)
 			}
 			want := ln.Addr().String()
-			for i, f := range got {
+			for i, fd := range got {
 				if i%97 != 0 && i != n-1 { // sample: 10,000 getsocknames are slow under -race
 					continue
 				}
-				fd := int(f.Fd())
 				flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
 				if err != nil || flags&unix.FD_CLOEXEC == 0 {
 					t.Fatalf("socket %d: close-on-exec not set (flags %#x, %v)", i, flags, err)
@@ -99,9 +97,7 @@ func TestSocketTransfer(t *testing.T) {
 					t.Fatalf("socket %d is %+v (%v), want a listener on %s", i, e, err, want)
 				}
 			}
-			for _, f := range got {
-				f.Close()
-			}
+			closeFDs(got)
 		})
 	}
 }
@@ -183,9 +179,9 @@ func TestReceiveRejectsBadBatches(t *testing.T) {
 			if tt.name == "more sockets than announced" {
 				total = 2
 			}
-			err := receiveSockets(successor, total, time.Second, func(_ entry, f *os.File) {
+			err := receiveSockets(successor, total, time.Second, func(_ entry, fd int) {
 				t.Errorf("inherited a socket from a bad batch")
-				f.Close()
+				closeFDs([]int{fd})
 			})
 			if !errors.Is(err, ErrProtocol) {
 				t.Fatalf("receiveSockets = %v, want ErrProtocol", err)
@@ -200,7 +196,7 @@ func TestReceiveStalledPeer(t *testing.T) {
 	checkLeaks(t)
 	_, successor := ctlPair(t)
 	start := time.Now()
-	err := receiveSockets(successor, 1, 100*time.Millisecond, func(entry, *os.File) {})
+	err := receiveSockets(successor, 1, 100*time.Millisecond, func(entry, int) {})
 	if !isTimeout(err) {
 		t.Fatalf("receiveSockets = %v, want a timeout", err)
 	}
