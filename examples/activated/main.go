@@ -78,12 +78,16 @@ func serve(log *slog.Logger, acceptDelay, drain time.Duration) error {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var g run.Group
+	var serving sync.WaitGroup // Serve calls that have not returned
 	for _, ln := range listeners {
 		if ln == nil {
 			continue // not a listening socket
 		}
+		serving.Add(1)
 		g.Add(func() error {
-			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			err := srv.Serve(ln)
+			serving.Done()
+			if !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 				return err
 			}
 			<-ctx.Done()
@@ -102,6 +106,9 @@ func serve(log *slog.Logger, acceptDelay, drain time.Duration) error {
 				ln.Close() // this process's copy only: the socket lives on in the others
 			}
 		}
+		// Once Serve has returned, every connection it accepted has been
+		// tracked (ConnState runs before the next Accept).
+		serving.Wait()
 		dctx, dcancel := context.WithTimeout(context.Background(), drain)
 		defer dcancel()
 		d.wait(dctx)
