@@ -13,10 +13,6 @@ import (
 // TestBenchSmoke runs `make bench`'s driver (internal/bench) small: every
 // scenario, two restarts, keep-alive load. It must finish, write its report
 // and plot, and show no failed request for any handoff scenario.
-// (Keep-alive: with a new connection per request, examples/activated,
-// which the wrapper scenario runs, can lose a request that it accepted
-// just as its drain began, about once in a hundred restarts; see
-// notes/measured-readme.md.)
 func TestBenchSmoke(t *testing.T) {
 	checkNoChildren(t)
 	dir := t.TempDir()
@@ -24,7 +20,7 @@ func TestBenchSmoke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "go", "run", "./internal/bench", "-restarts", "2", "-period", "50ms", "-steady", "200ms",
-		"-modes", "keepalive", "-out", report, "-svg", plot)
+		"-modes", "keepalive,mixed", "-out", report, "-svg", plot)
 	cmd.Dir = ".."
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -45,8 +41,8 @@ func TestBenchSmoke(t *testing.T) {
 			t.Errorf("failed requests in %s", line)
 		}
 	}
-	if rows != 7 { // the header and six scenarios
-		t.Errorf("%d table rows, want the header and 6 scenarios:\n%s", rows, b)
+	if rows != 1+6*2 { // the header, and six scenarios in two modes
+		t.Errorf("%d table rows, want the header and 6 scenarios in 2 modes:\n%s", rows, b)
 	}
 	if svg, err := os.ReadFile(plot); err != nil || !strings.Contains(string(svg), "</svg>") {
 		t.Errorf("plot: %v", err)
