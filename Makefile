@@ -25,7 +25,7 @@ integration: deps ## integration tests: real binaries, processes, sockets and lo
 check: lint test fuzz-ci integration ## everything CI runs (README's test command)
 
 fuzz: ## fuzz the wire decoder for FUZZTIME (default 60s)
-	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME) ./handoff
+	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME) -fuzzminimizetime=100x ./handoff
 
 fuzz-ci: ## a short fuzzing run
 	$(MAKE) fuzz FUZZTIME=10s
