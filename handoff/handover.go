@@ -120,12 +120,8 @@ func (u *Upgrader) untrack(cc *ctlConn) {
 // signal handler before calling Ready, or such a SIGHUP kills the
 // process.)
 func (u *Upgrader) Upgrade(ctx context.Context) error {
-	select {
-	case <-u.ready:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-u.ctx.Done():
-		return ErrClosed
+	if err := u.waitReady(ctx); err != nil {
+		return err
 	}
 	if err := u.reserve(); err != nil {
 		return err
@@ -150,6 +146,18 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 	}
 	child.release()
 	return nil
+}
+
+// waitReady waits until Ready has succeeded.
+func (u *Upgrader) waitReady(ctx context.Context) error {
+	select {
+	case <-u.ready:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-u.ctx.Done():
+		return ErrClosed
+	}
 }
 
 // reserve claims the single upgrade slot.

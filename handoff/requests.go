@@ -99,12 +99,8 @@ func (u *Upgrader) reload(ctx context.Context, progress func(string)) error {
 		}
 		return nil
 	}
-	select {
-	case <-u.ready:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-u.ctx.Done():
-		return ErrClosed
+	if err := u.waitReady(ctx); err != nil {
+		return err
 	}
 	if err := u.reserve(); err != nil {
 		return err

@@ -11,8 +11,8 @@ import (
 	"github.com/handoffd/handoff/internal/testbed"
 )
 
-// The test binary doubles as a broken successor: with HANDOFF_TEST_HELPER
-// set, TestMain runs that role instead of the tests.
+// envHelper makes the handoff package's test binary run a helper role
+// (see handoff/main_test.go).
 const envHelper = "HANDOFF_TEST_HELPER"
 
 var (
@@ -21,10 +21,6 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	if role := os.Getenv(envHelper); role != "" {
-		runHelper(role)
-		return
-	}
 	if err := testbed.BecomeSubreaper(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

@@ -1,54 +1,14 @@
 package integration_test
 
 import (
-	"context"
-	"flag"
-	"fmt"
-	"io"
 	"os"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/handoffd/handoff/handoff"
 	"github.com/handoffd/handoff/internal/loadgen"
 	"github.com/handoffd/handoff/internal/testbed"
 )
-
-// runHelper runs the test binary as a broken build of httpserver: it is
-// put in place of the binary, so that SIGHUP starts it as the successor.
-//
-// HANDOFF_TEST_HELPER names a file that holds the role, so that a test
-// can choose it after the server (whose environment every successor
-// inherits) has started.
-func runHelper(roleFile string) {
-	b, err := os.ReadFile(roleFile)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "helper:", err)
-		os.Exit(1)
-	}
-	role := strings.TrimSpace(string(b))
-	fs := flag.NewFlagSet("httpserver", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	socket := fs.String("socket", "", "")
-	fs.String("addr", "", "")
-	fs.String("pidfile", "", "")
-	fs.Duration("delay", 0, "")
-	fs.Parse(os.Args[1:])
-	if _, err := handoff.New(context.Background(), handoff.Config{Name: "httpserver", Socket: *socket}); err != nil {
-		fmt.Fprintln(os.Stderr, "helper:", err)
-		os.Exit(1)
-	}
-	switch role {
-	case "crash": // took the sockets, dies before it is ready
-		os.Exit(3)
-	case "hang": // took the sockets, never says it is ready
-		select {}
-	}
-	fmt.Fprintf(os.Stderr, "unknown helper role %q\n", role)
-	os.Exit(2)
-}
 
 // TestHTTPServerRestartsUnderLoad: examples/httpserver under steady load
 // (keep-alive and new connections, no retries) through 50 SIGHUP upgrades
@@ -112,48 +72,29 @@ func slicesMax(ds []time.Duration) time.Duration {
 	return m
 }
 
-// TestHTTPServerBrokenSuccessor: a successor that crashes before it is
+// TestHTTPServerBrokenSuccessor: a new build that crashes before it is
 // ready, and one that hangs past the ready timeout, change nothing for
 // clients: the old process keeps serving, and a good build then upgrades.
+// (The broken builds are the handoff package's test binary, see
+// chaos_test.go.)
 func TestHTTPServerBrokenSuccessor(t *testing.T) {
 	checkNoChildren(t)
-	good := binary(t, "./examples/httpserver")
-	s := newService(t, good)
-	// Run a copy that the test can replace, as a deploy would.
-	installed := s.Dir + "/httpserver"
-	install(t, good, installed)
-	s.Bin = installed
-	broken, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	roleFile := s.Dir + "/role"
-	s.Env = []string{envHelper + "=" + roleFile} // httpserver ignores it; the broken build reads it
-
-	first := s.Start()
-	s.WaitPID(first, 0, 30*time.Second)
-	testbed.WaitServing(t, s.Addr, first)
-	stopLoad := testbed.RunLoad(s.Addr, loadgen.Mixed, 8)
-	for _, role := range []string{"crash", "hang"} {
-		if err := os.WriteFile(roleFile, []byte(role), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		install(t, broken, installed)
-		from := s.LogSize()
-		s.Signal(first, syscall.SIGHUP)
-		s.WaitLog(from, "upgrade failed; still serving", 60*time.Second)
-		if pid := s.PID(); pid != first {
-			t.Fatalf("after the %s successor the pid file says %d, want %d", role, pid, first)
+	c := newChaosService(t)
+	first := c.start(t)
+	stopLoad := testbed.RunLoad(c.Addr, loadgen.Mixed, 8)
+	for _, step := range []string{"after-fds", "hold"} {
+		c.setStep(t, step)
+		install(t, c.peer, c.installed)
+		from := c.LogSize()
+		c.Signal(first, syscall.SIGHUP)
+		c.WaitLog(from, "upgrade failed; still serving", 60*time.Second)
+		if pid := c.PID(); pid != first {
+			t.Fatalf("after the %s successor the pid file says %d, want %d", step, pid, first)
 		}
 	}
-	install(t, good, installed)
-	s.Signal(first, syscall.SIGHUP)
-	next := s.WaitPID(0, first, 30*time.Second)
 	requireNoFailures(t, stopLoad())
-	s.WaitExit(first, 60*time.Second)
-	s.Signal(next, syscall.SIGTERM)
-	s.WaitExit(next, 60*time.Second)
+	next := c.upgrade(t, first)
+	c.stopService(t, next)
 }
 
 // install copies the executable from to to, replacing to atomically as
