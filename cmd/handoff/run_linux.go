@@ -115,7 +115,7 @@ func runWrapper(cfg runConfig, stderr io.Writer) (int, error) {
 // and, for -ready auto and notify, the wrapper's notify socket.
 // LISTEN_PID is set by the shim, to the child's own pid.
 func childEnv(shared sharedSockets, ns *notifySocket) []string {
-	drop := []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PIDFDID", "NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "HANDOFF_FD", "HANDOFF_PPID"}
+	drop := []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PIDFDID", "NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "FDSTORE", "HANDOFF_FD", "HANDOFF_PPID"}
 	var env []string
 	for _, kv := range os.Environ() {
 		name, _, _ := strings.Cut(kv, "=")
