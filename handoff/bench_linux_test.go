@@ -90,3 +90,68 @@ func BenchmarkUpgradeRoundTrip(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkConnHandover measures moving n established connections to the
+// successor at once, as a draining HTTPServer moves its idle keep-alive
+// connections: from n concurrent SendConn calls until the successor has
+// accepted every one.
+func BenchmarkConnHandover(b *testing.B) {
+	for _, n := range []int{1, 100, 1000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			cfg := testConfig(b)
+			old := newUpgrader(b, cfg)
+			if _, err := old.Listen("tcp", "127.0.0.1:0"); err != nil {
+				b.Fatal(err)
+			}
+			if err := old.Ready(); err != nil {
+				b.Fatal(err)
+			}
+			next := newUpgrader(b, cfg)
+			if _, err := next.Listen("tcp", "127.0.0.1:0"); err != nil {
+				b.Fatal(err)
+			}
+			if err := next.Ready(); err != nil {
+				b.Fatal(err)
+			}
+			<-old.Exit()
+			ln := localListener(b) // the sessions' own; old's sockets are next's now
+			ctx := context.Background()
+			var err error
+			b.ReportAllocs()
+			for b.Loop() {
+				b.StopTimer()
+				clients, sessions := make([]net.Conn, n), make([]net.Conn, n)
+				for i := range n {
+					if clients[i], err = net.Dial("tcp", ln.Addr().String()); err != nil {
+						b.Fatal(err)
+					}
+					if sessions[i], err = ln.Accept(); err != nil {
+						b.Fatal(err)
+					}
+				}
+				sent := make(chan error, n)
+				b.StartTimer()
+				for _, s := range sessions {
+					go func() { sent <- old.SendConn(ctx, s, nil) }()
+				}
+				for range n {
+					c, _, err := next.AcceptConn(ctx)
+					if err != nil {
+						b.Fatalf("AcceptConn: %v", err)
+					}
+					c.Close()
+				}
+				for range n {
+					if err := <-sent; err != nil {
+						b.Fatalf("SendConn: %v", err)
+					}
+				}
+				b.StopTimer()
+				for _, c := range clients {
+					c.Close()
+				}
+				b.StartTimer()
+			}
+		})
+	}
+}

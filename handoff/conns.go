@@ -14,9 +14,11 @@ import (
 )
 
 // After the handover the control connection stays open while the old
-// process drains: it carries established connections to the successor,
-// one at a time (msgConn with one fd, answered by msgConnAck). Its end,
-// when the old process exits, tells the successor that no more will come.
+// process drains: it carries established connections to the successor
+// (msgConn with one fd, answered by msgConnAck with the same ID). Several
+// may be in flight at once, so that moving every idle connection costs
+// about one round trip, not one per connection. Its end, when the old
+// process exits, tells the successor that no more will come.
 
 // successorLink is the old process's end of that connection.
 type successorLink struct {
@@ -26,18 +28,39 @@ type successorLink struct {
 	caps uint64
 	step time.Duration
 
-	mu     sync.Mutex // one connection in flight at a time
-	nextID uint64
-	broken error       // why the link failed; guarded by mu
-	dead   atomic.Bool // broken != nil, readable without waiting for mu
+	// gate is held from the link's creation until done has been sent
+	// (connections may only follow done); after that it orders writes.
+	gate sync.Mutex
+	acks sync.WaitGroup // readAcks, started by open
+
+	mu      sync.Mutex
+	nextID  uint64
+	pending map[uint64]chan connAck // connections sent and not yet acknowledged
+	broken  error                   // why the link failed
+	dead    atomic.Bool             // broken != nil, readable without waiting for mu
 }
 
+// newSuccessorLink returns a link that holds every send until open.
 func newSuccessorLink(cc *ctlConn, pid int, keys []string, caps uint64, step time.Duration) *successorLink {
-	l := &successorLink{cc: cc, pid: pid, keys: make(map[string]bool, len(keys)), caps: caps, step: step}
+	l := &successorLink{cc: cc, pid: pid, keys: make(map[string]bool, len(keys)), caps: caps, step: step,
+		pending: make(map[uint64]chan connAck)}
 	for _, k := range keys {
 		l.keys[k] = true
 	}
+	l.gate.Lock()
 	return l
+}
+
+// open lets connections through, once done has been sent; err is why
+// sending done failed, which makes the link unusable.
+func (l *successorLink) open(err error) {
+	if err != nil {
+		l.fail(err)
+	} else {
+		l.acks.Add(1)
+		go l.readAcks()
+	}
+	l.gate.Unlock()
 }
 
 // accepts reports whether the successor can take connections for key.
@@ -55,44 +78,111 @@ func (l *successorLink) send(ctx context.Context, key string, sc syscall.Conn, s
 	if err != nil {
 		return err
 	}
-	defer closeFDs([]int{fd})
+	defer closeFDs([]int{fd}) // after the ack: until then the connection is ours too
 
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.broken != nil {
-		return fmt.Errorf("%w: link to successor lost: %w", ErrNoSuccessor, l.broken)
-	}
 	deadline := time.Now().Add(l.step)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
+	id, acked, err := l.post(key, state, fd, deadline)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrNoSuccessor, err)
+	}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case a, ok := <-acked:
+		if !ok {
+			return fmt.Errorf("%w: link to successor lost: %w", ErrNoSuccessor, l.err())
+		}
+		if !a.OK {
+			return fmt.Errorf("%w: successor refused the connection: %s", ErrNoSuccessor, a.Reason)
+		}
+		return nil
+	case <-timer.C:
+		err = fmt.Errorf("no acknowledgement for connection %d: %w", id, os.ErrDeadlineExceeded)
+	case <-ctx.Done():
+		err = fmt.Errorf("waiting for the acknowledgement of connection %d: %w", id, ctx.Err())
+	}
+	// Whether the successor took the connection is unknown now: trust the
+	// link no more.
+	l.fail(err)
+	return fmt.Errorf("%w: %w", ErrNoSuccessor, err)
+}
+
+// post sends one connection and returns the channel its ack comes on.
+func (l *successorLink) post(key string, state []byte, fd int, deadline time.Time) (uint64, chan connAck, error) {
+	l.gate.Lock()
+	defer l.gate.Unlock()
+	l.mu.Lock()
+	if l.broken != nil {
+		l.mu.Unlock()
+		return 0, nil, fmt.Errorf("link to successor lost: %w", l.broken)
+	}
 	l.nextID++
 	id := l.nextID
+	acked := make(chan connAck, 1)
+	l.pending[id] = acked
+	l.mu.Unlock()
 	if err := l.cc.send(connMsg{ID: id, Key: key, State: state}, []int{fd}, deadline); err != nil {
 		l.fail(err)
-		return fmt.Errorf("%w: %w", ErrNoSuccessor, err)
+		return 0, nil, err
 	}
-	a, err := expect[connAck](l.cc, deadline)
-	if err == nil && a.ID != id {
-		err = fmt.Errorf("%w: ack for connection %d, expected %d", ErrProtocol, a.ID, id)
-	}
-	if err != nil {
-		l.fail(err)
-		return fmt.Errorf("%w: %w", ErrNoSuccessor, err)
-	}
-	if !a.OK {
-		return fmt.Errorf("%w: successor refused the connection: %s", ErrNoSuccessor, a.Reason)
-	}
-	return nil
+	return id, acked, nil
 }
 
-// fail marks the link unusable; mu must be held.
+// readAcks hands each ack to the send waiting for it, until the link
+// fails or the successor exits.
+func (l *successorLink) readAcks() {
+	defer l.acks.Done()
+	for {
+		a, err := expect[connAck](l.cc, time.Time{})
+		if err != nil {
+			l.fail(err)
+			return
+		}
+		l.mu.Lock()
+		acked, ok := l.pending[a.ID]
+		delete(l.pending, a.ID)
+		l.mu.Unlock()
+		if !ok {
+			l.fail(fmt.Errorf("%w: ack for connection %d, which is not in flight", ErrProtocol, a.ID))
+			return
+		}
+		acked <- a
+	}
+}
+
+// fail marks the link unusable, for the first reason given, and wakes
+// every send waiting for an ack.
 func (l *successorLink) fail(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.broken != nil {
+		return
+	}
 	l.broken = err
 	l.dead.Store(true)
+	for id, acked := range l.pending {
+		close(acked)
+		delete(l.pending, id)
+	}
 }
 
-func (l *successorLink) close() { l.cc.Close() }
+func (l *successorLink) err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.broken
+}
+
+// close ends the link and waits for readAcks, which open may be about to
+// start: the gate tells when it has.
+func (l *successorLink) close() {
+	l.cc.Close()
+	l.gate.Lock()
+	defer l.gate.Unlock()
+	l.acks.Wait()
+}
 
 // SendConn hands an established connection to the successor together
 // with state, an opaque blob from which the successor resumes the session

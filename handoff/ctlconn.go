@@ -46,24 +46,27 @@ func (cc *ctlConn) bind(ctx context.Context) (stop func() bool) {
 	})
 }
 
-func (cc *ctlConn) setDeadline(t time.Time) {
+// setDeadline sets the read or the write deadline (set is one of the
+// conn's methods), unless bind's context has ended: a reader and a writer
+// may work at once, each with its own deadline.
+func (cc *ctlConn) setDeadline(set func(time.Time) error, t time.Time) {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	if cc.canceled {
 		t = aLongTimeAgo
 	}
-	cc.c.SetDeadline(t)
+	set(t)
 }
 
 // send writes m with fds attached; the fds stay the caller's.
 func (cc *ctlConn) send(m message, fds []int, deadline time.Time) error {
-	cc.setDeadline(deadline)
+	cc.setDeadline(cc.c.SetWriteDeadline, deadline)
 	return writeMsg(cc.c, m, fds)
 }
 
 // recv reads one message; received fds belong to the caller.
 func (cc *ctlConn) recv(deadline time.Time) (message, []int, error) {
-	cc.setDeadline(deadline)
+	cc.setDeadline(cc.c.SetReadDeadline, deadline)
 	return readMsg(cc.c, cc.buf, cc.oob)
 }
 

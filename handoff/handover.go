@@ -366,12 +366,10 @@ func sendSockets(cc *ctlConn, items []handoverItem, step time.Duration) error {
 // of the sockets (the kernel sockets live on in the successor, so nothing
 // queued is lost), tells the successor, and closes Exit.
 func (u *Upgrader) commit(cc *ctlConn, succPID int, inUnit bool, r ready, caps uint64) error {
-	link := newSuccessorLink(cc, succPID, r.Keys, caps, u.cfg.StepTimeout)
-	link.mu.Lock() // connections may only follow done
+	link := newSuccessorLink(cc, succPID, r.Keys, caps, u.cfg.StepTimeout) // held until done is sent
 	u.mu.Lock()
 	if u.state != stateUpgrading {
 		u.mu.Unlock()
-		link.mu.Unlock()
 		return ErrClosed
 	}
 	u.state = stateHandedOver
@@ -388,11 +386,11 @@ func (u *Upgrader) commit(cc *ctlConn, succPID int, inUnit bool, r ready, caps u
 	}
 	u.writePIDFile(succPID) // the successor writes it too, once it has heard done
 	u.announceHandover(succPID, inUnit)
-	if err := cc.send(done{}, nil, time.Now().Add(u.cfg.StepTimeout)); err != nil {
+	err := cc.send(done{}, nil, time.Now().Add(u.cfg.StepTimeout))
+	if err != nil {
 		u.log.Warn("could not confirm the handover to the successor", "err", err)
-		link.fail(err)
 	}
-	link.mu.Unlock()
+	link.open(err)
 	// Connections our predecessor handed over that no Accept took yet go
 	// down the line, to our successor.
 	for _, q := range queued {

@@ -1,0 +1,135 @@
+package handoff
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// linkPair returns an open successorLink and the successor's end of it.
+func linkPair(t *testing.T) (*successorLink, *ctlConn) {
+	t.Helper()
+	server, successor := ctlPair(t)
+	link := newSuccessorLink(server, 0, []string{"web"}, capConns, 10*time.Second)
+	link.open(nil)
+	t.Cleanup(link.close)
+	return link, successor
+}
+
+// sessionPairs returns n connected TCP pairs: the clients' ends and the
+// server's.
+func sessionPairs(t *testing.T, n int) (clients, sessions []net.Conn) {
+	t.Helper()
+	ln := localListener(t)
+	for range n {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		clients = append(clients, c)
+		sessions = append(sessions, acceptOne(t, ln))
+	}
+	return clients, sessions
+}
+
+// sendAll starts one link.send per session, each with its index as state.
+func sendAll(link *successorLink, sessions []net.Conn) <-chan error {
+	errs := make(chan error, len(sessions))
+	for i, s := range sessions {
+		go func() { errs <- link.send(context.Background(), "web", s.(syscall.Conn), []byte{byte(i)}) }()
+	}
+	return errs
+}
+
+// TestLinkPipelines: connections do not wait for each other's ack. The
+// successor reads all of them before it acknowledges any, in reverse
+// order; every send succeeds, and every descriptor is the client's
+// connection.
+func TestLinkPipelines(t *testing.T) {
+	checkLeaks(t)
+	link, successor := linkPair(t)
+	clients, sessions := sessionPairs(t, 8)
+	errs := sendAll(link, sessions)
+
+	received := make([]net.Conn, len(sessions))
+	var ids []uint64
+	for range sessions {
+		m, fds, err := successor.recv(time.Now().Add(10 * time.Second))
+		if err != nil {
+			t.Fatalf("successor: %v (connections still waiting for an ack were not sent)", err)
+		}
+		cm, ok := m.(connMsg)
+		if !ok || len(fds) != 1 || cm.Key != "web" || len(cm.State) != 1 {
+			closeFDs(fds)
+			t.Fatalf("successor got %#v with %d fds", m, len(fds))
+		}
+		f := os.NewFile(uintptr(fds[0]), "handed-over")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		received[cm.State[0]] = c
+		ids = append(ids, cm.ID)
+	}
+	for i := len(ids) - 1; i >= 0; i-- {
+		if err := successor.send(connAck{ID: ids[i], OK: true}, nil, time.Now().Add(10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range sessions {
+		if err := <-errs; err != nil {
+			t.Fatalf("send: %v", err)
+		}
+	}
+	for i, c := range received {
+		echoesThrough(t, clients[i], c, "moved")
+	}
+}
+
+// TestLinkFails: when the successor goes away, or acknowledges a
+// connection it was never sent, every send waiting for an ack returns
+// ErrNoSuccessor and the link takes no more connections.
+func TestLinkFails(t *testing.T) {
+	for name, misbehave := range map[string]func(*ctlConn) error{
+		"exits": func(successor *ctlConn) error { return successor.Close() },
+		"acks a stranger": func(successor *ctlConn) error {
+			return successor.send(connAck{ID: 1000, OK: true}, nil, time.Now().Add(10*time.Second))
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			checkLeaks(t)
+			link, successor := linkPair(t)
+			_, sessions := sessionPairs(t, 3)
+			errs := sendAll(link, sessions)
+			for range sessions {
+				_, fds, err := successor.recv(time.Now().Add(10 * time.Second))
+				closeFDs(fds)
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := misbehave(successor); err != nil {
+				t.Fatal(err)
+			}
+			for range sessions {
+				if err := <-errs; !errors.Is(err, ErrNoSuccessor) {
+					t.Fatalf("send = %v, want ErrNoSuccessor", err)
+				}
+			}
+			if link.accepts("web") {
+				t.Fatal("a failed link still takes connections")
+			}
+			// The sessions are still the caller's to use.
+			if _, err := sessions[0].Write([]byte("x")); err != nil {
+				t.Fatalf("session unusable after a failed send: %v", err)
+			}
+		})
+	}
+}
