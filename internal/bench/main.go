@@ -10,7 +10,9 @@
 //	    [-modes keepalive,newconn,mixed] [-scenarios naive,...]
 //	    [-out docs/bench.md] [-svg docs/bench.svg]
 //
-// Scenarios: naive (stop, then start), reuseport (SO_REUSEPORT: start a
+// Scenarios: spawn-only (no restart: a second process starts and stops
+// beside the server; the latency cost of a process start alone on this
+// machine), naive (stop, then start), reuseport (SO_REUSEPORT: start a
 // new process, then stop the old), tableflip (cloudflare/tableflip's HTTP
 // example, SIGHUP), handoff-embedded (examples/httpserver, SIGHUP),
 // handoff-takeover (examples/httpserver, an independent new process),
@@ -75,7 +77,7 @@ func main() {
 	prog.Cleanup(func() { os.RemoveAll(dir) })
 
 	fmt.Fprintln(os.Stderr, "bench: building the servers")
-	all := scenarios(dir)
+	all := scenarios(dir, reaper)
 	env := describeMachine()
 	var rows []row
 	started := time.Now()
@@ -106,7 +108,7 @@ func main() {
 }
 
 // scenarios builds every scenario's binaries into dir.
-func scenarios(dir string) []scenario {
+func scenarios(dir string, reaper *testbed.Reaper) []scenario {
 	own := &testbed.Builder{ModuleRoot: ".", Dir: dir}
 	peers := &testbed.Builder{ModuleRoot: "integration/bench", Dir: dir}
 	plain := peers.Build(prog, "./cmd/plainserver")
@@ -117,6 +119,9 @@ func scenarios(dir string) []scenario {
 		return append([]string{"-addr", s.Addr, "-pidfile", s.PIDFile}, extra...)
 	}
 	return []scenario{
+		{"spawn-only", "no restart: start a second copy of the server on another port, wait until it listens, SIGTERM it", plain, func(s *testbed.Service) server {
+			return &pidServer{s: s, args: plainArgs(s), how: startBeside(testbed.NewService(prog, reaper, plain))}
+		}},
 		{"naive", "SIGTERM, wait until it exits, start a new process", plain, func(s *testbed.Service) server {
 			return &pidServer{s: s, args: plainArgs(s), how: stopThenStart}
 		}},

@@ -80,6 +80,19 @@ func startThenStop(stopOld bool) restartFunc {
 	}
 }
 
+// startBeside restarts nothing: it starts a process of beside, an
+// unrelated service, waits until it listens, and stops it, so that the
+// serving process runs next to a process start as it does in a restart.
+func startBeside(beside *testbed.Service) restartFunc {
+	return func(p *pidServer) int {
+		os.Remove(beside.PIDFile)
+		pid := beside.WaitPID(beside.Start("-addr", beside.Addr, "-pidfile", beside.PIDFile), 0, startTimeout)
+		beside.Signal(pid, syscall.SIGTERM)
+		beside.WaitExit(pid, exitTimeout)
+		return p.pid
+	}
+}
+
 // upgradeOnSignal sends the old process SIGHUP, which starts its
 // successor, and waits until the successor serves and the old one is
 // gone. When the old process logs that the upgrade failed, it signals
