@@ -99,20 +99,8 @@ func BenchmarkConnHandover(b *testing.B) {
 	for _, n := range []int{1, 100, 1000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			cfg := testConfig(b)
-			old := newUpgrader(b, cfg)
-			if _, err := old.Listen("tcp", "127.0.0.1:0"); err != nil {
-				b.Fatal(err)
-			}
-			if err := old.Ready(); err != nil {
-				b.Fatal(err)
-			}
-			next := newUpgrader(b, cfg)
-			if _, err := next.Listen("tcp", "127.0.0.1:0"); err != nil {
-				b.Fatal(err)
-			}
-			if err := next.Ready(); err != nil {
-				b.Fatal(err)
-			}
+			old, _ := readyUpgrader(b, cfg)
+			next, _ := readyUpgrader(b, cfg)
 			<-old.Exit()
 			ln := localListener(b) // the sessions' own; old's sockets are next's now
 			ctx := context.Background()

@@ -53,14 +53,7 @@ func echoesThrough(t testing.TB, client, server net.Conn, msg string) {
 func TestSendConn(t *testing.T) {
 	checkLeaks(t)
 	cfg := testConfig(t)
-	old := newUpgrader(t, cfg)
-	ln, err := old.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := old.Ready(); err != nil {
-		t.Fatal(err)
-	}
+	old, ln := readyUpgrader(t, cfg)
 	if err := old.SendConn(context.Background(), nil, nil); err == nil {
 		t.Fatal("SendConn of nil succeeded")
 	}
@@ -108,14 +101,7 @@ func TestSendConn(t *testing.T) {
 func TestConnsFollowTheChain(t *testing.T) {
 	checkLeaks(t)
 	cfg := testConfig(t)
-	gen1 := newUpgrader(t, cfg)
-	ln1, err := gen1.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := gen1.Ready(); err != nil {
-		t.Fatal(err)
-	}
+	gen1, ln1 := readyUpgrader(t, cfg)
 	addr := ln1.Addr().String()
 	var clients, sessions []net.Conn
 	for range 2 {
@@ -135,24 +121,11 @@ func TestConnsFollowTheChain(t *testing.T) {
 		}
 	}
 
-	gen2 := newUpgrader(t, cfg)
-	if _, err := gen2.Listen("tcp", "127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	if err := gen2.Ready(); err != nil {
-		t.Fatal(err)
-	}
-	send(0) // queued in gen2's listener; gen2 never accepts it
+	readyUpgrader(t, cfg) // gen2
+	send(0)               // queued in gen2's listener; gen2 never accepts it
 
-	gen3 := newUpgrader(t, cfg)
-	ln3, err := gen3.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := gen3.Ready(); err != nil {
-		t.Fatal(err)
-	}
-	send(1) // reaches gen2 after its handover
+	_, ln3 := readyUpgrader(t, cfg) // gen3
+	send(1)                         // reaches gen2 after its handover
 
 	// The queued connection goes on once gen2 has confirmed its own
 	// handover, so the two may reach gen3 in either order.

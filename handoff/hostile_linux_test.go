@@ -165,13 +165,7 @@ func TestHostilePeers(t *testing.T) {
 func TestHostileSuccessorSendsFDs(t *testing.T) {
 	checkLeaks(t)
 	cfg := testConfig(t)
-	old := newUpgrader(t, cfg)
-	if _, err := old.Listen("tcp", "127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	if err := old.Ready(); err != nil {
-		t.Fatal(err)
-	}
+	old, _ := readyUpgrader(t, cfg)
 	spare := localListener(t)
 	before := openFDs(t)
 	c := dialRaw(t, cfg.Socket)

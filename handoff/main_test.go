@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -124,6 +125,20 @@ func checkLeaks(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	})
+}
+
+// readyUpgrader is newUpgrader with one loopback TCP listener, ready.
+func readyUpgrader(t testing.TB, cfg Config) (*Upgrader, net.Listener) {
+	t.Helper()
+	u := newUpgrader(t, cfg)
+	ln, err := u.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	return u, ln
 }
 
 // newUpgrader is New that fails the test on error and closes at cleanup.

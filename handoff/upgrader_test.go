@@ -145,13 +145,7 @@ func TestTakeoverRefusedBeforeReady(t *testing.T) {
 func TestOneUpgradeAtATime(t *testing.T) {
 	checkLeaks(t)
 	cfg := testConfig(t)
-	old := newUpgrader(t, cfg)
-	if _, err := old.Listen("tcp", "127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	if err := old.Ready(); err != nil {
-		t.Fatal(err)
-	}
+	old, _ := readyUpgrader(t, cfg)
 	const n = 20
 	var (
 		wg      sync.WaitGroup
@@ -384,13 +378,7 @@ func TestUnclaimedSocketsClosed(t *testing.T) {
 	if err := old.Ready(); err != nil {
 		t.Fatal(err)
 	}
-	next := newUpgrader(t, cfg)
-	if _, err := next.Listen("tcp", "127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	if err := next.Ready(); err != nil {
-		t.Fatal(err)
-	}
+	readyUpgrader(t, cfg) // the successor
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Fatalf("unclaimed unix socket still there: %v", err)
 	}
