@@ -58,16 +58,7 @@ func TestHostilePeers(t *testing.T) {
 	checkLeaks(t)
 	cfg := testConfig(t)
 	cfg.StepTimeout = 300 * time.Millisecond
-	old := newUpgrader(t, cfg)
-	ln, err := old.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	serveTag(ln, "old")
-	if err := old.Ready(); err != nil {
-		t.Fatal(err)
-	}
+	_, addr := servingUpgrader(t, cfg, "old")
 	good := hello{MinVersion: protocolVersion, MaxVersion: protocolVersion, Caps: supportedCaps, PID: 1, Name: cfg.Name}
 	garbage := make([]byte, 1000)
 	rand.Read(garbage)
@@ -145,15 +136,7 @@ func TestHostilePeers(t *testing.T) {
 		}
 	})
 
-	next := newUpgrader(t, cfg)
-	ln2, err := next.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveTag(ln2, "next")
-	if err := next.Ready(); err != nil {
-		t.Fatal(err)
-	}
+	servingUpgrader(t, cfg, "next")
 	if got := fetchTag(t, "tcp", addr); got != "next" {
 		t.Fatalf("takeover after the hostile peers: %q", got)
 	}

@@ -86,6 +86,20 @@ func startHTTP(t testing.TB, cfg Config, name string, handler http.HandlerFunc) 
 	return g
 }
 
+// slowPath returns a handler that answers "NAME PATH" and holds /slow
+// until release is closed; entered is closed once /slow has arrived.
+func slowPath(name string) (h http.HandlerFunc, entered, release chan struct{}) {
+	entered, release = make(chan struct{}), make(chan struct{})
+	h = func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			close(entered)
+			<-release
+		}
+		fmt.Fprintf(w, "%s %s", name, r.URL.Path)
+	}
+	return h, entered, release
+}
+
 // drain shuts g's server down after its successor took over, and
 // reports how long that took.
 func (g *httpGeneration) drain(t testing.TB) time.Duration {
@@ -110,14 +124,8 @@ func (g *httpGeneration) drain(t testing.TB) time.Duration {
 // all of it.
 func TestHTTPDrainWithoutSuccessor(t *testing.T) {
 	checkLeaks(t)
-	entered, release := make(chan struct{}), make(chan struct{})
-	g := startHTTP(t, testConfig(t), "old", func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
-			close(entered)
-			<-release
-		}
-		fmt.Fprint(w, "old ", r.URL.Path)
-	})
+	handler, entered, release := slowPath("old")
+	g := startHTTP(t, testConfig(t), "old", handler)
 	idle := dialHTTP(t, g.addr)
 	if _, _, err := idle.get("/1"); err != nil {
 		t.Fatal(err)
@@ -169,14 +177,8 @@ func TestHTTPDrainWithoutSuccessor(t *testing.T) {
 func TestHTTPHandoffKeepsConnection(t *testing.T) {
 	checkLeaks(t)
 	cfg := testConfig(t)
-	entered, release := make(chan struct{}), make(chan struct{})
-	old := startHTTP(t, cfg, "old", func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
-			close(entered)
-			<-release
-		}
-		fmt.Fprint(w, "old ", r.URL.Path)
-	})
+	handler, entered, release := slowPath("old")
+	old := startHTTP(t, cfg, "old", handler)
 	idle := dialHTTP(t, old.addr)
 	if body, _, err := idle.get("/1"); err != nil || body != "old /1" {
 		t.Fatalf("%q, %v", body, err)
@@ -309,14 +311,8 @@ func TestHTTPPipelinedDuringDrain(t *testing.T) {
 func TestHTTPDrainWaitsForPredecessor(t *testing.T) {
 	checkLeaks(t)
 	cfg := testConfig(t)
-	entered, release := make(chan struct{}), make(chan struct{})
-	gen1 := startHTTP(t, cfg, "gen1", func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
-			close(entered)
-			<-release
-		}
-		fmt.Fprint(w, "gen1 ", r.URL.Path)
-	})
+	handler, entered, release := slowPath("gen1")
+	gen1 := startHTTP(t, cfg, "gen1", handler)
 	c := dialHTTP(t, gen1.addr)
 	fmt.Fprintf(c.c, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
 	<-entered

@@ -157,16 +157,8 @@ func upgradeSetup(t testing.TB, role string, readyTimeout time.Duration) (*Upgra
 	t.Setenv(envSocket, cfg.Socket)
 	t.Setenv(envPID, cfg.PIDFile)
 	t.Setenv(envAddr, "127.0.0.1:0")
-	u := newUpgrader(t, cfg)
-	ln, err := u.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveTag(ln, "old")
-	if err := u.Ready(); err != nil {
-		t.Fatal(err)
-	}
-	return u, cfg, ln.Addr().String()
+	u, addr := servingUpgrader(t, cfg, "old")
+	return u, cfg, addr
 }
 
 // TestUpgradeStartsSuccessor: Upgrade starts a fresh copy of the program,

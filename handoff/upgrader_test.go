@@ -30,6 +30,22 @@ func serveTag(ln net.Listener, tag string) <-chan error {
 	return done
 }
 
+// servingUpgrader is newUpgrader with one loopback TCP listener that
+// answers its tag (serveTag), ready; it returns the listener's address.
+func servingUpgrader(t testing.TB, cfg Config, tag string) (*Upgrader, string) {
+	t.Helper()
+	u := newUpgrader(t, cfg)
+	ln, err := u.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveTag(ln, tag)
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	return u, ln.Addr().String()
+}
+
 // fetchTag connects to addr and returns what the server said.
 func fetchTag(t testing.TB, network, addr string) string {
 	t.Helper()
@@ -205,16 +221,7 @@ func TestSuccessorFailsBeforeReady(t *testing.T) {
 			checkLeaks(t)
 			cfg := testConfig(t)
 			cfg.ReadyTimeout = 300 * time.Millisecond
-			old := newUpgrader(t, cfg)
-			ln, err := old.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			addr := ln.Addr().String()
-			serveTag(ln, "old")
-			if err := old.Ready(); err != nil {
-				t.Fatal(err)
-			}
+			old, addr := servingUpgrader(t, cfg, "old")
 
 			failing := newUpgrader(t, cfg)
 			if _, err := failing.Listen("tcp", "127.0.0.1:0"); err != nil {
@@ -234,15 +241,7 @@ func TestSuccessorFailsBeforeReady(t *testing.T) {
 			}
 			failing.Close()
 
-			next := newUpgrader(t, cfg)
-			ln2, err := next.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			serveTag(ln2, "next")
-			if err := next.Ready(); err != nil {
-				t.Fatal(err)
-			}
+			servingUpgrader(t, cfg, "next")
 			<-old.Exit()
 			if got := fetchTag(t, "tcp", addr); got != "next" {
 				t.Fatalf("after the retry: %q", got)
