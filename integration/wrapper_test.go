@@ -55,13 +55,15 @@ func wrapperStatus(t testing.TB, s *testbed.Service) (handoff.Status, wrapperDet
 }
 
 // servingChild waits until the wrapper has a serving child other than
-// not, and nothing else, and returns it.
+// not, and nothing else, with no reload in progress, and returns it.
 func servingChild(t testing.TB, s *testbed.Service, not int) int {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		_, d := wrapperStatus(t, s)
-		if len(d.Children) == 1 && d.Children[0].Role == "serving" && d.Children[0].PID != not {
+		st, d := wrapperStatus(t, s)
+		// A reload stops the old child a moment before it ends: until
+		// then the wrapper would refuse the next one as in progress.
+		if st.State == "serving" && len(d.Children) == 1 && d.Children[0].Role == "serving" && d.Children[0].PID != not {
 			pid := d.Children[0].PID
 			learn(pid)
 			s.Remember(pid) // may be signalled; an orphan to reap if the wrapper dies

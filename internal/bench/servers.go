@@ -164,7 +164,9 @@ func (w *wrapped) servingChild(old int) int {
 				Role string `json:"role"`
 			} `json:"children"`
 		}
-		if err == nil && json.Unmarshal(st.Detail, &d) == nil && len(d.Children) == 1 &&
+		// A reload ends a moment after the old child is gone (state
+		// serving again); a SIGHUP before that is refused as in progress.
+		if err == nil && st.State == "serving" && json.Unmarshal(st.Detail, &d) == nil && len(d.Children) == 1 &&
 			d.Children[0].Role == "serving" && d.Children[0].PID != old {
 			return d.Children[0].PID
 		}
