@@ -75,10 +75,12 @@ func serve(log *slog.Logger, addr, socket, pidfile string, delay time.Duration) 
 	generation := upg.Generation()
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-time.After(delay):
-		case <-r.Context().Done():
-			return
+		if delay > 0 {
+			select {
+			case <-time.After(delay):
+			case <-r.Context().Done():
+				return
+			}
 		}
 		fmt.Fprintf(w, "%d\ngeneration %d\n", pid, generation)
 	})
