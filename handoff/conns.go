@@ -30,8 +30,9 @@ type successorLink struct {
 
 	// gate is held from the link's creation until done has been sent
 	// (connections may only follow done); after that it orders writes.
-	gate sync.Mutex
-	acks sync.WaitGroup // readAcks, started by open
+	gate   sync.Mutex
+	opened chan struct{}  // closed by open
+	acks   sync.WaitGroup // readAcks, started by open
 
 	mu      sync.Mutex
 	nextID  uint64
@@ -43,7 +44,7 @@ type successorLink struct {
 // newSuccessorLink returns a link that holds every send until open.
 func newSuccessorLink(cc *ctlConn, pid int, keys []string, caps uint64, step time.Duration) *successorLink {
 	l := &successorLink{cc: cc, pid: pid, keys: make(map[string]bool, len(keys)), caps: caps, step: step,
-		pending: make(map[uint64]chan connAck)}
+		opened: make(chan struct{}), pending: make(map[uint64]chan connAck)}
 	for _, k := range keys {
 		l.keys[k] = true
 	}
@@ -60,7 +61,16 @@ func (l *successorLink) open(err error) {
 		l.acks.Add(1)
 		go l.readAcks()
 	}
+	close(l.opened)
 	l.gate.Unlock()
+}
+
+// waitOpen waits until open, or until ctx ends.
+func (l *successorLink) waitOpen(ctx context.Context) {
+	select {
+	case <-l.opened:
+	case <-ctx.Done():
+	}
 }
 
 // accepts reports whether the successor can take connections for key.

@@ -1,10 +1,12 @@
 package handoff
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
 	"os"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -132,4 +134,69 @@ func TestLinkFails(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestHTTPShutdownWaitsForLink: Exit closes a moment before the link to
+// the successor opens. Until it has, Shutdown leaves idle connections to
+// net/http here, which answers their next request; then each moves to
+// the successor without a byte of the request after it.
+func TestHTTPShutdownWaitsForLink(t *testing.T) {
+	checkLeaks(t)
+	g := startHTTP(t, testConfig(t), "old", nil)
+	idle := dialHTTP(t, g.addr)
+	if body, _, err := idle.get("/1"); err != nil || body != "old /1" {
+		t.Fatalf("%q, %v", body, err)
+	}
+	server, successor := ctlPair(t)
+	link := newSuccessorLink(server, 0, g.upg.reg.keys(), capConns, 10*time.Second)
+	t.Cleanup(func() { // a failed test may not have opened it; Close waits for open
+		select {
+		case <-link.opened:
+		default:
+			link.open(errors.New("test over"))
+		}
+	})
+	g.upg.mu.Lock()
+	g.upg.succ = link
+	g.upg.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- g.srv.Shutdown(ctx) }()
+	waitFor(t, "Shutdown to wait for the link", func() bool { return goroutineIn("(*successorLink).waitOpen") })
+	if body, closing, err := idle.get("/2"); err != nil || body != "old /2" || closing {
+		t.Fatalf("request while the link is not open: %q, Connection: close %v, %v", body, closing, err)
+	}
+
+	link.open(nil)
+	m, fds, err := successor.recv(time.Now().Add(10 * time.Second))
+	if err != nil {
+		t.Fatalf("successor: %v", err)
+	}
+	cm, ok := m.(connMsg)
+	if !ok || len(fds) != 1 {
+		closeFDs(fds)
+		t.Fatalf("successor got %#v with %d fds", m, len(fds))
+	}
+	f := os.NewFile(uintptr(fds[0]), "handed-over")
+	moved, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer moved.Close()
+	if err := successor.send(connAck{ID: cm.ID, OK: true}, nil, time.Now().Add(10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	echoesThrough(t, idle.c, moved, "GET /3 HTTP/1.1\r\n")
+}
+
+// goroutineIn reports whether some goroutine is running fn.
+func goroutineIn(fn string) bool {
+	buf := make([]byte, 1<<20)
+	return bytes.Contains(buf[:runtime.Stack(buf, true)], []byte(fn))
 }

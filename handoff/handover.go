@@ -384,13 +384,15 @@ func (u *Upgrader) commit(cc *ctlConn, succPID int, inUnit bool, r ready, caps u
 	if ctrl != nil {
 		ctrl.Close()
 	}
-	u.writePIDFile(succPID) // the successor writes it too, once it has heard done
-	u.announceHandover(succPID, inUnit)
+	u.announceHandover(succPID, inUnit) // MAINPID= first: the successor notifies systemd once it hears done
 	err := cc.send(done{}, nil, time.Now().Add(u.cfg.StepTimeout))
 	if err != nil {
 		u.log.Warn("could not confirm the handover to the successor", "err", err)
 	}
+	// Idle connections wait for the link (HTTPServer.Shutdown): open it
+	// before anything slower, such as the pid file.
 	link.open(err)
+	u.passPIDFile(succPID)
 	// Connections our predecessor handed over that no Accept took yet go
 	// down the line, to our successor.
 	for _, q := range queued {

@@ -207,6 +207,14 @@ func (s *HTTPServer) stopped() bool {
 // ends (then with ctx's error, after closing what was left).
 func (s *HTTPServer) Shutdown(ctx context.Context) error {
 	s.setup.Do(s.install)
+	// Exit closes a moment before the link to the successor opens. Until
+	// it has, net/http goes on serving the idle connections here: one
+	// released now would hold its client's next request until then.
+	if s.Upgrader != nil {
+		if link := s.Upgrader.successor(); link != nil {
+			link.waitOpen(ctx)
+		}
+	}
 	s.mu.Lock()
 	s.draining.Store(true)
 	listeners := s.listeners

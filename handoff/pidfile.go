@@ -31,10 +31,15 @@ func writePIDFile(path string, pid int) error {
 // removePIDFile removes path if it still names pid; a successor may have
 // written its own pid there meanwhile.
 func removePIDFile(path string, pid int) {
-	b, err := os.ReadFile(path)
-	if err == nil && string(bytes.TrimSpace(b)) == strconv.Itoa(pid) {
+	if namesPID(path, pid) {
 		os.Remove(path)
 	}
+}
+
+// namesPID reports whether the pid file at path names pid.
+func namesPID(path string, pid int) bool {
+	b, err := os.ReadFile(path)
+	return err == nil && string(bytes.TrimSpace(b)) == strconv.Itoa(pid)
 }
 
 // writePIDFile points the configured pid file, if any, at pid.
@@ -44,5 +49,14 @@ func (u *Upgrader) writePIDFile(pid int) {
 	}
 	if err := writePIDFile(u.cfg.PIDFile, pid); err != nil {
 		u.log.Warn("cannot write pid file", "path", u.cfg.PIDFile, "err", err)
+	}
+}
+
+// passPIDFile points the pid file at the successor, which has heard done,
+// unless it did so itself already: then the file may even name the
+// successor's own successor by now.
+func (u *Upgrader) passPIDFile(succPID int) {
+	if u.cfg.PIDFile != "" && namesPID(u.cfg.PIDFile, u.pid) {
+		u.writePIDFile(succPID)
 	}
 }
