@@ -71,7 +71,10 @@ func serve(log *slog.Logger, addr, socket, pidfile string) error {
 	g.Add(func() error { // sessions the predecessor handed over
 		return srv.resume(ctx)
 	}, func(error) { cancel() })
-	g.Add(func() error {
+	g.Add(func() error { // ready once serving (sessions handed over are resumed at once), then upgrade on SIGHUP
+		if err := upg.Ready(); err != nil {
+			return err
+		}
 		for {
 			select {
 			case <-ctx.Done():
@@ -96,9 +99,6 @@ func serve(log *slog.Logger, addr, socket, pidfile string) error {
 			return nil
 		}
 	}, func(error) { cancel() })
-	if err := upg.Ready(); err != nil {
-		return err
-	}
 	return g.Run()
 }
 

@@ -98,7 +98,13 @@ func serve(log *slog.Logger, addr, socket, pidfile string, delay time.Duration) 
 		<-ctx.Done()
 		return nil
 	}, func(error) { cancel() })
-	g.Add(func() error { // SIGHUP: upgrade to a fresh copy of the binary
+	g.Add(func() error { // ready once serving, then upgrade on SIGHUP
+		// Serving starts beside Ready, not after it: connections the
+		// predecessor hands over from the moment it hears ready are
+		// served at once.
+		if err := upg.Ready(); err != nil {
+			return err
+		}
 		return upgradeOnHangup(ctx, log, upg, hup)
 	}, func(error) { cancel() })
 	g.Add(func() error { // a successor took over, or SIGTERM/SIGINT: drain
@@ -109,16 +115,14 @@ func serve(log *slog.Logger, addr, socket, pidfile string, delay time.Duration) 
 			log.Info("stopping", "signal", sig.String())
 			upg.Stop()
 		case <-ctx.Done():
-			return nil
+			// Ready or Serve failed: the predecessor, if any, still
+			// serves; finish what this process accepted.
 		}
 		dctx, dcancel := context.WithTimeout(context.Background(), drainTimeout)
 		defer dcancel()
 		return srv.Shutdown(dctx)
 	}, func(error) { cancel() })
 
-	if err := upg.Ready(); err != nil {
-		return err
-	}
 	return g.Run()
 }
 
