@@ -5,7 +5,7 @@
 // and prints one markdown row. `make bench` runs it and keeps the table
 // and a plot for the README.
 //
-//	go run ./internal/bench [-restarts 10] [-period 250ms] [-steady 1s]
+//	go run ./internal/bench [-restarts 10] [-period 250ms] [-steady 2.5s]
 //	    [-clients 8] [-interval 2ms]
 //	    [-modes keepalive,newconn,mixed] [-scenarios naive,...]
 //	    [-out docs/bench.md] [-svg docs/bench.svg]
@@ -47,7 +47,7 @@ type scenario struct {
 func main() {
 	restarts := flag.Int("restarts", 10, "restarts per scenario and mode; scale this up for a longer run")
 	period := flag.Duration("period", 250*time.Millisecond, "start a restart at most this often (back to back when one takes longer), so that every scenario sees about the same number of requests")
-	steady := flag.Duration("steady", time.Second, "load without restarts first, per scenario and mode, for the steady-state latency")
+	steady := flag.Duration("steady", 0, "load without restarts first, per scenario and mode, for the steady-state latency (default: as long as the restarts take, restarts × period, so that both p99s rest on as many requests)")
 	clients := flag.Int("clients", 8, "concurrent clients")
 	interval := flag.Duration("interval", 2*time.Millisecond, "each client starts a request at most this often")
 	modes := flag.String("modes", "keepalive,newconn,mixed", "load modes")
@@ -56,6 +56,9 @@ func main() {
 	svg := flag.String("svg", "", "write the plot (SVG) here")
 	flag.Parse()
 	defer prog.Close()
+	if *steady <= 0 {
+		*steady = time.Duration(*restarts) * *period
+	}
 
 	var loadModes []loadgen.Mode
 	for _, m := range strings.Split(*modes, ",") {
