@@ -20,6 +20,13 @@ const DefaultDrainTimeout = 30 * time.Second
 // the connections; it starts at a millisecond and doubles up to this.
 var shutdownPollInterval = 50 * time.Millisecond
 
+// busyWindow: an idle connection answered less than this ago most likely
+// belongs to a client that sends again soon. Shutdown moves it right
+// after its next response, while the client reads that, rather than at a
+// random point of its cycle, where the client's next request would wait
+// for the move; one that stays idle this long moves then.
+var busyWindow = 10 * time.Millisecond
+
 // HTTPServer runs a net/http server on an Upgrader's listeners and drains
 // it without losing a request, which http.Server.Shutdown alone does not
 // promise: it closes idle keep-alive connections while the client's next
@@ -29,7 +36,10 @@ var shutdownPollInterval = 50 * time.Millisecond
 //   - hands every idle HTTP/1 connection, and every accepted one whose
 //     request it has not started reading, to the successor (when Upgrader
 //     is set and a successor has taken over): the client keeps its TCP
-//     connection and never notices;
+//     connection and never notices. A connection that got a response in
+//     the last 10 ms moves right after its next one, or once it has been
+//     idle that long, so that its client's next request seldom waits for
+//     the move;
 //   - answers the next request on any other HTTP/1 connection (TLS, or no
 //     successor) with "Connection: close", and closes it only after that
 //     response;
@@ -264,6 +274,9 @@ func (s *HTTPServer) releaseHTTP1() int {
 			continue
 		}
 		n++
+		if t.hc != nil && t.hc.answeredWithin(busyWindow) {
+			continue // connState releases it after its next response
+		}
 		s.release(t)
 	}
 	return n

@@ -100,6 +100,16 @@ func slowPath(name string) (h http.HandlerFunc, entered, release chan struct{}) 
 	return h, entered, release
 }
 
+// waitConns waits until g's server tracks n connections.
+func (g *httpGeneration) waitConns(t testing.TB, n int, what string) {
+	t.Helper()
+	waitFor(t, what, func() bool {
+		g.srv.mu.Lock()
+		defer g.srv.mu.Unlock()
+		return len(g.srv.conns) == n
+	})
+}
+
 // drain shuts g's server down after its successor took over, and
 // reports how long that took.
 func (g *httpGeneration) drain(t testing.TB) time.Duration {
@@ -134,11 +144,7 @@ func TestHTTPDrainWithoutSuccessor(t *testing.T) {
 	inflight := dialHTTP(t, g.addr)
 	fmt.Fprintf(inflight.c, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
 	<-entered
-	waitFor(t, "three connections", func() bool {
-		g.srv.mu.Lock()
-		defer g.srv.mu.Unlock()
-		return len(g.srv.conns) == 3
-	})
+	g.waitConns(t, 3, "three connections")
 
 	g.upg.Stop()
 	done := make(chan error, 1)
@@ -187,20 +193,12 @@ func TestHTTPHandoffKeepsConnection(t *testing.T) {
 	inflight := dialHTTP(t, old.addr)
 	fmt.Fprintf(inflight.c, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
 	<-entered
-	waitFor(t, "three connections", func() bool {
-		old.srv.mu.Lock()
-		defer old.srv.mu.Unlock()
-		return len(old.srv.conns) == 3
-	})
+	old.waitConns(t, 3, "three connections")
 
 	startHTTP(t, cfg, "new", nil)
 	drained := make(chan time.Duration, 1)
 	go func() { drained <- old.drain(t) }()
-	waitFor(t, "the idle connections to be handed over", func() bool {
-		old.srv.mu.Lock()
-		defer old.srv.mu.Unlock()
-		return len(old.srv.conns) == 1
-	})
+	old.waitConns(t, 1, "the idle connections to be handed over")
 	for name, c := range map[string]*httpClient{"idle": idle, "fresh": fresh} {
 		body, closing, err := c.get("/2")
 		if err != nil || body != "new /2" || closing {
@@ -229,6 +227,38 @@ func TestHTTPHandoffKeepsConnection(t *testing.T) {
 	if took := <-drained; took > 5*time.Second {
 		t.Fatalf("old process drained in %v despite handing connections over", took)
 	}
+}
+
+// TestHTTPBusyConnectionMovesAfterResponse: a connection answered within
+// busyWindow when the drain starts stays until its next response, then
+// moves; a fresh one moves at once.
+func TestHTTPBusyConnectionMovesAfterResponse(t *testing.T) {
+	checkLeaks(t)
+	defer func(w time.Duration) { busyWindow = w }(busyWindow)
+	busyWindow = time.Minute // longer than the test
+	cfg := testConfig(t)
+	old := startHTTP(t, cfg, "old", nil)
+	busy := dialHTTP(t, old.addr)
+	if body, _, err := busy.get("/1"); err != nil || body != "old /1" {
+		t.Fatalf("%q, %v", body, err)
+	}
+	fresh := dialHTTP(t, old.addr)
+	old.waitConns(t, 2, "two connections")
+
+	startHTTP(t, cfg, "new", nil)
+	drained := make(chan time.Duration, 1)
+	go func() { drained <- old.drain(t) }()
+	// The pass that handed the fresh connection over skipped the busy one.
+	old.waitConns(t, 1, "the fresh connection to be handed over")
+	if body, closing, err := busy.get("/2"); err != nil || body != "old /2" || closing {
+		t.Fatalf("busy connection's next request: %q, Connection: close %v, %v", body, closing, err)
+	}
+	for name, c := range map[string]*httpClient{"busy": busy, "fresh": fresh} {
+		if body, closing, err := c.get("/3"); err != nil || body != "new /3" || closing {
+			t.Fatalf("%s connection after the move: %q, Connection: close %v, %v", name, body, closing, err)
+		}
+	}
+	<-drained
 }
 
 // TestHTTPHandoffRace: keep-alive clients send requests back to back

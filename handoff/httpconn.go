@@ -34,6 +34,7 @@ type httpConn struct {
 	stealing      bool           // release asked; the read deadline is in the past
 	stolen        bool           // net/http was told EOF; Close hands the conn over
 	readDeadline  time.Time      // what net/http asked for
+	idleSince     time.Time      // when the last response was done
 }
 
 // Read passes reads through, except at a safe moment while release is
@@ -104,6 +105,14 @@ func (c *httpConn) release() {
 	c.Conn.SetReadDeadline(aLongTimeAgo) // wakes a Read blocked waiting for the client
 }
 
+// answeredWithin reports whether the connection is idle after a response
+// sent less than d ago.
+func (c *httpConn) answeredWithin(d time.Duration) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.phase == http.StateIdle && time.Since(c.idleSince) < d
+}
+
 // setPhase follows net/http's view of the connection; a handler starting
 // marks it active too, since a pipelined request served from net/http's
 // buffer brings no StateActive.
@@ -112,6 +121,7 @@ func (c *httpConn) setPhase(st http.ConnState) {
 	defer c.mu.Unlock()
 	c.phase = st
 	if st == http.StateIdle {
+		c.idleSince = time.Now()
 		c.readSinceIdle, c.unclean = false, false
 	}
 }
