@@ -39,6 +39,29 @@ func sessionPairs(t *testing.T, n int) (clients, sessions []net.Conn) {
 	return clients, sessions
 }
 
+// receiveConn reads the next connection the link sends, as the successor
+// would; the connection is closed at cleanup.
+func receiveConn(t *testing.T, successor *ctlConn) (connMsg, net.Conn) {
+	t.Helper()
+	m, fds, err := successor.recv(time.Now().Add(10 * time.Second))
+	if err != nil {
+		t.Fatalf("successor: %v", err)
+	}
+	cm, ok := m.(connMsg)
+	if !ok || len(fds) != 1 {
+		closeFDs(fds)
+		t.Fatalf("successor got %#v with %d fds", m, len(fds))
+	}
+	f := os.NewFile(uintptr(fds[0]), "handed-over")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return cm, c
+}
+
 // sendAll starts one link.send per session, each with its index as state.
 func sendAll(link *successorLink, sessions []net.Conn) <-chan error {
 	errs := make(chan error, len(sessions))
@@ -61,22 +84,10 @@ func TestLinkPipelines(t *testing.T) {
 	received := make([]net.Conn, len(sessions))
 	var ids []uint64
 	for range sessions {
-		m, fds, err := successor.recv(time.Now().Add(10 * time.Second))
-		if err != nil {
-			t.Fatalf("successor: %v (connections still waiting for an ack were not sent)", err)
+		cm, c := receiveConn(t, successor)
+		if cm.Key != "web" || len(cm.State) != 1 {
+			t.Fatalf("successor got %#v", cm)
 		}
-		cm, ok := m.(connMsg)
-		if !ok || len(fds) != 1 || cm.Key != "web" || len(cm.State) != 1 {
-			closeFDs(fds)
-			t.Fatalf("successor got %#v with %d fds", m, len(fds))
-		}
-		f := os.NewFile(uintptr(fds[0]), "handed-over")
-		c, err := net.FileConn(f)
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
 		received[cm.State[0]] = c
 		ids = append(ids, cm.ID)
 	}
@@ -170,22 +181,7 @@ func TestHTTPShutdownWaitsForLink(t *testing.T) {
 	}
 
 	link.open(nil)
-	m, fds, err := successor.recv(time.Now().Add(10 * time.Second))
-	if err != nil {
-		t.Fatalf("successor: %v", err)
-	}
-	cm, ok := m.(connMsg)
-	if !ok || len(fds) != 1 {
-		closeFDs(fds)
-		t.Fatalf("successor got %#v with %d fds", m, len(fds))
-	}
-	f := os.NewFile(uintptr(fds[0]), "handed-over")
-	moved, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer moved.Close()
+	cm, moved := receiveConn(t, successor)
 	if err := successor.send(connAck{ID: cm.ID, OK: true}, nil, time.Now().Add(10*time.Second)); err != nil {
 		t.Fatal(err)
 	}

@@ -41,6 +41,22 @@ func (h *httpClient) get(path string) (body string, closing bool, err error) {
 	return h.read()
 }
 
+// getUntil sends requests until one is answered by the generation called
+// name, each on the same connection, without Connection: close.
+func (h *httpClient) getUntil(t testing.TB, name string) {
+	t.Helper()
+	for n := 1; n <= 100; n++ {
+		body, closing, err := h.get(fmt.Sprint("/", n))
+		if err != nil || closing {
+			t.Fatalf("request %d: %q, Connection: close %v, %v", n, body, closing, err)
+		}
+		if strings.HasPrefix(body, name+" ") {
+			return
+		}
+	}
+	t.Fatalf("connection never reached %s in 100 requests", name)
+}
+
 func (h *httpClient) read() (body string, closing bool, err error) {
 	resp, err := http.ReadResponse(h.br, nil)
 	if err != nil {
@@ -212,18 +228,7 @@ func TestHTTPHandoffKeepsConnection(t *testing.T) {
 	// The request that follows may still reach the old process, if it
 	// arrives before the connection goes idle; it is answered there and
 	// the connection moves right after.
-	for n := 3; ; n++ {
-		body, closing, err := inflight.get(fmt.Sprint("/", n))
-		if err != nil || closing {
-			t.Fatalf("request %d after the in-flight one: %q, Connection: close %v, %v", n, body, closing, err)
-		}
-		if strings.HasPrefix(body, "new") {
-			break
-		}
-		if n > 100 {
-			t.Fatalf("connection still on the old process after %d requests", n)
-		}
-	}
+	inflight.getUntil(t, "new")
 	if took := <-drained; took > 5*time.Second {
 		t.Fatalf("old process drained in %v despite handing connections over", took)
 	}
@@ -356,18 +361,7 @@ func TestHTTPDrainWaitsForPredecessor(t *testing.T) {
 	if body, _, err := c.read(); err != nil || body != "gen1 /slow" {
 		t.Fatalf("in-flight request: %q, %v", body, err)
 	}
-	for n := 0; ; n++ {
-		body, closing, err := c.get(fmt.Sprint("/", n))
-		if err != nil || closing {
-			t.Fatalf("request %d: %q, Connection: close %v, %v", n, body, closing, err)
-		}
-		if strings.HasPrefix(body, "gen3") {
-			break
-		}
-		if n > 100 {
-			t.Fatalf("connection never reached gen3: %q", body)
-		}
-	}
+	c.getUntil(t, "gen3")
 	<-gen1Drained
 	<-gen2Drained
 }
