@@ -188,7 +188,9 @@ func (u *Upgrader) open(e entry) (*socket, error) {
 // Ready says that the program serves on its sockets. A predecessor stops
 // accepting only now, and drains; this process then owns the control
 // socket and can itself be upgraded. Inherited sockets that no Listen call
-// claimed are closed and logged.
+// claimed are closed and logged. Call it once Accept loops run (or are
+// started, as with `go srv.Serve(ln)`): connections the predecessor hands
+// over arrive from the moment it hears ready, and wait until accepted.
 //
 // If the predecessor gave up waiting (its ReadyTimeout passed), Ready
 // fails: the predecessor still serves, and this process should exit.
