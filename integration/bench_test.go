@@ -13,7 +13,8 @@ import (
 // TestBenchSmoke runs `make bench`'s driver (internal/bench) small: every
 // scenario, two restarts, keep-alive load. It must finish, write its report
 // and plot, and show no failed request for any handoff scenario, nor for
-// the baseline that restarts nothing.
+// the baseline that restarts nothing; with the library, keep-alive
+// connections move to the new process.
 func TestBenchSmoke(t *testing.T) {
 	checkNoChildren(t)
 	dir := t.TempDir()
@@ -41,6 +42,10 @@ func TestBenchSmoke(t *testing.T) {
 		lossless := strings.HasPrefix(cells[0], "| handoff-") || cells[0] == "| spawn-only"
 		if lossless && cells[4] != "0" {
 			t.Errorf("failed requests in %s", line)
+		}
+		library := cells[0] == "| handoff-embedded" || cells[0] == "| handoff-takeover"
+		if library && cells[12] == "—" {
+			t.Errorf("no connection moved in %s", line)
 		}
 	}
 	if rows != 1+7*2 { // the header, and seven scenarios in two modes

@@ -75,6 +75,16 @@ func (r row) summary() string {
 		ms(r.steady.Latency.Quantile(0.99)), ms(testbed.Median(r.durations)))
 }
 
+// moved counts the requests answered first by a new process on a kept
+// connection, with their median latency, or "—".
+func (r row) moved() string {
+	m := &r.load.Moved
+	if m.Count() == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%d, %s", m.Count(), ms(m.Quantile(0.5)))
+}
+
 // failures lists the failed requests by kind, or "0".
 func (r row) failures() string {
 	var kinds []string
@@ -107,14 +117,14 @@ func markdown(env string, all []scenario, rows []row, flags string, took time.Du
 	var b strings.Builder
 	fmt.Fprintf(&b, "Measured %s on %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), env)
 	fmt.Fprintf(&b, "Command: `go run ./internal/bench %s` (`make bench`); the run took %v.\n\n", flags, took.Round(time.Second))
-	b.WriteString("| scenario | load | restarts | requests | failed (by kind) | failed % | p50 | p99 | p99.9 | max | steady p99 | p99 ÷ steady | outage | restart |\n")
-	b.WriteString("|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	b.WriteString("| scenario | load | restarts | requests | failed (by kind) | failed % | p50 | p99 | p99.9 | max | steady p99 | p99 ÷ steady | moved (n, p50) | outage | restart |\n")
+	b.WriteString("|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, r := range rows {
 		l := &r.load.Latency
-		fmt.Fprintf(&b, "| %s | %s | %s | %d | %s | %.3f%% | %s | %s | %s | %s | %s | %.2f | %s | %s |\n",
+		fmt.Fprintf(&b, "| %s | %s | %s | %d | %s | %.3f%% | %s | %s | %s | %s | %s | %.2f | %s | %s | %s |\n",
 			r.scenario, r.mode, r.restarts(), r.load.Requests, r.failures(), 100*r.failRate(),
 			ms(l.Quantile(0.5)), ms(l.Quantile(0.99)), ms(l.Quantile(0.999)), ms(l.Max()),
-			ms(r.steady.Latency.Quantile(0.99)), r.p99Ratio(), ms(r.outage()), ms(testbed.Median(r.durations)))
+			ms(r.steady.Latency.Quantile(0.99)), r.p99Ratio(), r.moved(), ms(r.outage()), ms(testbed.Median(r.durations)))
 	}
 	b.WriteString(`
 Columns: *restarts*, one every -period or back to back when they take
@@ -125,7 +135,9 @@ never retry, each starting a request at most every -interval;
 *failed*: requests without a complete 200 response (refused, reset, EOF
 before the response, timeout, other); latency of the successful requests
 during the restarts; *steady p99*: the same server and load without
-restarts, just before; *outage*: the longest run of failed requests (none
+restarts, just before; *moved*: responses from a new process on a
+connection kept open (the connection moved to it), and their median
+latency; *outage*: the longest run of failed requests (none
 50 ms or more apart), from the first sent to the last (0 with no or one
 failure);
 *restart*: median time from the trigger until a new process serves and the

@@ -96,16 +96,19 @@ type Config struct {
 
 // Result is what a run saw.
 type Result struct {
-	Requests int64           // requests sent (or attempted)
-	OK       int64           // complete 200 responses
-	Failures map[Kind]int64  // failed requests by kind
-	Errors   []string        // the first few failures, for diagnosis
-	Latency  Histogram       // of successful requests
-	PIDs     map[int]int64   // successful responses by server pid (first body line)
-	Elapsed  time.Duration   // wall time of the run
-	First    time.Time       // when the run started
-	Failed   []time.Duration // offsets from First at which requests failed
-	Conns    int64           // connections opened
+	Requests int64          // requests sent (or attempted)
+	OK       int64          // complete 200 responses
+	Failures map[Kind]int64 // failed requests by kind
+	Errors   []string       // the first few failures, for diagnosis
+	Latency  Histogram      // of successful requests
+	// Moved is the latency of each first response from another server
+	// process on a connection kept open: the connection moved there.
+	Moved   Histogram
+	PIDs    map[int]int64   // successful responses by server pid (first body line)
+	Elapsed time.Duration   // wall time of the run
+	First   time.Time       // when the run started
+	Failed  []time.Duration // offsets from First at which requests failed
+	Conns   int64           // connections opened
 }
 
 // FailedCount counts all failures.
@@ -201,6 +204,7 @@ func (r *Result) merge(o *Result) {
 		r.PIDs[pid] += n
 	}
 	r.Latency.Merge(&o.Latency)
+	r.Moved.Merge(&o.Moved)
 	r.Failed = append(r.Failed, o.Failed...)
 	for _, e := range o.Errors {
 		if len(r.Errors) < maxErrors {
@@ -231,8 +235,9 @@ type worker struct {
 	start time.Time
 	res   *Result
 
-	conn net.Conn
-	br   *bufio.Reader
+	conn    net.Conn
+	br      *bufio.Reader
+	connPID int // the server pid that last answered on conn
 }
 
 func (w *worker) run(ctx context.Context, b *budget) {
@@ -249,9 +254,16 @@ func (w *worker) run(ctx context.Context, b *budget) {
 			w.fail(t0, err)
 			continue
 		}
+		took := time.Since(t0)
 		w.res.OK++
-		w.res.Latency.Record(time.Since(t0))
+		w.res.Latency.Record(took)
 		w.res.PIDs[pid]++
+		if w.conn != nil { // kept open
+			if w.connPID != 0 && pid != w.connPID {
+				w.res.Moved.Record(took)
+			}
+			w.connPID = pid
+		}
 	}
 }
 
@@ -295,7 +307,7 @@ func (w *worker) fail(t0 time.Time, err error) {
 func (w *worker) closeConn() {
 	if w.conn != nil {
 		w.conn.Close()
-		w.conn, w.br = nil, nil
+		w.conn, w.br, w.connPID = nil, nil, 0
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -38,6 +39,31 @@ func TestRunCountsSuccess(t *testing.T) {
 			t.Fatalf("%v, %d conns: a Connection: close answer must end the connection, not fail", r, r.Conns)
 		}
 	})
+}
+
+// TestRunMoved: a response from another pid on a connection kept open
+// counts as a move; on a new connection it does not.
+func TestRunMoved(t *testing.T) {
+	for _, tc := range []struct {
+		mode  Mode
+		moved int64
+	}{{KeepAlive, 1}, {NewConn, 0}} {
+		t.Run(tc.mode.String(), func(t *testing.T) {
+			var served atomic.Int64
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				pid := 1 + served.Add(1)/6 // 1 for five requests, then 2
+				fmt.Fprintf(w, "%d\n", pid)
+			}))
+			defer srv.Close()
+			r := Run(context.Background(), Config{Addr: srv.Listener.Addr().String(), Mode: tc.mode, Workers: 1, MaxRequests: 10})
+			if r.OK != 10 || len(r.PIDs) != 2 {
+				t.Fatalf("%v (%v)", r, r.Errors)
+			}
+			if n := r.Moved.Count(); n != tc.moved {
+				t.Fatalf("%d moves seen, want %d", n, tc.moved)
+			}
+		})
+	}
 }
 
 // misbehave runs a raw TCP server that treats every connection with fn.
