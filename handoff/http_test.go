@@ -258,11 +258,12 @@ func TestHTTPBusyConnectionMovesAfterResponse(t *testing.T) {
 	if body, closing, err := busy.get("/2"); err != nil || body != "old /2" || closing {
 		t.Fatalf("busy connection's next request: %q, Connection: close %v, %v", body, closing, err)
 	}
-	for name, c := range map[string]*httpClient{"busy": busy, "fresh": fresh} {
-		if body, closing, err := c.get("/3"); err != nil || body != "new /3" || closing {
-			t.Fatalf("%s connection after the move: %q, Connection: close %v, %v", name, body, closing, err)
-		}
+	if body, closing, err := fresh.get("/3"); err != nil || body != "new /3" || closing {
+		t.Fatalf("fresh connection after the move: %q, Connection: close %v, %v", body, closing, err)
 	}
+	// The busy connection moves once /2 is answered, unless /3 reaches
+	// net/http's read-ahead first (see TestHTTPHandoffKeepsConnection).
+	busy.getUntil(t, "new")
 	<-drained
 }
 
