@@ -11,6 +11,9 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/handoffd/handoff/internal/ctl"
+	"github.com/handoffd/handoff/internal/wire"
 )
 
 // BenchmarkSocketTransfer measures passing n listening sockets as a
@@ -20,28 +23,28 @@ func BenchmarkSocketTransfer(b *testing.B) {
 	for _, n := range []int{1, 100, 1000, 10000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			path := filepath.Join(socketDir(b), "ctl.sock")
-			ctl, err := listenControlSocket(path)
+			ctrl, err := ctl.ListenControlSocket(path)
 			if err != nil {
 				b.Fatal(err)
 			}
-			defer ctl.Close()
+			defer ctrl.Close()
 			ln := localListener(b)
 			items := make([]handoverItem, n)
 			for i := range items {
-				items[i] = handoverItem{entry: entry{Kind: kindListener, Network: "tcp", Address: "127.0.0.1:0", Name: fmt.Sprint("s", i)}, conn: ln}
+				items[i] = handoverItem{Entry: wire.Entry{Kind: wire.KindListener, Network: "tcp", Address: "127.0.0.1:0", Name: fmt.Sprint("s", i)}, conn: ln}
 			}
 			got := make([]int, 0, n)
-			keep := func(_ entry, fd int) { got = append(got, fd) }
+			keep := func(_ wire.Entry, fd int) { got = append(got, fd) }
 			b.ReportAllocs()
 			for b.Loop() {
 				sent := make(chan error, 1)
 				go func() {
-					c, err := ctl.AcceptUnix()
+					c, err := ctrl.AcceptUnix()
 					if err != nil {
 						sent <- err
 						return
 					}
-					server := newCtlConn(c, smallMessage, 0)
+					server := ctl.NewConn(c, ctl.SmallMessage, 0)
 					defer server.Close()
 					sent <- sendSockets(server, items, 5*time.Second)
 				}()
@@ -49,7 +52,7 @@ func BenchmarkSocketTransfer(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				successor := newCtlConn(c.(*net.UnixConn), maxMessageSize, maxFDsPerMessage)
+				successor := ctl.NewConn(c.(*net.UnixConn), wire.MaxMessageSize, wire.MaxFDs)
 				if err := receiveSockets(successor, uint32(n), 5*time.Second, keep); err != nil {
 					b.Fatalf("receive: %v", err)
 				}
@@ -57,7 +60,7 @@ func BenchmarkSocketTransfer(b *testing.B) {
 					b.Fatalf("send: %v", err)
 				}
 				b.StopTimer()
-				closeFDs(got)
+				ctl.CloseFDs(got)
 				got = got[:0]
 				successor.Close()
 				b.StartTimer()

@@ -17,6 +17,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/handoffd/handoff/internal/ctl"
+	"github.com/handoffd/handoff/internal/wire"
 )
 
 // Helper roles for the chaos and hostile-input integration tests
@@ -79,7 +82,7 @@ func die() {
 
 // chaosConn connects to the serving process like New does: through the
 // socketpair its Upgrade passed, else through the control socket.
-func chaosConn(socket string) (*ctlConn, error) {
+func chaosConn(socket string) (*ctl.Conn, error) {
 	if cc, err := inheritedControlConn(); cc != nil || err != nil {
 		return cc, err
 	}
@@ -87,7 +90,7 @@ func chaosConn(socket string) (*ctlConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newCtlConn(c.(*net.UnixConn), maxMessageSize, maxFDsPerMessage), nil
+	return ctl.NewConn(c.(*net.UnixConn), wire.MaxMessageSize, wire.MaxFDs), nil
 }
 
 func runChaosSuccessor() error {
@@ -110,13 +113,13 @@ func runChaosSuccessor() error {
 		die()
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	if err := cc.send(hello{MinVersion: protocolVersion, MaxVersion: protocolVersion, PID: uint32(os.Getpid()), Name: name}, nil, deadline); err != nil {
+	if err := cc.Send(wire.Hello{MinVersion: wire.Version, MaxVersion: wire.Version, PID: uint32(os.Getpid()), Name: name}, nil, deadline); err != nil {
 		return err
 	}
 	if step == stepAfterHello {
 		die()
 	}
-	w, err := expect[welcome](cc, deadline)
+	w, err := expect[wire.Welcome](cc, deadline)
 	if err != nil {
 		return err
 	}
@@ -124,7 +127,7 @@ func runChaosSuccessor() error {
 		die()
 	}
 	var files []int
-	keep := func(_ entry, fd int) { files = append(files, fd) }
+	keep := func(_ wire.Entry, fd int) { files = append(files, fd) }
 	if err := receiveSockets(cc, w.Sockets, 10*time.Second, keep); err != nil {
 		return err
 	}
@@ -134,7 +137,7 @@ func runChaosSuccessor() error {
 	if step != stepAfterReady {
 		return fmt.Errorf("unknown chaos step %q", step)
 	}
-	if err := cc.send(ready{PID: uint32(os.Getpid())}, nil, deadline); err != nil {
+	if err := cc.Send(wire.Ready{PID: uint32(os.Getpid())}, nil, deadline); err != nil {
 		return err
 	}
 	die()
@@ -151,10 +154,10 @@ func chaosWithLibrary(step, socket, name string) error {
 		return err
 	}
 	defer u.Close()
-	var listeners []entry
+	var listeners []wire.Entry
 	for _, in := range u.reg.inherited {
-		if in.Kind == kindListener {
-			listeners = append(listeners, in.entry)
+		if in.Kind == wire.KindListener {
+			listeners = append(listeners, in.Entry)
 		}
 	}
 	for _, e := range listeners {
@@ -185,7 +188,7 @@ var attacks = map[string]func(c *net.UnixConn, name string) error{
 		return err
 	},
 	"huge-length": func(c *net.UnixConn, name string) error {
-		b, err := encode(goodHello(name))
+		b, err := wire.Encode(goodHello(name))
 		if err != nil {
 			return err
 		}
@@ -194,7 +197,7 @@ var attacks = map[string]func(c *net.UnixConn, name string) error{
 		return err
 	},
 	"cut-message": func(c *net.UnixConn, name string) error {
-		b, err := encode(goodHello(name))
+		b, err := wire.Encode(goodHello(name))
 		if err != nil {
 			return err
 		}
@@ -203,15 +206,15 @@ var attacks = map[string]func(c *net.UnixConn, name string) error{
 	},
 	"wrong-version": func(c *net.UnixConn, name string) error {
 		h := goodHello(name)
-		h.MinVersion, h.MaxVersion = protocolVersion+1, protocolVersion+9
-		return writeMsg(c, h, nil)
+		h.MinVersion, h.MaxVersion = wire.Version+1, wire.Version+9
+		return ctl.WriteMsg(c, h, nil)
 	},
 	"wrong-name": func(c *net.UnixConn, name string) error {
-		return writeMsg(c, goodHello(name+"-other"), nil)
+		return ctl.WriteMsg(c, goodHello(name+"-other"), nil)
 	},
 	"silence": func(*net.UnixConn, string) error { return nil },
 	"valid-hello": func(c *net.UnixConn, name string) error { // refused only for who sends it
-		return writeMsg(c, goodHello(name), nil)
+		return ctl.WriteMsg(c, goodHello(name), nil)
 	},
 	"unrequested-fds": func(c *net.UnixConn, name string) error {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -219,17 +222,17 @@ var attacks = map[string]func(c *net.UnixConn, name string) error{
 			return err
 		}
 		defer ln.Close()
-		fd, err := dupFD(ln.(*net.TCPListener))
+		fd, err := ctl.DupFD(ln.(*net.TCPListener))
 		if err != nil {
 			return err
 		}
-		defer closeFDs([]int{fd})
-		return writeMsg(c, goodHello(name), []int{fd, fd})
+		defer ctl.CloseFDs([]int{fd})
+		return ctl.WriteMsg(c, goodHello(name), []int{fd, fd})
 	},
 }
 
-func goodHello(name string) hello {
-	return hello{MinVersion: protocolVersion, MaxVersion: protocolVersion, PID: uint32(os.Getpid()), Name: name}
+func goodHello(name string) wire.Hello {
+	return wire.Hello{MinVersion: wire.Version, MaxVersion: wire.Version, PID: uint32(os.Getpid()), Name: name}
 }
 
 // runHostilePeer makes the attack envHostile names, on HANDOFF_TEST_CONNS
@@ -281,18 +284,17 @@ func attackOnce(c *net.UnixConn, attack func(*net.UnixConn, string) error, name 
 		return 0, err
 	}
 	c.SetDeadline(time.Now().Add(30 * time.Second))
-	buf, oob := make([]byte, maxMessageSize), make([]byte, oobSpace(maxFDsPerMessage))
-	m, fds, err := readMsg(c, buf, oob)
-	closeFDs(fds)
+	m, fds, err := ctl.ReadMsg(c, wire.MaxMessageSize, wire.MaxFDs)
+	ctl.CloseFDs(fds)
 	if err != nil {
 		return 0, fmt.Errorf("waiting for a refusal: %w", err)
 	}
-	r, ok := m.(refusal)
+	r, ok := m.(wire.Refusal)
 	if !ok || len(fds) > 0 {
-		return 0, fmt.Errorf("got %s with %d descriptors, want a refusal", m.msgType(), len(fds))
+		return 0, fmt.Errorf("got %s with %d descriptors, want a refusal", m.Type(), len(fds))
 	}
-	if _, _, err := readMsg(c, buf, oob); !errors.Is(err, io.EOF) {
+	if _, _, err := ctl.ReadMsg(c, wire.MaxMessageSize, wire.MaxFDs); !errors.Is(err, io.EOF) {
 		return 0, fmt.Errorf("after the refusal: %v, want the connection closed", err)
 	}
-	return r.Code, nil
+	return RefusalCode(r.Code), nil
 }

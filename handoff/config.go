@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/handoffd/handoff/internal/wire"
 )
 
 // Defaults for the zero fields of Config.
@@ -18,6 +20,11 @@ const (
 	// DefaultStepTimeout bounds every other protocol step: one message and
 	// its answer. A peer that stalls longer is dropped.
 	DefaultStepTimeout = 5 * time.Second
+	// DefaultDrainTimeout is how long a process may take to drain: it
+	// bounds HTTPServer.Shutdown when its context has no deadline, and
+	// how long a successor whose upgrade failed gets between SIGTERM and
+	// SIGKILL.
+	DefaultDrainTimeout = 30 * time.Second
 )
 
 // maxSocketPath is the room in sockaddr_un.sun_path, less the NUL.
@@ -33,10 +40,15 @@ type Config struct {
 	// Socket is the path of the control socket. Zero means "NAME.sock" in
 	// $RUNTIME_DIRECTORY (set by systemd's RuntimeDirectory=) or, when that
 	// is unset, in the private directory "handoff-UID" under os.TempDir().
+	// Whoever can write to its directory can stand in for the service's
+	// control socket, so New refuses a directory that other users can
+	// write to, unless it is sticky (as /tmp is) and any socket file
+	// there is this user's; a lock file PATH.lock lives beside it.
 	Socket string
 
 	// PIDFile, when set, is rewritten atomically with the pid of whichever
 	// process is serving, so `kill -HUP $(cat PIDFile)` always reaches it.
+	// New fails if it cannot be written.
 	PIDFile string
 
 	// ReadyTimeout bounds how long a successor may take from its hello to
@@ -46,6 +58,11 @@ type Config struct {
 	// StepTimeout bounds each other protocol step. Zero means
 	// DefaultStepTimeout.
 	StepTimeout time.Duration
+
+	// DrainTimeout bounds a drain: HTTPServer.Shutdown's when its context
+	// has no deadline, and a failed successor's after SIGTERM, before
+	// SIGKILL. Zero means DefaultDrainTimeout.
+	DrainTimeout time.Duration
 
 	// Logger receives the package's log records. Nil means silence.
 	Logger *slog.Logger
@@ -75,7 +92,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Name == "" {
 		c.Name = filepath.Base(os.Args[0])
 	}
-	if strings.ContainsAny(c.Name, "/\x00") || len(c.Name) > maxStringLen {
+	if strings.ContainsAny(c.Name, "/\x00") || len(c.Name) > wire.MaxStringLen {
 		return c, fmt.Errorf("handoff: invalid service name %q", c.Name)
 	}
 	if c.Socket == "" {
@@ -103,6 +120,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.StepTimeout <= 0 {
 		c.StepTimeout = DefaultStepTimeout
 	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = DefaultDrainTimeout
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -125,4 +145,50 @@ func defaultSocketDir() (string, error) {
 		return "", err
 	}
 	return dir, nil
+}
+
+// checkSocketDir refuses a control socket whose directory others could
+// use to stand in for the service: one another user owns (not root), or
+// one others can write to, unless it is sticky and the socket file, if
+// there is one, is this user's.
+func checkSocketDir(path string) error {
+	dir, err := filepath.EvalSymlinks(filepath.Dir(path))
+	if err != nil {
+		return fmt.Errorf("handoff: control socket directory: %w", err)
+	}
+	owner, mode, err := fileOwner(dir)
+	if err != nil {
+		return fmt.Errorf("handoff: control socket directory: %w", err)
+	}
+	uid := os.Geteuid()
+	if owner != uid && owner != 0 {
+		return fmt.Errorf("handoff: control socket directory %s belongs to uid %d: only the service's user (uid %d) or root may own it", dir, owner, uid)
+	}
+	if mode&0o022 == 0 {
+		return nil
+	}
+	if mode&os.ModeSticky == 0 {
+		return fmt.Errorf("handoff: control socket directory %s (mode %v) can be written by other users, who could stand in for the service: use a directory only the service's user can write to (the default, or systemd's RuntimeDirectory=)", dir, mode.Perm())
+	}
+	if sockOwner, _, err := fileOwner(path); err == nil && sockOwner != uid {
+		return fmt.Errorf("handoff: control socket %s belongs to uid %d, not to this user (uid %d): remove it, or use a directory only the service's user can write to", path, sockOwner, uid)
+	}
+	return nil
+}
+
+// checkPIDFile fails unless the pid file at path (if set) can be
+// written: a file created beside it, as writePIDFile does, and removed.
+func checkPIDFile(path string) error {
+	if path == "" {
+		return nil
+	}
+	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
+		return fmt.Errorf("handoff: pid file %s is not a regular file", path)
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("handoff: pid file %s cannot be written: %w", path, err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
 }

@@ -10,13 +10,16 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoffd/handoff/internal/ctl"
+	"github.com/handoffd/handoff/internal/wire"
 )
 
 // linkPair returns an open successorLink and the successor's end of it.
-func linkPair(t *testing.T) (*successorLink, *ctlConn) {
+func linkPair(t *testing.T) (*successorLink, *ctl.Conn) {
 	t.Helper()
 	server, successor := ctlPair(t)
-	link := newSuccessorLink(server, 0, []string{"web"}, capConns, 10*time.Second)
+	link := newSuccessorLink(server, 0, []string{"web"}, wire.CapConns, 10*time.Second)
 	link.open(nil)
 	t.Cleanup(link.close)
 	return link, successor
@@ -41,15 +44,15 @@ func sessionPairs(t *testing.T, n int) (clients, sessions []net.Conn) {
 
 // receiveConn reads the next connection the link sends, as the successor
 // would; the connection is closed at cleanup.
-func receiveConn(t *testing.T, successor *ctlConn) (connMsg, net.Conn) {
+func receiveConn(t *testing.T, successor *ctl.Conn) (wire.Conn, net.Conn) {
 	t.Helper()
-	m, fds, err := successor.recv(time.Now().Add(10 * time.Second))
+	m, fds, err := successor.Recv(time.Now().Add(10 * time.Second))
 	if err != nil {
 		t.Fatalf("successor: %v", err)
 	}
-	cm, ok := m.(connMsg)
+	cm, ok := m.(wire.Conn)
 	if !ok || len(fds) != 1 {
-		closeFDs(fds)
+		ctl.CloseFDs(fds)
 		t.Fatalf("successor got %#v with %d fds", m, len(fds))
 	}
 	f := os.NewFile(uintptr(fds[0]), "handed-over")
@@ -92,7 +95,7 @@ func TestLinkPipelines(t *testing.T) {
 		ids = append(ids, cm.ID)
 	}
 	for i := len(ids) - 1; i >= 0; i-- {
-		if err := successor.send(connAck{ID: ids[i], OK: true}, nil, time.Now().Add(10*time.Second)); err != nil {
+		if err := successor.Send(wire.ConnAck{ID: ids[i], OK: true}, nil, time.Now().Add(10*time.Second)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -108,12 +111,13 @@ func TestLinkPipelines(t *testing.T) {
 
 // TestLinkFails: when the successor goes away, or acknowledges a
 // connection it was never sent, every send waiting for an ack returns
-// ErrNoSuccessor and the link takes no more connections.
+// ErrConnUnknown (the successor got those connections and may serve them:
+// they are not the caller's any more), and the link takes no more.
 func TestLinkFails(t *testing.T) {
-	for name, misbehave := range map[string]func(*ctlConn) error{
-		"exits": func(successor *ctlConn) error { return successor.Close() },
-		"acks a stranger": func(successor *ctlConn) error {
-			return successor.send(connAck{ID: 1000, OK: true}, nil, time.Now().Add(10*time.Second))
+	for name, misbehave := range map[string]func(*ctl.Conn) error{
+		"exits": func(successor *ctl.Conn) error { return successor.Close() },
+		"acks a stranger": func(successor *ctl.Conn) error {
+			return successor.Send(wire.ConnAck{ID: 1000, OK: true}, nil, time.Now().Add(10*time.Second))
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -122,8 +126,8 @@ func TestLinkFails(t *testing.T) {
 			_, sessions := sessionPairs(t, 3)
 			errs := sendAll(link, sessions)
 			for range sessions {
-				_, fds, err := successor.recv(time.Now().Add(10 * time.Second))
-				closeFDs(fds)
+				_, fds, err := successor.Recv(time.Now().Add(10 * time.Second))
+				ctl.CloseFDs(fds)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -132,8 +136,8 @@ func TestLinkFails(t *testing.T) {
 				t.Fatal(err)
 			}
 			for range sessions {
-				if err := <-errs; !errors.Is(err, ErrNoSuccessor) {
-					t.Fatalf("send = %v, want ErrNoSuccessor", err)
+				if err := <-errs; !errors.Is(err, ErrConnUnknown) || errors.Is(err, ErrNoSuccessor) {
+					t.Fatalf("send = %v, want ErrConnUnknown", err)
 				}
 			}
 			if link.accepts("web") {
@@ -159,7 +163,7 @@ func TestHTTPShutdownWaitsForLink(t *testing.T) {
 		t.Fatalf("%q, %v", body, err)
 	}
 	server, successor := ctlPair(t)
-	link := newSuccessorLink(server, 0, g.upg.reg.keys(), capConns, 10*time.Second)
+	link := newSuccessorLink(server, 0, g.upg.reg.keys(), wire.CapConns, 10*time.Second)
 	t.Cleanup(func() { // a failed test may not have opened it; Close waits for open
 		select {
 		case <-link.opened:
@@ -182,7 +186,7 @@ func TestHTTPShutdownWaitsForLink(t *testing.T) {
 
 	link.open(nil)
 	cm, moved := receiveConn(t, successor)
-	if err := successor.send(connAck{ID: cm.ID, OK: true}, nil, time.Now().Add(10*time.Second)); err != nil {
+	if err := successor.Send(wire.ConnAck{ID: cm.ID, OK: true}, nil, time.Now().Add(10*time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-done; err != nil {

@@ -3,6 +3,9 @@ package handoff
 import (
 	"errors"
 	"fmt"
+
+	"github.com/handoffd/handoff/internal/ctl"
+	"github.com/handoffd/handoff/internal/wire"
 )
 
 // Sentinel errors. Compare with errors.Is: the errors returned by this
@@ -18,7 +21,7 @@ var (
 	// ErrClosed: the Upgrader was closed.
 	ErrClosed = errors.New("handoff: closed")
 	// ErrProtocol: the peer sent something the protocol does not allow.
-	ErrProtocol = errors.New("handoff: protocol error")
+	ErrProtocol = wire.ErrProtocol
 	// ErrPeerRejected: the peer's credentials, service name or protocol
 	// version are not acceptable.
 	ErrPeerRejected = errors.New("handoff: peer rejected")
@@ -29,7 +32,13 @@ var (
 	// protocol before it was ready; this process keeps serving.
 	ErrSuccessorFailed = errors.New("handoff: successor failed")
 	// ErrNotSupported: the platform cannot pass sockets between processes.
-	ErrNotSupported = errors.New("handoff: not supported on this platform")
+	ErrNotSupported = ctl.ErrNotSupported
+	// ErrConnUnknown: SendConn sent the connection, but the successor
+	// neither took nor refused it in time (it stalled, or the link
+	// broke): it may be serving it. The connection is no longer the
+	// caller's to write to; SendConn has closed the caller's descriptor,
+	// which ends the connection only if the successor does not hold it.
+	ErrConnUnknown = errors.New("handoff: connection's fate unknown")
 )
 
 // A RefusalCode says why one side of the control socket refused the other.
@@ -70,7 +79,8 @@ func (c RefusalCode) String() string {
 	return "refused"
 }
 
-// A RefusedError is a refusal received from the peer on the control socket.
+// A RefusedError is a refusal received from the peer on the control
+// socket: Reason is the peer's own words.
 type RefusedError struct {
 	Code   RefusalCode
 	Reason string
@@ -100,9 +110,31 @@ func (e *RefusedError) Unwrap() error {
 
 var _ error = (*RefusedError)(nil)
 
+// A denial is this process's own refusal of a peer, with the reason it
+// sends; unlike a RefusedError it was not received.
+type denial struct {
+	code   RefusalCode
+	reason string
+}
+
+func (d *denial) Error() string { return d.reason }
+
+// Unwrap maps the denial onto the sentinel error it matches.
+func (d *denial) Unwrap() error { return (&RefusedError{Code: d.code}).Unwrap() }
+
+func deny(code RefusalCode, format string, args ...any) error {
+	return &denial{code: code, reason: fmt.Sprintf(format, args...)}
+}
+
 // refusalFor picks the code that tells a peer why err stopped the handoff.
 func refusalFor(err error) RefusalCode {
+	var d *denial
+	var peer *ctl.PeerError
 	switch {
+	case errors.As(err, &d):
+		return d.code
+	case errors.As(err, &peer):
+		return RefusedPermission
 	case errors.Is(err, ErrInProgress):
 		return RefusedInProgress
 	case errors.Is(err, ErrNotReady):
@@ -111,7 +143,7 @@ func refusalFor(err error) RefusalCode {
 		return RefusedClosing
 	case errors.Is(err, ErrProtocol):
 		return RefusedProtocol
-	case isTimeout(err):
+	case ctl.IsTimeout(err):
 		return RefusedTimeout
 	}
 	return RefusedOther

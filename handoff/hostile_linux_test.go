@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoffd/handoff/internal/ctl"
+	"github.com/handoffd/handoff/internal/wire"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -28,23 +31,23 @@ func dialRaw(t testing.TB, path string) *net.UnixConn {
 func readRefusal(t testing.TB, c *net.UnixConn) RefusalCode {
 	t.Helper()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	m, fds, err := readMsg(c, make([]byte, maxMessageSize), make([]byte, oobSpace(maxFDsPerMessage)))
-	closeFDs(fds)
+	m, fds, err := ctl.ReadMsg(c, wire.MaxMessageSize, wire.MaxFDs)
+	ctl.CloseFDs(fds)
 	if err != nil {
 		t.Fatalf("expected a refusal, got %v", err)
 	}
-	r, ok := m.(refusal)
+	r, ok := m.(wire.Refusal)
 	if !ok {
-		t.Fatalf("expected a refusal, got %s", m.msgType())
+		t.Fatalf("expected a refusal, got %s", m.Type())
 	}
-	if _, _, err := readMsg(c, make([]byte, smallMessage), nil); err == nil {
+	if _, _, err := ctl.ReadMsg(c, ctl.SmallMessage, 0); err == nil {
 		t.Fatal("connection still open after the refusal")
 	}
-	return r.Code
+	return RefusalCode(r.Code)
 }
 
-func rawHello(t testing.TB, h hello) []byte {
-	b, err := encode(h)
+func rawHello(t testing.TB, h wire.Hello) []byte {
+	b, err := wire.Encode(h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +62,7 @@ func TestHostilePeers(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.StepTimeout = 300 * time.Millisecond
 	_, addr := servingUpgrader(t, cfg, "old")
-	good := hello{MinVersion: protocolVersion, MaxVersion: protocolVersion, Caps: supportedCaps, PID: 1, Name: cfg.Name}
+	good := wire.Hello{MinVersion: wire.Version, MaxVersion: wire.Version, Caps: wire.SupportedCaps, PID: 1, Name: cfg.Name}
 	garbage := make([]byte, 1000)
 	rand.Read(garbage)
 	valid := rawHello(t, good)
@@ -76,21 +79,21 @@ func TestHostilePeers(t *testing.T) {
 		{"header with a huge length", func(c *net.UnixConn) error { _, err := c.Write(huge); return err }, RefusedProtocol},
 		{"message cut in the middle", func(c *net.UnixConn) error { _, err := c.Write(valid[:len(valid)-2]); return err }, RefusedProtocol},
 		{"oversized packet", func(c *net.UnixConn) error { _, err := c.Write(make([]byte, 64<<10)); return err }, RefusedProtocol},
-		{"wrong first message", func(c *net.UnixConn) error { return writeMsg(c, ready{PID: 1}, nil) }, RefusedProtocol},
+		{"wrong first message", func(c *net.UnixConn) error { return ctl.WriteMsg(c, wire.Ready{PID: 1}, nil) }, RefusedProtocol},
 		{"wrong protocol version", func(c *net.UnixConn) error {
 			h := good
 			h.MinVersion, h.MaxVersion = 2, 9
-			return writeMsg(c, h, nil)
+			return ctl.WriteMsg(c, h, nil)
 		}, RefusedVersion},
 		{"wrong service name", func(c *net.UnixConn) error {
 			h := good
 			h.Name = "other"
-			return writeMsg(c, h, nil)
+			return ctl.WriteMsg(c, h, nil)
 		}, RefusedName},
 		{"descriptors nobody asked for", func(c *net.UnixConn) error {
 			fds := []int{dupOrFatal(t, spare), dupOrFatal(t, spare)}
-			defer closeFDs(fds)
-			return writeMsg(c, good, fds)
+			defer ctl.CloseFDs(fds)
+			return ctl.WriteMsg(c, good, fds)
 		}, RefusedProtocol},
 		{"silence", func(c *net.UnixConn) error { return nil }, RefusedTimeout},
 	}
@@ -126,7 +129,7 @@ func TestHostilePeers(t *testing.T) {
 				defer wg.Done()
 				defer c.Close()
 				c.SetDeadline(time.Now().Add(30 * time.Second))
-				readMsg(c, make([]byte, smallMessage), nil) // refused for silence
+				ctl.ReadMsg(c, ctl.SmallMessage, 0) // refused for silence
 			}()
 		}
 		wg.Wait()
@@ -153,21 +156,20 @@ func TestHostileSuccessorSendsFDs(t *testing.T) {
 	before := openFDs(t)
 	c := dialRaw(t, cfg.Socket)
 	defer c.Close()
-	if err := writeMsg(c, hello{MinVersion: 1, MaxVersion: 1, PID: 1, Name: cfg.Name}, nil); err != nil {
+	if err := ctl.WriteMsg(c, wire.Hello{MinVersion: 1, MaxVersion: 1, PID: 1, Name: cfg.Name}, nil); err != nil {
 		t.Fatal(err)
 	}
-	buf, oob := make([]byte, maxMessageSize), make([]byte, oobSpace(maxFDsPerMessage))
-	if m, _, err := readMsg(c, buf, oob); err != nil || m.msgType() != msgWelcome {
+	if m, _, err := ctl.ReadMsg(c, wire.MaxMessageSize, wire.MaxFDs); err != nil || m.Type() != wire.TypeWelcome {
 		t.Fatalf("got %v, %v; want welcome", m, err)
 	}
-	m, fds, err := readMsg(c, buf, oob)
-	if err != nil || m.msgType() != msgFDs {
+	m, fds, err := ctl.ReadMsg(c, wire.MaxMessageSize, wire.MaxFDs)
+	if err != nil || m.Type() != wire.TypeFDs {
 		t.Fatalf("got %v, %v; want fds", m, err)
 	}
-	closeFDs(fds)
+	ctl.CloseFDs(fds)
 	extra := []int{dupOrFatal(t, spare)}
-	err = writeMsg(c, ack{Seq: 0}, extra)
-	closeFDs(extra)
+	err = ctl.WriteMsg(c, wire.Ack{Seq: 0}, extra)
+	ctl.CloseFDs(extra)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +191,7 @@ func TestControlSocketMode(t *testing.T) {
 	cfg := testConfig(t)
 	old := unix.Umask(0)
 	defer unix.Umask(old)
-	ln, err := listenControlSocket(cfg.Socket)
+	ln, err := ctl.ListenControlSocket(cfg.Socket)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,10 +12,6 @@ import (
 	"time"
 )
 
-// DefaultDrainTimeout bounds HTTPServer.Shutdown when its context has no
-// deadline.
-const DefaultDrainTimeout = 30 * time.Second
-
 // shutdownPollInterval is the longest Shutdown waits between two looks at
 // the connections; it starts at a millisecond and doubles up to this.
 var shutdownPollInterval = 50 * time.Millisecond
@@ -46,7 +42,9 @@ var busyWindow = 10 * time.Millisecond
 //   - closes nothing under a request in flight;
 //   - sends HTTP/2 connections GOAWAY, once the HTTP/1 ones are done or
 //     half the time is up, and lets their streams finish;
-//   - closes whatever is left when ctx ends.
+//   - closes whatever is left when ctx ends, or, when ctx has no deadline,
+//     once the Upgrader's DrainTimeout (DefaultDrainTimeout without an
+//     Upgrader) has passed.
 //
 // Serve installs HTTPServer's ConnContext, ConnState and Handler around
 // those of Server, which are still called.
@@ -140,11 +138,11 @@ func (s *HTTPServer) connState(c net.Conn, st http.ConnState) {
 
 // canHandOver reports whether t's connection can go to the successor.
 func (s *HTTPServer) canHandOver(t *connTrack) bool {
-	if t.hc == nil || t.h2.Load() || s.Upgrader == nil {
+	if t.hc == nil || t.h2.Load() {
 		return false
 	}
-	link := s.Upgrader.successor()
-	return link != nil && link.accepts(t.hc.key)
+	m := s.mover()
+	return m != nil && m.takesConns(t.hc.key)
 }
 
 func (s *HTTPServer) release(t *connTrack) {
@@ -155,16 +153,43 @@ func (s *HTTPServer) release(t *connTrack) {
 
 // handOver passes a connection net/http has let go of to the successor.
 func (s *HTTPServer) handOver(c *httpConn) error {
-	ctx, cancel := context.WithTimeout(context.Background(), s.Upgrader.cfg.StepTimeout)
-	defer cancel()
-	return s.Upgrader.sendConn(ctx, c.key, c.Conn.(syscall.Conn), nil)
+	return s.mover().moveConn(c.key, c.Conn.(syscall.Conn))
 }
 
 func (s *HTTPServer) logger() *slog.Logger {
-	if s.Upgrader != nil {
-		return s.Upgrader.log
+	if m := s.mover(); m != nil {
+		return m.logger()
 	}
 	return slog.New(slog.DiscardHandler)
+}
+
+// connMover is what HTTPServer needs of an Upgrader: all it touches of
+// the handover.
+type connMover interface {
+	// connKey is the socket key of ln, one of the Upgrader's listeners.
+	connKey(ln net.Listener) (string, bool)
+	// takesConns reports whether a successor takes connections for key.
+	takesConns(key string) bool
+	// waitLink waits until the link to the successor is open, if there
+	// is a successor, or until ctx ends.
+	waitLink(ctx context.Context)
+	// moveConn hands a connection accepted on key to the successor.
+	moveConn(key string, sc syscall.Conn) error
+	// stopped reports whether the Upgrader closed the listeners.
+	stopped() bool
+	// predecessorSending reports whether a predecessor may still hand
+	// connections over.
+	predecessorSending() bool
+	logger() *slog.Logger
+	drainTimeout() time.Duration
+}
+
+// mover is the Upgrader as a connMover, or nil.
+func (s *HTTPServer) mover() connMover {
+	if s.Upgrader == nil {
+		return nil
+	}
+	return s.Upgrader
 }
 
 // Serve serves HTTP on ln until Shutdown or Close, or until a successor
@@ -184,8 +209,8 @@ func (s *HTTPServer) ServeTLS(ln net.Listener, certFile, keyFile string) error {
 func (s *HTTPServer) serve(ln net.Listener, handoff bool, serve func(net.Listener) error) error {
 	s.setup.Do(s.install)
 	tl := &trackingListener{Listener: ln, srv: s}
-	if handoff && s.Upgrader != nil {
-		tl.key, _ = s.Upgrader.reg.keyOf(ln)
+	if m := s.mover(); handoff && m != nil {
+		tl.key, _ = m.connKey(ln)
 	}
 	s.mu.Lock()
 	if s.draining.Load() {
@@ -209,7 +234,8 @@ func (s *HTTPServer) serve(ln net.Listener, handoff bool, serve func(net.Listene
 // stopped reports whether the listeners were closed on purpose: by
 // Shutdown, or by the Upgrader at the handover or on Stop.
 func (s *HTTPServer) stopped() bool {
-	return s.draining.Load() || (s.Upgrader != nil && s.Upgrader.stopped())
+	m := s.mover()
+	return s.draining.Load() || (m != nil && m.stopped())
 }
 
 // Shutdown stops accepting and drains as the type's documentation says.
@@ -217,13 +243,21 @@ func (s *HTTPServer) stopped() bool {
 // ends (then with ctx's error, after closing what was left).
 func (s *HTTPServer) Shutdown(ctx context.Context) error {
 	s.setup.Do(s.install)
+	m := s.mover()
+	if _, ok := ctx.Deadline(); !ok {
+		drain := DefaultDrainTimeout
+		if m != nil {
+			drain = m.drainTimeout()
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, drain)
+		defer cancel()
+	}
 	// Exit closes a moment before the link to the successor opens. Until
 	// it has, net/http goes on serving the idle connections here: one
 	// released now would hold its client's next request until then.
-	if s.Upgrader != nil {
-		if link := s.Upgrader.successor(); link != nil {
-			link.waitOpen(ctx)
-		}
+	if m != nil {
+		m.waitLink(ctx)
 	}
 	s.mu.Lock()
 	s.draining.Store(true)
@@ -236,17 +270,14 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 
 	// HTTP/1 first: net/http's own Shutdown would close idle connections
 	// and drop requests it reads from now on.
-	budget := DefaultDrainTimeout
-	if d, ok := ctx.Deadline(); ok {
-		budget = time.Until(d)
-	}
-	http1Done := time.NewTimer(budget / 2)
+	d, _ := ctx.Deadline()
+	http1Done := time.NewTimer(time.Until(d) / 2)
 	defer http1Done.Stop()
 	interval := time.Millisecond
 	// A predecessor that is still draining may yet hand connections over
 	// (which go on to the successor, if there is one): exiting before it
 	// is done would cut them.
-	for s.releaseHTTP1() > 0 || (s.Upgrader != nil && s.Upgrader.predecessorSending()) {
+	for s.releaseHTTP1() > 0 || (m != nil && m.predecessorSending()) {
 		select {
 		case <-ctx.Done():
 		case <-http1Done.C:

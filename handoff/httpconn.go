@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/handoffd/handoff/internal/ctl"
 )
 
 // httpConn wraps a connection served by net/http so that HTTPServer can
@@ -60,7 +62,7 @@ func (c *httpConn) Read(p []byte) (int, error) {
 			c.mu.Unlock()
 			return n, err
 		}
-		if c.stealing && isTimeout(err) {
+		if c.stealing && ctl.IsTimeout(err) {
 			if clean {
 				c.stolen = true
 				c.mu.Unlock()
@@ -102,7 +104,7 @@ func (c *httpConn) release() {
 		return
 	}
 	c.stealing = true
-	c.Conn.SetReadDeadline(aLongTimeAgo) // wakes a Read blocked waiting for the client
+	c.Conn.SetReadDeadline(longAgo) // wakes a Read blocked waiting for the client
 }
 
 // answeredWithin reports whether the connection is idle after a response

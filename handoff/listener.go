@@ -65,7 +65,7 @@ func (l *listener) inject(c net.Conn) bool {
 	}
 	l.queue = append(l.queue, c)
 	l.woken = true
-	l.Listener.(deadliner).SetDeadline(aLongTimeAgo)
+	l.Listener.(deadliner).SetDeadline(longAgo)
 	return true
 }
 
@@ -94,3 +94,6 @@ func (l *listener) detach() []net.Conn {
 func (l *listener) SyscallConn() (syscall.RawConn, error) {
 	return l.Listener.(syscall.Conn).SyscallConn()
 }
+
+// longAgo is a deadline in the past: setting it wakes a blocked call.
+var longAgo = time.Unix(1, 0)

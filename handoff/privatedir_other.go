@@ -2,4 +2,12 @@
 
 package handoff
 
-func checkPrivateDir(string) error { return notSupported() }
+import (
+	"os"
+
+	"github.com/handoffd/handoff/internal/ctl"
+)
+
+func checkPrivateDir(string) error { return ctl.Supported() }
+
+func fileOwner(string) (int, os.FileMode, error) { return 0, 0, ctl.Supported() }

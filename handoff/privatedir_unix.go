@@ -24,3 +24,17 @@ func checkPrivateDir(dir string) error {
 	}
 	return nil
 }
+
+// fileOwner returns the owner and mode of the file at path (not following
+// a last symbolic link).
+func fileOwner(path string) (uid int, mode os.FileMode, err error) {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, 0, fmt.Errorf("%s: no owner", path)
+	}
+	return int(st.Uid), fi.Mode(), nil
+}

@@ -7,8 +7,12 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/handoffd/handoff/internal/ctl"
+	"github.com/handoffd/handoff/internal/wire"
 )
 
 // Where an inherited socket came from.
@@ -18,21 +22,12 @@ const (
 	fromFDStore     = "systemd fd store" // stored by an earlier process
 )
 
-// key identifies a socket across generations: its name when it has one,
-// else its network and address as the program asked for them.
-func (e entry) key() string {
-	if e.Name != "" {
-		return e.Name
-	}
-	return e.Network + "|" + e.Address
-}
-
 // inheritedFD is a socket received from a predecessor or from systemd that
 // no Listen call has claimed yet. The registry owns fd. It stays a bare
 // descriptor until claimed: making an *os.File registers it with the
 // runtime's poller, which for 10,000 sockets costs more than passing them.
 type inheritedFD struct {
-	entry
+	wire.Entry
 	fd     int
 	source string
 }
@@ -44,7 +39,7 @@ func (in *inheritedFD) heldBySystemd() bool {
 
 // socket is a listening or packet socket this process serves.
 type socket struct {
-	entry
+	wire.Entry
 	source string    // "" when this process created it
 	ln     *listener // kindListener
 	pc     net.PacketConn
@@ -65,6 +60,21 @@ func (s *socket) boundAddress() string {
 	return s.pc.LocalAddr().String()
 }
 
+// ownsFile reports whether the socket's file is this process's to
+// remove: a unix socket it created, or one its predecessor passed once
+// this process serves (serving). systemd's stay: their unit holds them.
+func (s *socket) ownsFile(serving bool) bool {
+	return isUnixNetwork(s.Network) && (s.source == "" || (s.source == fromPredecessor && serving))
+}
+
+// removeFile removes the socket's file if it is still this socket's.
+func (s *socket) removeFile() {
+	rc, err := s.conn().SyscallConn()
+	if err == nil {
+		rc.Control(func(fd uintptr) { ctl.RemoveSocketFile(int(fd), s.Address) })
+	}
+}
+
 func (s *socket) close() error {
 	if s.ln != nil {
 		return s.ln.Close()
@@ -79,13 +89,32 @@ type registry struct {
 	inherited []*inheritedFD
 	sockets   []*socket
 	closed    bool
+	// claimed counts the predecessor's sockets that Listen calls claimed.
+	claimed int
+	// serving: this process has become the server (Ready, past the
+	// commit point), so the unix socket files of the predecessor's
+	// sockets are its own to remove.
+	serving bool
 }
 
+// describe names a socket for a person: "web (tcp 127.0.0.1:8080)", or
+// "tcp 127.0.0.1:8080" without a name.
+func describe(e wire.Entry) string {
+	where := e.Network + " " + e.Address
+	if e.Name != "" {
+		return e.Name + " (" + where + ")"
+	}
+	return where
+}
+
+// describe names the inherited socket for a person.
+func (in *inheritedFD) describe() string { return describe(in.Entry) }
+
 // inherit takes ownership of fd.
-func (r *registry) inherit(e entry, fd int, source string) {
+func (r *registry) inherit(e wire.Entry, fd int, source string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.inherited = append(r.inherited, &inheritedFD{entry: e, fd: fd, source: source})
+	r.inherited = append(r.inherited, &inheritedFD{Entry: e, fd: fd, source: source})
 }
 
 var (
@@ -99,11 +128,11 @@ func isUnixNetwork(network string) bool {
 
 // open returns the socket for want: an inherited one that matches, or a
 // new one. It fails if this process already serves the same key.
-func (r *registry) open(ctx context.Context, want entry) (*socket, error) {
+func (r *registry) open(ctx context.Context, want wire.Entry) (*socket, error) {
 	switch {
-	case want.Kind == kindListener && !listenNetworks[want.Network],
-		want.Kind == kindPacket && !packetNetworks[want.Network]:
-		return nil, fmt.Errorf("handoff: cannot %s on network %q", want.Kind, want.Network)
+	case want.Kind == wire.KindListener && !listenNetworks[want.Network],
+		want.Kind == wire.KindPacket && !packetNetworks[want.Network]:
+		return nil, fmt.Errorf("handoff: cannot %s network %q", map[wire.Kind]string{wire.KindListener: "listen on", wire.KindPacket: "listen for packets on"}[want.Kind], want.Network)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -111,22 +140,25 @@ func (r *registry) open(ctx context.Context, want entry) (*socket, error) {
 		return nil, ErrClosed
 	}
 	for _, s := range r.sockets {
-		if s.key() == want.key() {
-			return nil, fmt.Errorf("handoff: socket %q is already in use", want.key())
+		if s.Key() == want.Key() {
+			return nil, fmt.Errorf("handoff: socket %s is already in use", describe(want))
 		}
 	}
-	s := &socket{entry: want}
+	s := &socket{Entry: want}
 	var err error
 	if i := r.match(want); i >= 0 {
 		in := r.inherited[i]
 		r.inherited = append(r.inherited[:i], r.inherited[i+1:]...)
 		s.source = in.source
+		if in.source == fromPredecessor {
+			r.claimed++
+		}
 		err = s.fromFD(in.fd)
 	} else {
 		err = s.create(ctx)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("handoff: %s %s %s: %w", want.Kind, want.Network, want.Address, err)
+		return nil, fmt.Errorf("handoff: %s %s: %w", map[wire.Kind]string{wire.KindListener: "listen on", wire.KindPacket: "listen for packets on"}[want.Kind], describe(want), err)
 	}
 	r.sockets = append(r.sockets, s)
 	return s, nil
@@ -136,14 +168,14 @@ func (r *registry) open(ctx context.Context, want entry) (*socket, error) {
 // socket with the same name, network and address; then a socket from the
 // fd store with the same key; then a systemd socket with the same name;
 // then a systemd socket bound to the same address.
-func (r *registry) match(want entry) int {
+func (r *registry) match(want wire.Entry) int {
 	for i, in := range r.inherited {
-		if in.source == fromPredecessor && in.entry == want {
+		if in.source == fromPredecessor && in.Entry == want {
 			return i
 		}
 	}
 	for i, in := range r.inherited {
-		if in.source == fromFDStore && in.Kind == want.Kind && in.Name == want.key() {
+		if in.source == fromFDStore && in.Kind == want.Kind && in.Name == want.Key() {
 			return i
 		}
 	}
@@ -153,7 +185,7 @@ func (r *registry) match(want entry) int {
 		}
 	}
 	for i, in := range r.inherited {
-		if in.heldBySystemd() && in.Kind == want.Kind && sameAddress(want, in.entry) {
+		if in.heldBySystemd() && in.Kind == want.Kind && sameAddress(want, in.Entry) {
 			return i
 		}
 	}
@@ -163,7 +195,7 @@ func (r *registry) match(want entry) int {
 // sameAddress reports whether a socket bound at have serves what want asks
 // for. An unspecified host matches any unspecified address; port 0 never
 // matches, since it asks for a new port.
-func sameAddress(want, have entry) bool {
+func sameAddress(want, have wire.Entry) bool {
 	if isUnixNetwork(want.Network) || isUnixNetwork(have.Network) {
 		return isUnixNetwork(want.Network) && isUnixNetwork(have.Network) && want.Address != "" && want.Address == have.Address
 	}
@@ -186,9 +218,9 @@ func sameAddress(want, have entry) bool {
 
 // fromFD makes s serve the inherited socket fd, and closes fd.
 func (s *socket) fromFD(fd int) error {
-	f := os.NewFile(uintptr(fd), s.key())
+	f := os.NewFile(uintptr(fd), s.Key())
 	defer f.Close()
-	if s.Kind == kindPacket {
+	if s.Kind == wire.KindPacket {
 		pc, err := net.FilePacketConn(f)
 		if err != nil {
 			return err
@@ -200,7 +232,7 @@ func (s *socket) fromFD(fd int) error {
 	if err != nil {
 		return err
 	}
-	s.ln = newListener(ln, s.key())
+	s.ln = newListener(ln, s.Key())
 	return nil
 }
 
@@ -209,7 +241,7 @@ func (s *socket) fromFD(fd int) error {
 func (s *socket) create(ctx context.Context) error {
 	var lc net.ListenConfig
 	open := func() error {
-		if s.Kind == kindPacket {
+		if s.Kind == wire.KindPacket {
 			pc, err := lc.ListenPacket(ctx, s.Network, s.Address)
 			if err == nil {
 				s.pc = pc
@@ -223,7 +255,7 @@ func (s *socket) create(ctx context.Context) error {
 		if ul, ok := ln.(*net.UnixListener); ok {
 			ul.SetUnlinkOnClose(false) // a successor may be serving the path
 		}
-		s.ln = newListener(ln, s.key())
+		s.ln = newListener(ln, s.Key())
 		return nil
 	}
 	err := open()
@@ -241,7 +273,7 @@ func staleUnixSocket(network, path string) bool {
 		c.Close()
 		return false
 	}
-	return isConnRefused(err)
+	return ctl.IsConnRefused(err)
 }
 
 // inventory returns the sockets in use, which a successor receives.
@@ -257,7 +289,7 @@ func (r *registry) keys() []string {
 	defer r.mu.Unlock()
 	keys := make([]string, 0, len(r.sockets))
 	for _, s := range r.sockets {
-		keys = append(keys, s.key())
+		keys = append(keys, s.Key())
 	}
 	return keys
 }
@@ -267,7 +299,7 @@ func (r *registry) listenerFor(key string) *listener {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, s := range r.sockets {
-		if s.ln != nil && s.key() == key {
+		if s.ln != nil && s.Key() == key {
 			return s.ln
 		}
 	}
@@ -284,7 +316,7 @@ func (r *registry) keyOf(ln net.Listener) (string, bool) {
 	defer r.mu.Unlock()
 	for _, s := range r.sockets {
 		if s.ln == l {
-			return s.key(), true
+			return s.Key(), true
 		}
 	}
 	return "", false
@@ -296,7 +328,7 @@ func (r *registry) takeControl() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i, in := range r.inherited {
-		if in.Kind == kindControl {
+		if in.Kind == wire.KindControl {
 			r.inherited = append(r.inherited[:i], r.inherited[i+1:]...)
 			return in.fd
 		}
@@ -304,24 +336,47 @@ func (r *registry) takeControl() int {
 	return -1
 }
 
+// claimsPredecessor fails unless some Listen call claimed one of the
+// sockets the predecessor passed, or it passed none: a process that
+// claims none serves another set of sockets, so it is another instance
+// of the program, not a successor. The error lists what it left.
+func (r *registry) claimsPredecessor() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var left []string
+	for _, in := range r.inherited {
+		if in.source == fromPredecessor && in.Kind != wire.KindControl {
+			left = append(left, in.describe())
+		}
+	}
+	if r.claimed > 0 || len(left) == 0 {
+		return nil
+	}
+	return fmt.Errorf("it serves %s", strings.Join(left, ", "))
+}
+
 // dropUnclaimed closes the inherited sockets no Listen call claimed and
-// returns their descriptions. A predecessor's unix socket that this
-// version no longer serves is unlinked, so that clients get "no such
-// file" rather than a socket nobody accepts on.
+// returns their descriptions. Ready calls it once this process serves,
+// past the commit point; from then on the unix socket files of the
+// predecessor's sockets are this process's own. The file of a
+// predecessor's unix listener that this version no longer serves is
+// removed, so that clients get "no such file" rather than a socket nobody
+// accepts on, if it is still that socket's (ctl.RemoveSocketFile).
 func (r *registry) dropUnclaimed() []inheritedFD {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.serving = true
 	var dropped []inheritedFD
 	kept := r.inherited[:0]
 	for _, in := range r.inherited {
-		if in.Kind == kindControl {
+		if in.Kind == wire.KindControl {
 			kept = append(kept, in)
 			continue
 		}
-		closeFDs([]int{in.fd})
-		if in.source == fromPredecessor && in.Kind == kindListener && isUnixNetwork(in.Network) {
-			os.Remove(in.Address)
+		if in.source == fromPredecessor && in.Kind == wire.KindListener && isUnixNetwork(in.Network) {
+			ctl.RemoveSocketFile(in.fd, in.Address)
 		}
+		ctl.CloseFDs([]int{in.fd})
 		dropped = append(dropped, *in)
 	}
 	r.inherited = kept
@@ -336,24 +391,25 @@ type queuedConn struct {
 
 // closeSockets closes this process's copies of the sockets in use, and
 // returns the handed-over connections their listeners still queued, which
-// the caller now owns. With unlink, unix socket paths are removed too:
-// nobody serves them any more.
+// the caller now owns. With unlink, the files of the unix sockets this
+// process owns are removed too (ownsFile): nobody serves them any more.
 func (r *registry) closeSockets(unlink bool) []queuedConn {
 	r.mu.Lock()
 	sockets := r.sockets
 	r.sockets = nil
+	serving := r.serving
 	r.mu.Unlock()
 	var queued []queuedConn
 	for _, s := range sockets {
 		if s.ln != nil {
 			for _, c := range s.ln.detach() {
-				queued = append(queued, queuedConn{key: s.key(), conn: c})
+				queued = append(queued, queuedConn{key: s.Key(), conn: c})
 			}
 		}
-		s.close()
-		if unlink && s.source != fromSystemd && s.source != fromFDStore && isUnixNetwork(s.Network) {
-			os.Remove(s.Address)
+		if unlink && s.ownsFile(serving) {
+			s.removeFile()
 		}
+		s.close()
 	}
 	return queued
 }
@@ -373,7 +429,7 @@ func (r *registry) close(unlink bool) {
 	r.inherited = nil
 	r.mu.Unlock()
 	for _, in := range inherited {
-		closeFDs([]int{in.fd})
+		ctl.CloseFDs([]int{in.fd})
 	}
 	closeConns(r.closeSockets(unlink))
 }

@@ -3,10 +3,12 @@ package handoff
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"net"
-	"os"
 	"time"
+
+	"github.com/handoffd/handoff/internal/ctl"
+	"github.com/handoffd/handoff/internal/wire"
 )
 
 // Besides successors, the control socket serves requests: a client sends
@@ -23,6 +25,10 @@ type Status struct {
 	Started    time.Time      `json:"started"`
 	Sockets    []SocketStatus `json:"sockets"`
 	LastReload *ReloadResult  `json:"last_reload,omitempty"`
+	// Dropped lists the sockets the predecessor passed that this
+	// process did not claim (a port its config no longer has): it closed
+	// them once it served.
+	Dropped []SocketStatus `json:"dropped,omitempty"`
 	// Detail is what Config.StatusDetail adds (the wrapper: its children).
 	Detail json.RawMessage `json:"detail,omitempty"`
 }
@@ -42,10 +48,6 @@ type ReloadResult struct {
 	Error     string        `json:"error,omitempty"`     // "" when it succeeded
 }
 
-func (s lifecycle) String() string {
-	return [...]string{"starting", "serving", "upgrading", "handed-over", "closed"}[s]
-}
-
 // Status reports on this process.
 func (u *Upgrader) Status() Status {
 	u.mu.Lock()
@@ -56,6 +58,7 @@ func (u *Upgrader) Status() Status {
 		State:      u.state.String(),
 		Started:    u.started,
 		LastReload: u.lastReload,
+		Dropped:    u.dropped,
 	}
 	u.mu.Unlock()
 	for _, s := range u.reg.inventory() {
@@ -108,13 +111,8 @@ func (u *Upgrader) reload(ctx context.Context, progress func(string)) error {
 	start := time.Now()
 	u.notify(reloading(), u.status("reloading", ""))
 	err := u.cfg.Reload(ctx, progress)
-	u.mu.Lock()
-	if u.state == stateUpgrading {
-		u.state = stateServing
-	}
-	u.mu.Unlock()
 	u.recordUpgrade(start, 0, err)
-	u.announceReloaded(err)
+	u.release(err)
 	return err
 }
 
@@ -126,28 +124,29 @@ const (
 
 // serveRequest answers a client's request: progress replies and a final
 // one on success, a refusal with the reason on failure.
-func (u *Upgrader) serveRequest(ctx context.Context, cc *ctlConn, req request) error {
+func (u *Upgrader) serveRequest(ctx context.Context, cc *ctl.Conn, req wire.Request) error {
 	step := func() time.Time { return time.Now().Add(u.cfg.StepTimeout) }
-	_, uid, err := peerCred(cc.c)
-	if err == nil && uid != os.Geteuid() && uid != 0 {
-		err = &RefusedError{Code: RefusedPermission, Reason: fmt.Sprintf("client runs as uid %d, this service as uid %d", uid, os.Geteuid())}
-	}
-	if err == nil {
-		switch req.Name {
-		case requestStatus:
-			var b []byte
-			if b, err = json.Marshal(u.Status()); err == nil {
-				return cc.send(reply{Final: true, Text: "ok", Data: b}, nil, step())
-			}
-		case requestReload:
-			u.log.Info("reload requested on the control socket")
-			progress := func(line string) { cc.send(reply{Text: line}, nil, step()) }
-			if err = u.reload(ctx, progress); err == nil {
-				return cc.send(reply{Final: true, Text: "reloaded"}, nil, step())
-			}
-		default:
-			err = fmt.Errorf("%w: unknown request %q", ErrProtocol, req.Name)
+	var err error
+	switch req.Name {
+	case requestStatus:
+		var b []byte
+		if b, err = json.Marshal(u.Status()); err == nil {
+			return cc.Send(wire.Reply{Final: true, Text: "ok", Data: b}, nil, step())
 		}
+	case requestReload:
+		// A process that is not ready cannot be upgraded yet, and a
+		// client waiting for it would learn nothing: say so at once.
+		if state, _ := u.snapshot(); state == stateStarting {
+			err = u.notReadyErr()
+			break
+		}
+		u.log.Info("reload requested on the control socket")
+		progress := func(line string) { cc.Send(wire.Reply{Text: line}, nil, step()) }
+		if err = u.reload(ctx, progress); err == nil {
+			return cc.Send(wire.Reply{Final: true, Text: "reloaded"}, nil, step())
+		}
+	default:
+		err = fmt.Errorf("%w: unknown request %q", ErrProtocol, req.Name)
 	}
 	refuse(cc, err)
 	return err
@@ -177,32 +176,50 @@ func RequestStatus(ctx context.Context, path string) (Status, error) {
 	return st, nil
 }
 
+// DefaultRequestTimeout bounds RequestReload and RequestStatus when their
+// context has no deadline.
+const DefaultRequestTimeout = 5 * time.Minute
+
 // roundTrip sends one request and returns the final reply. ctx bounds it
-// all: a reload may take as long as the successor needs to get ready.
-func roundTrip(ctx context.Context, path, name string, progress func(string)) (reply, error) {
-	if err := platformSupported(); err != nil {
-		return reply{}, err
+// all (DefaultRequestTimeout when it has no deadline): a reload may take
+// as long as the successor needs to get ready. A control socket served by
+// another user is not trusted: nothing is sent to it.
+func roundTrip(ctx context.Context, path, name string, progress func(string)) (reply wire.Reply, err error) {
+	if err := ctl.Supported(); err != nil {
+		return reply, err
 	}
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unixpacket", path)
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultRequestTimeout)
+		defer cancel()
+	}
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("handoff: %s: %w", name, ctxErr(ctx, err))
+		}
+	}()
+	cc, err := ctl.Dial(ctx, path, wire.MaxMessageSize, 0)
 	if err != nil {
-		return reply{}, fmt.Errorf("handoff: connect to %s: %w", path, err)
+		var peer *ctl.PeerError
+		if errors.As(err, &peer) {
+			return reply, fmt.Errorf("%w: control socket %s: %w", ErrPeerRejected, path, err)
+		}
+		return reply, fmt.Errorf("connect to %s: %w", path, err)
 	}
-	cc := newCtlConn(c.(*net.UnixConn), maxMessageSize, 0)
 	defer cc.Close()
-	stop := cc.bind(ctx)
+	stop := cc.Bind(ctx)
 	defer stop()
-	if err := cc.send(request{Name: name}, nil, time.Time{}); err != nil {
-		return reply{}, fmt.Errorf("handoff: %s: %w", name, ctxErr(ctx, err))
+	if err := cc.Send(wire.Request{Name: name}, nil, time.Time{}); err != nil {
+		return reply, err
 	}
 	for {
-		m, err := cc.recvMsg(time.Time{})
+		m, err := recvMsg(cc, time.Time{})
 		if err != nil {
-			return reply{}, fmt.Errorf("handoff: %s: %w", name, ctxErr(ctx, err))
+			return reply, err
 		}
-		r, ok := m.(reply)
+		r, ok := m.(wire.Reply)
 		if !ok {
-			return reply{}, fmt.Errorf("handoff: %s: %w: unexpected %s message", name, ErrProtocol, m.msgType())
+			return reply, fmt.Errorf("%w: unexpected %s message", ErrProtocol, m.Type())
 		}
 		if r.Final {
 			return r, nil

@@ -3,11 +3,14 @@ package handoff
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/handoffd/handoff/internal/ctl"
+	"github.com/handoffd/handoff/internal/sdnotify"
+	"github.com/handoffd/handoff/internal/wire"
 
 	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -33,32 +36,6 @@ type systemdState struct {
 	text string
 }
 
-// fdStorePrefix starts the FDNAME= of every socket the Upgrader stores;
-// the rest is the socket's key, escaped. So a process restarted with the
-// store's sockets tells them from a socket unit's, and finds them by key.
-const fdStorePrefix = "handoff."
-
-// maxFDName is systemd's limit on FDNAME=.
-const maxFDName = 255
-
-// fdStoreName is the FDNAME= under which the socket with key is stored:
-// printable ASCII without ':' (LISTEN_FDNAMES separates names with it).
-func fdStoreName(key string) (string, bool) {
-	name := fdStorePrefix + url.QueryEscape(key)
-	return name, len(name) <= maxFDName
-}
-
-// storedKey is the key of a socket passed under the fd store name name,
-// or false when name is not one of ours.
-func storedKey(name string) (string, bool) {
-	esc, ok := strings.CutPrefix(name, fdStorePrefix)
-	if !ok {
-		return "", false
-	}
-	key, err := url.QueryUnescape(esc)
-	return key, err == nil && key != ""
-}
-
 // inheritSystemd takes the sockets systemd passed (LISTEN_FDS, checked
 // against LISTEN_PID, named by LISTEN_FDNAMES) into the registry, where
 // Listen finds them by name or address, or, for the fd store's, by key.
@@ -68,9 +45,9 @@ func storedKey(name string) (string, bool) {
 // passed as well; the store forgets both at Ready.
 func (u *Upgrader) inheritSystemd() {
 	u.sd.storeMax, _ = strconv.Atoi(os.Getenv("FDSTORE"))
-	fromUnits := map[socketID]bool{}
+	fromUnits := map[ctl.SocketID]bool{}
 	for _, f := range activation.Files(true) {
-		key, stored := storedKey(f.Name())
+		key, stored := sdnotify.StoredKey(f.Name())
 		e, id, err := describeFile(f)
 		switch {
 		case err != nil:
@@ -93,7 +70,7 @@ func (u *Upgrader) inheritSystemd() {
 		} else {
 			fromUnits[id] = true
 		}
-		fd, err := dupFD(f)
+		fd, err := ctl.DupFD(f)
 		f.Close()
 		if err != nil {
 			u.log.Warn("ignoring a descriptor passed by systemd", "name", e.Name, "err", err)
@@ -105,20 +82,20 @@ func (u *Upgrader) inheritSystemd() {
 }
 
 // describeFile is describeSocket for a passed file, with its identity.
-func describeFile(f *os.File) (entry, socketID, error) {
+func describeFile(f *os.File) (wire.Entry, ctl.SocketID, error) {
 	rc, err := f.SyscallConn()
 	if err != nil {
-		return entry{}, socketID{}, err
+		return wire.Entry{}, ctl.SocketID{}, err
 	}
-	var e entry
-	var id socketID
+	var e wire.Entry
+	var id ctl.SocketID
 	cerr := rc.Control(func(fd uintptr) {
-		if e, err = describeSocket(int(fd)); err == nil {
-			id, err = identify(int(fd))
+		if e, err = ctl.DescribeSocket(int(fd)); err == nil {
+			id, err = ctl.Identify(int(fd))
 		}
 	})
 	if cerr != nil {
-		return entry{}, socketID{}, cerr
+		return wire.Entry{}, ctl.SocketID{}, cerr
 	}
 	return e, id, err
 }
@@ -138,13 +115,13 @@ func (u *Upgrader) syncFDStore(dropped []inheritedFD) {
 	u.sd.unstore = nil
 	for _, d := range dropped {
 		if d.source != fromSystemd {
-			if name, ok := fdStoreName(d.key()); ok {
+			if name, ok := sdnotify.StoreName(d.Key()); ok {
 				remove = append(remove, name)
 			}
 		}
 	}
 	for _, name := range remove {
-		if err := notifyWithFDs("FDSTOREREMOVE=1\nFDNAME="+name, nil); err != nil {
+		if err := sdnotify.WithFDs("FDSTOREREMOVE=1\nFDNAME="+name, nil); err != nil {
 			u.log.Warn("cannot remove a socket from the fd store", "name", name, "err", err)
 		}
 	}
@@ -153,9 +130,9 @@ func (u *Upgrader) syncFDStore(dropped []inheritedFD) {
 		if s.source == fromSystemd {
 			continue // its socket unit holds it
 		}
-		name, ok := fdStoreName(s.key())
+		name, ok := sdnotify.StoreName(s.Key())
 		if !ok {
-			u.log.Warn("not storing a socket whose key is too long for an fd store name", "key", s.key())
+			u.log.Warn("not storing a socket whose key is too long for an fd store name", "key", s.Key())
 			continue
 		}
 		if stored == u.sd.storeMax {
@@ -163,7 +140,7 @@ func (u *Upgrader) syncFDStore(dropped []inheritedFD) {
 			break
 		}
 		if err := storeSocket(name, s.conn()); err != nil {
-			u.log.Warn("cannot store a socket in the fd store", "key", s.key(), "err", err)
+			u.log.Warn("cannot store a socket in the fd store", "key", s.Key(), "err", err)
 			continue
 		}
 		stored++
@@ -175,12 +152,12 @@ func (u *Upgrader) syncFDStore(dropped []inheritedFD) {
 
 // storeSocket sends a duplicate of the socket behind conn to the fd store.
 func storeSocket(name string, conn syscall.Conn) error {
-	fd, err := dupFD(conn)
+	fd, err := ctl.DupFD(conn)
 	if err != nil {
 		return err
 	}
-	defer closeFDs([]int{fd})
-	return notifyWithFDs("FDSTORE=1\nFDNAME="+name, []int{fd})
+	defer ctl.CloseFDs([]int{fd})
+	return sdnotify.WithFDs("FDSTORE=1\nFDNAME="+name, []int{fd})
 }
 
 // notify sends state assignments to the service manager. Without

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoffd/handoff/internal/ctl"
+	"github.com/handoffd/handoff/internal/sdnotify"
 	"golang.org/x/sys/unix"
 )
 
@@ -81,7 +83,7 @@ func listenNotify(t *testing.T, path string) *notifyRecorder {
 		conn.Close()
 		<-done
 		for m := range r.msgs {
-			closeFDs(m.fds)
+			ctl.CloseFDs(m.fds)
 		}
 	})
 	t.Setenv("NOTIFY_SOCKET", path)
@@ -93,7 +95,7 @@ func (r *notifyRecorder) next(t *testing.T) notifyMsg {
 	t.Helper()
 	select {
 	case m := <-r.msgs:
-		t.Cleanup(func() { closeFDs(m.fds) })
+		t.Cleanup(func() { ctl.CloseFDs(m.fds) })
 		return m
 	case <-time.After(10 * time.Second):
 		t.Fatal("no sd_notify message")
@@ -121,13 +123,13 @@ func (r *notifyRecorder) expect(t *testing.T, pid int, want map[string]string) n
 // sameSocket fails the test unless fd and the socket behind conn are one.
 func sameSocket(t *testing.T, fd int, conn syscall.Conn) {
 	t.Helper()
-	ours, err := dupFD(conn)
+	ours, err := ctl.DupFD(conn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeFDs([]int{ours})
-	a, err1 := identify(fd)
-	b, err2 := identify(ours)
+	defer ctl.CloseFDs([]int{ours})
+	a, err1 := ctl.Identify(fd)
+	b, err2 := ctl.Identify(ours)
 	if err1 != nil || err2 != nil || a != b {
 		t.Errorf("stored descriptor is socket %v, want %v (%v, %v)", a, b, err1, err2)
 	}
@@ -142,11 +144,11 @@ func TestNotifyWithFDs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	fd, err := dupFD(ln.(syscall.Conn))
+	fd, err := ctl.DupFD(ln.(syscall.Conn))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeFDs([]int{fd})
+	defer ctl.CloseFDs([]int{fd})
 	for _, name := range []string{"path", "abstract"} {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(socketDir(t), "notify")
@@ -154,7 +156,7 @@ func TestNotifyWithFDs(t *testing.T) {
 				path = "@" + path
 			}
 			r := listenNotify(t, path)
-			if err := notifyWithFDs("FDSTORE=1\nFDNAME=web", []int{fd}); err != nil {
+			if err := sdnotify.WithFDs("FDSTORE=1\nFDNAME=web", []int{fd}); err != nil {
 				t.Fatal(err)
 			}
 			m := r.expect(t, os.Getpid(), map[string]string{"FDSTORE": "1", "FDNAME": "web"})
@@ -165,11 +167,11 @@ func TestNotifyWithFDs(t *testing.T) {
 		})
 	}
 	t.Setenv("NOTIFY_SOCKET", "")
-	if err := notifyWithFDs("FDSTORE=1", []int{fd}); err != nil {
+	if err := sdnotify.WithFDs("FDSTORE=1", []int{fd}); err != nil {
 		t.Errorf("without NOTIFY_SOCKET: %v", err)
 	}
 	t.Setenv("NOTIFY_SOCKET", "vsock:2:1234")
-	if err := notifyWithFDs("READY=1", nil); err == nil {
+	if err := sdnotify.WithFDs("READY=1", nil); err == nil {
 		t.Error("a vsock NOTIFY_SOCKET was not refused")
 	}
 }
@@ -180,7 +182,7 @@ func TestNotifyWithFDs(t *testing.T) {
 func TestFDStoreNames(t *testing.T) {
 	keys := []string{"web", "tcp|127.0.0.1:8080", "tcp6|[::1]:0", "unix|/run/app/sock et", "naïve:name\n", "%41"}
 	for _, key := range keys {
-		name, ok := fdStoreName(key)
+		name, ok := sdnotify.StoreName(key)
 		if !ok {
 			t.Errorf("%q: no name", key)
 			continue
@@ -190,15 +192,15 @@ func TestFDStoreNames(t *testing.T) {
 				t.Errorf("%q: name %q has %q", key, name, c)
 			}
 		}
-		if got, ok := storedKey(name); !ok || got != key {
+		if got, ok := sdnotify.StoredKey(name); !ok || got != key {
 			t.Errorf("%q: name %q gives back %q, %v", key, name, got, ok)
 		}
 	}
-	if _, ok := fdStoreName(strings.Repeat("x", maxFDName)); ok {
+	if _, ok := sdnotify.StoreName(strings.Repeat("x", sdnotify.MaxFDName)); ok {
 		t.Error("a key too long for FDNAME= got a name")
 	}
 	for _, name := range []string{"web", "stored", "LISTEN_FD_3", "handoff.", "handoff.%zz"} {
-		if key, ok := storedKey(name); ok {
+		if key, ok := sdnotify.StoredKey(name); ok {
 			t.Errorf("%q taken for a stored socket with key %q", name, key)
 		}
 	}
@@ -357,7 +359,7 @@ func rawSocket(t testing.TB, typ int, listen bool) (*os.File, string) {
 			t.Fatal(err)
 		}
 	}
-	e, err := describeSocket(fd)
+	e, err := ctl.DescribeSocket(fd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,9 +429,9 @@ func TestSystemdFDStoreRestart(t *testing.T) {
 	random, randomAddr := rawSocket(t, unix.SOCK_STREAM, true)
 	web, webAddr := rawSocket(t, unix.SOCK_STREAM, true)
 	gone, _ := rawSocket(t, unix.SOCK_STREAM, true)
-	randomName, _ := fdStoreName("tcp|127.0.0.1:0")
-	webName, _ := fdStoreName("web")
-	goneName, _ := fdStoreName("tcp|127.0.0.1:9")
+	randomName, _ := sdnotify.StoreName("tcp|127.0.0.1:0")
+	webName, _ := sdnotify.StoreName("web")
+	goneName, _ := sdnotify.StoreName("tcp|127.0.0.1:9")
 
 	cfg := testConfig(t)
 	r := listenNotify(t, filepath.Join(filepath.Dir(cfg.Socket), "notify"))
@@ -467,7 +469,7 @@ func TestSuccessorParent(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv("NOTIFY_SOCKET", tt.notify)
 			t.Setenv("MANAGERPID", tt.managerPID)
-			attr, parent := successorParent(pid)
+			attr, parent := sdnotify.SuccessorParent(pid)
 			if !tt.sibling {
 				if attr != nil || parent != pid {
 					t.Errorf("got %+v, parent %d; want a child of %d", attr, parent, pid)

@@ -11,30 +11,41 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoffd/handoff/internal/ctl"
+	"github.com/handoffd/handoff/internal/wire"
+
 	"golang.org/x/sys/unix"
 )
 
 // ctlPair returns both ends of a connected control connection: the
 // serving side's (small buffers) and the successor's.
-func ctlPair(t testing.TB) (server, successor *ctlConn) {
+func ctlPair(t testing.TB) (server, successor *ctl.Conn) {
 	t.Helper()
-	a, f, err := socketpair()
+	a, b := rawPair(t)
+	return ctl.NewConn(a, ctl.SmallMessage, 0), ctl.NewConn(b, wire.MaxMessageSize, wire.MaxFDs)
+}
+
+// rawPair is ctlPair's pair of sockets, for a test that plays one side
+// by hand. Both close at cleanup.
+func rawPair(t testing.TB) (a, b *net.UnixConn) {
+	t.Helper()
+	a, f, err := ctl.Socketpair()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	b, err := unixConnFromFD(dupOrFatal(t, f))
+	b, err = ctl.UnixConnFromFD(dupOrFatal(t, f))
 	if err != nil {
+		a.Close()
 		t.Fatal(err)
 	}
-	server, successor = newCtlConn(a, smallMessage, 0), newCtlConn(b, maxMessageSize, maxFDsPerMessage)
-	t.Cleanup(func() { server.Close(); successor.Close() })
-	return server, successor
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
 }
 
 func dupOrFatal(t testing.TB, f syscall.Conn) int {
 	t.Helper()
-	fd, err := dupFD(f)
+	fd, err := ctl.DupFD(f)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,13 +73,13 @@ func TestSocketTransfer(t *testing.T) {
 			server, successor := ctlPair(t)
 			items := make([]handoverItem, n)
 			for i := range items {
-				items[i] = handoverItem{entry: entry{Kind: kindListener, Network: "tcp", Address: "127.0.0.1:0", Name: fmt.Sprint("s", i)}, conn: ln}
+				items[i] = handoverItem{Entry: wire.Entry{Kind: wire.KindListener, Network: "tcp", Address: "127.0.0.1:0", Name: fmt.Sprint("s", i)}, conn: ln}
 			}
 			sent := make(chan error, 1)
 			go func() { sent <- sendSockets(server, items, 5*time.Second) }()
 
 			var got []int
-			err := receiveSockets(successor, uint32(n), 5*time.Second, func(e entry, fd int) {
+			err := receiveSockets(successor, uint32(n), 5*time.Second, func(e wire.Entry, fd int) {
 				if want := fmt.Sprint("s", len(got)); e.Name != want {
 					t.Errorf("entry %d is %q, want %q", len(got), e.Name, want)
 				}
@@ -92,12 +103,12 @@ func TestSocketTransfer(t *testing.T) {
 				if err != nil || flags&unix.FD_CLOEXEC == 0 {
 					t.Fatalf("socket %d: close-on-exec not set (flags %#x, %v)", i, flags, err)
 				}
-				e, err := describeSocket(fd)
-				if err != nil || e.Address != want || e.Kind != kindListener {
+				e, err := ctl.DescribeSocket(fd)
+				if err != nil || e.Address != want || e.Kind != wire.KindListener {
 					t.Fatalf("socket %d is %+v (%v), want a listener on %s", i, e, err, want)
 				}
 			}
-			closeFDs(got)
+			ctl.CloseFDs(got)
 		})
 	}
 }
@@ -108,13 +119,13 @@ func TestSocketTransfer(t *testing.T) {
 func TestTruncatedControlData(t *testing.T) {
 	checkLeaks(t)
 	ln := localListener(t)
-	a, f, err := socketpair()
+	a, f, err := ctl.Socketpair()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
 	defer f.Close()
-	b, err := unixConnFromFD(dupOrFatal(t, f))
+	b, err := ctl.UnixConnFromFD(dupOrFatal(t, f))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,12 +135,12 @@ func TestTruncatedControlData(t *testing.T) {
 	for i := range fds {
 		fds[i] = dupOrFatal(t, ln)
 	}
-	defer closeFDs(fds)
-	if err := writeMsg(a, fdBatch{Entries: make([]entry, 10)}, fds); err != nil {
+	defer ctl.CloseFDs(fds)
+	if err := ctl.WriteMsg(a, wire.FDBatch{Entries: make([]wire.Entry, 10)}, fds); err != nil {
 		t.Fatal(err)
 	}
 	before := openFDs(t)
-	_, got, err := readMsg(b, make([]byte, maxMessageSize), make([]byte, oobSpace(2)))
+	_, got, err := ctl.ReadMsg(b, wire.MaxMessageSize, 2)
 	if !errors.Is(err, ErrProtocol) || got != nil {
 		t.Fatalf("readMsg = %v, %v; want ErrProtocol and no fds", got, err)
 	}
@@ -150,16 +161,16 @@ func TestReceiveRejectsBadBatches(t *testing.T) {
 		send func(c *net.UnixConn, fds []int) error
 	}{
 		{"fewer fds than entries", func(c *net.UnixConn, fds []int) error {
-			return writeMsg(c, fdBatch{Entries: make([]entry, 3)}, fds[:2])
+			return ctl.WriteMsg(c, wire.FDBatch{Entries: make([]wire.Entry, 3)}, fds[:2])
 		}},
 		{"fds with an ack", func(c *net.UnixConn, fds []int) error {
-			return writeMsg(c, ack{}, fds)
+			return ctl.WriteMsg(c, wire.Ack{}, fds)
 		}},
 		{"batch out of sequence", func(c *net.UnixConn, fds []int) error {
-			return writeMsg(c, fdBatch{Seq: 5, Entries: make([]entry, 3)}, fds)
+			return ctl.WriteMsg(c, wire.FDBatch{Seq: 5, Entries: make([]wire.Entry, 3)}, fds)
 		}},
 		{"more sockets than announced", func(c *net.UnixConn, fds []int) error {
-			return writeMsg(c, fdBatch{Entries: make([]entry, 3)}, fds)
+			return ctl.WriteMsg(c, wire.FDBatch{Entries: make([]wire.Entry, 3)}, fds)
 		}},
 		{"garbage with fds", func(c *net.UnixConn, fds []int) error {
 			_, _, err := c.WriteMsgUnix(garbage, unix.UnixRights(fds...), nil)
@@ -169,19 +180,20 @@ func TestReceiveRejectsBadBatches(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			checkLeaks(t)
-			server, successor := ctlPair(t)
+			server, raw := rawPair(t)
+			successor := ctl.NewConn(raw, wire.MaxMessageSize, wire.MaxFDs)
 			fds := []int{dupOrFatal(t, ln), dupOrFatal(t, ln), dupOrFatal(t, ln)}
-			defer closeFDs(fds)
-			if err := tt.send(server.c, fds); err != nil {
+			defer ctl.CloseFDs(fds)
+			if err := tt.send(server, fds); err != nil {
 				t.Fatal(err)
 			}
 			total := uint32(3)
 			if tt.name == "more sockets than announced" {
 				total = 2
 			}
-			err := receiveSockets(successor, total, time.Second, func(_ entry, fd int) {
+			err := receiveSockets(successor, total, time.Second, func(_ wire.Entry, fd int) {
 				t.Errorf("inherited a socket from a bad batch")
-				closeFDs([]int{fd})
+				ctl.CloseFDs([]int{fd})
 			})
 			if !errors.Is(err, ErrProtocol) {
 				t.Fatalf("receiveSockets = %v, want ErrProtocol", err)
@@ -196,8 +208,8 @@ func TestReceiveStalledPeer(t *testing.T) {
 	checkLeaks(t)
 	_, successor := ctlPair(t)
 	start := time.Now()
-	err := receiveSockets(successor, 1, 100*time.Millisecond, func(entry, int) {})
-	if !isTimeout(err) {
+	err := receiveSockets(successor, 1, 100*time.Millisecond, func(wire.Entry, int) {})
+	if !ctl.IsTimeout(err) {
 		t.Fatalf("receiveSockets = %v, want a timeout", err)
 	}
 	if took := time.Since(start); took > 2*time.Second {
@@ -208,12 +220,13 @@ func TestReceiveStalledPeer(t *testing.T) {
 // TestOversizedMessage: a packet larger than the receive buffer is
 // MSG_TRUNC, a protocol error, not a partial message.
 func TestOversizedMessage(t *testing.T) {
-	server, successor := ctlPair(t)
-	big := make([]byte, smallMessage+1)
-	if _, err := successor.c.Write(big); err != nil {
+	raw, successor := rawPair(t)
+	server := ctl.NewConn(raw, ctl.SmallMessage, 0)
+	big := make([]byte, ctl.SmallMessage+1)
+	if _, err := successor.Write(big); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := server.recv(time.Now().Add(time.Second)); !errors.Is(err, ErrProtocol) {
+	if _, _, err := server.Recv(time.Now().Add(time.Second)); !errors.Is(err, ErrProtocol) {
 		t.Fatalf("recv = %v, want ErrProtocol", err)
 	}
 }

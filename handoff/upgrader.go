@@ -2,40 +2,16 @@ package handoff
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"sync"
 	"time"
+
+	"github.com/handoffd/handoff/internal/ctl"
+	"github.com/handoffd/handoff/internal/wire"
 )
-
-// lifecycle is where an Upgrader stands.
-type lifecycle int
-
-const (
-	stateStarting   lifecycle = iota // New returned; Ready not called yet
-	stateServing                     // ready; an upgrade may start
-	stateUpgrading                   // one successor is being handed the sockets
-	stateHandedOver                  // a successor serves; this process drains
-	stateClosed
-)
-
-// upgradeErr is why an upgrade cannot start in state s.
-func (s lifecycle) upgradeErr() error {
-	switch s {
-	case stateStarting:
-		return ErrNotReady
-	case stateUpgrading:
-		return ErrInProgress
-	case stateHandedOver:
-		return ErrHandedOver
-	case stateClosed:
-		return ErrClosed
-	}
-	return nil
-}
 
 // An Upgrader gives a server listening sockets that survive restarts.
 //
@@ -47,12 +23,19 @@ func (s lifecycle) upgradeErr() error {
 // with the same control socket. Once a successor is ready, Exit is closed:
 // the program drains its in-flight work and exits.
 //
+// Following one upgrade: the old process's side is in serving.go (the
+// control socket, Upgrade, the handover) and spawn.go (the successor it
+// starts); the new process's side in succeeding.go; the state both move
+// through in lifecycle.go, its only writer; connections that follow the
+// handover in link.go.
+//
 // An Upgrader is safe for concurrent use.
 type Upgrader struct {
-	cfg   Config
-	log   *slog.Logger
-	pid   int
-	image image
+	cfg     Config
+	log     *slog.Logger
+	pid     int
+	image   image
+	started time.Time
 
 	reg   registry
 	conns connQueue // connections handed over for AcceptConn
@@ -64,16 +47,19 @@ type Upgrader struct {
 	ready  chan struct{}  // closed once Ready has succeeded
 	exit   chan struct{}  // closed once a successor has taken over
 
-	started time.Time
-
-	mu         sync.Mutex
-	state      lifecycle
+	mu sync.Mutex
+	// Written only by the transitions in lifecycle.go.
+	state       lifecycle
+	readyCalled bool
+	generation  uint32
+	ctrl        *net.UnixListener      // this process's copy of the control socket
+	pred        *ctl.Conn              // link to the predecessor, until it exits
+	predPID     int                    // the predecessor's pid, as it said in welcome
+	succ        *successorLink         // link to the successor, after the handover
+	sessions    map[*ctl.Conn]struct{} // control connections Close interrupts
+	// Written by Ready and by each upgrade, for Status.
+	dropped    []SocketStatus
 	lastReload *ReloadResult
-	generation uint32
-	ctrl       *net.UnixListener // this process's copy of the control socket
-	pred       *ctlConn          // link to the predecessor, until it exits
-	succ       *successorLink    // link to the successor, after the handover
-	sessions   map[*ctlConn]bool // control connections being served: true if Close interrupts it
 }
 
 // New returns an Upgrader for the service cfg describes. When a process
@@ -84,13 +70,24 @@ type Upgrader struct {
 //
 // A predecessor that is not ready yet, or busy with another upgrade,
 // refuses: New then fails with an error matching ErrNotReady or
-// ErrInProgress, and nothing changes for the predecessor.
+// ErrInProgress, and nothing changes for the predecessor. A control
+// socket served by a process of another user (not root) is not trusted:
+// New fails before sending it anything. So does New when the control
+// socket's directory can be written by other users (unless it is sticky,
+// as /tmp is, and any socket file there is this user's), or when the pid
+// file cannot be written.
 func New(ctx context.Context, cfg Config) (*Upgrader, error) {
-	if err := platformSupported(); err != nil {
+	if err := ctl.Supported(); err != nil {
 		return nil, err
 	}
 	cfg, err := cfg.withDefaults()
 	if err != nil {
+		return nil, err
+	}
+	if err := checkSocketDir(cfg.Socket); err != nil {
+		return nil, err
+	}
+	if err := checkPIDFile(cfg.PIDFile); err != nil {
 		return nil, err
 	}
 	img, err := currentImage()
@@ -104,7 +101,7 @@ func New(ctx context.Context, cfg Config) (*Upgrader, error) {
 		image:    img,
 		ready:    make(chan struct{}),
 		exit:     make(chan struct{}),
-		sessions: make(map[*ctlConn]bool),
+		sessions: make(map[*ctl.Conn]struct{}),
 	}
 	u.log = cfg.Logger.With("pid", u.pid)
 	u.ctx, u.cancel = context.WithCancel(context.Background())
@@ -116,12 +113,8 @@ func New(ctx context.Context, cfg Config) (*Upgrader, error) {
 		return nil, err
 	}
 	if pred == nil {
-		u.ctrl, u.generation = ctrl, 1
-		u.conns.finish() // nobody will hand connections over
-		u.log = u.log.With("generation", u.generation)
+		u.startFresh(ctrl)
 		u.log.Info("starting fresh", "socket", cfg.Socket)
-		u.wg.Add(1)
-		go u.serveControl(ctrl) // refuses takeovers until Ready
 		return u, nil
 	}
 	if err := u.takeOver(ctx, pred); err != nil {
@@ -129,7 +122,6 @@ func New(ctx context.Context, cfg Config) (*Upgrader, error) {
 		u.Close()
 		return nil, err
 	}
-	u.pred = pred
 	return u, nil
 }
 
@@ -148,7 +140,7 @@ func (u *Upgrader) Listen(network, address string) (net.Listener, error) {
 // across generations and matches systemd's FileDescriptorName=: a socket
 // from systemd with this name is used whatever its address.
 func (u *Upgrader) ListenNamed(name, network, address string) (net.Listener, error) {
-	s, err := u.open(entry{Kind: kindListener, Network: network, Address: address, Name: name})
+	s, err := u.open(wire.Entry{Kind: wire.KindListener, Network: network, Address: address, Name: name})
 	if err != nil {
 		return nil, err
 	}
@@ -164,89 +156,79 @@ func (u *Upgrader) ListenPacket(network, address string) (net.PacketConn, error)
 
 // ListenPacketNamed is ListenPacket for a named socket (see ListenNamed).
 func (u *Upgrader) ListenPacketNamed(name, network, address string) (net.PacketConn, error) {
-	s, err := u.open(entry{Kind: kindPacket, Network: network, Address: address, Name: name})
+	s, err := u.open(wire.Entry{Kind: wire.KindPacket, Network: network, Address: address, Name: name})
 	if err != nil {
 		return nil, err
 	}
 	return s.pc, nil
 }
 
-func (u *Upgrader) open(e entry) (*socket, error) {
-	if len(e.Name) > maxStringLen || len(e.Network) > maxStringLen || len(e.Address) > maxStringLen {
-		return nil, fmt.Errorf("handoff: socket description longer than %d bytes", maxStringLen)
+func (u *Upgrader) open(e wire.Entry) (*socket, error) {
+	if len(e.Name) > wire.MaxStringLen || len(e.Network) > wire.MaxStringLen || len(e.Address) > wire.MaxStringLen {
+		return nil, fmt.Errorf("handoff: socket description longer than %d bytes", wire.MaxStringLen)
 	}
 	s, err := u.reg.open(u.ctx, e)
 	if err != nil {
 		return nil, err
 	}
 	if s.source != "" {
-		u.log.Debug("using inherited socket", "key", s.key(), "from", s.source)
+		u.log.Debug("using inherited socket", "key", s.Key(), "from", s.source)
 	}
 	return s, nil
 }
 
 // Ready says that the program serves on its sockets. A predecessor stops
 // accepting only now, and drains; this process then owns the control
-// socket and can itself be upgraded. Inherited sockets that no Listen call
-// claimed are closed and logged. Call it once Accept loops run (or are
-// started, as with `go srv.Serve(ln)`): connections the predecessor hands
-// over arrive from the moment it hears ready, and wait until accepted.
+// socket and can itself be upgraded. Call it once Accept loops run (or
+// are started, as with `go srv.Serve(ln)`): connections the predecessor
+// hands over arrive from the moment it hears ready, and wait until
+// accepted.
+//
+// What "the same service" means: a process that calls New with the same
+// Config.Name and control socket as a running one, and claims (by Listen
+// or ListenPacket) at least one of the sockets it serves. One that claims
+// none is another instance of the program, not a successor: Ready refuses
+// the takeover, says so in its error (with the other process's pid and
+// how to run both side by side: a Name or Socket of its own), and the
+// running process keeps serving. Inherited sockets that no Listen call
+// claimed (a port a new config dropped) are closed once the predecessor
+// has stopped accepting, logged, and listed in Status.Dropped.
 //
 // If the predecessor gave up waiting (its ReadyTimeout passed), Ready
-// fails: the predecessor still serves, and this process should exit.
+// fails: the predecessor still serves, and this process should drain
+// what it accepted and exit.
 func (u *Upgrader) Ready() error {
+	if err := u.beginReady(); err != nil {
+		return err
+	}
 	u.mu.Lock()
-	state, pred := u.state, u.pred
+	pred, predPID := u.pred, u.predPID
 	u.mu.Unlock()
-	switch state {
-	case stateStarting:
-	case stateClosed:
-		return ErrClosed
-	default:
-		return errors.New("handoff: Ready called twice")
-	}
-	dropped := u.reg.dropUnclaimed()
-	for _, d := range dropped {
-		u.log.Warn("closed inherited socket that no Listen call claimed", "key", d.key(), "network", d.Network, "address", d.Address, "from", d.source)
-	}
 	var ctrl *net.UnixListener
 	if pred != nil {
+		if err := u.reg.claimsPredecessor(); err != nil {
+			err = fmt.Errorf("handoff: pid %d already serves service %q on control socket %s, and this process claimed none of its sockets (%w): "+
+				"it is another instance, not a successor, and pid %d keeps serving; to run both, give each its own Config.Name or Config.Socket",
+				predPID, u.cfg.Name, u.cfg.Socket, err, predPID)
+			refuse(pred, deny(RefusedOther, "pid %d claimed none of the sockets: another instance of the program, not a successor", u.pid))
+			return fmt.Errorf("%w: %w", ErrPeerRejected, err)
+		}
 		var err error
 		if ctrl, err = u.completeTakeover(pred); err != nil {
 			return err
 		}
 	}
-
-	u.mu.Lock()
-	if u.state != stateStarting {
-		u.mu.Unlock()
-		if ctrl != nil {
-			ctrl.Close()
-		}
-		return ErrClosed
+	// From here on this process serves: what the predecessor passed is
+	// this process's to keep or to close, and its unix socket files too.
+	dropped := u.reg.dropUnclaimed()
+	for _, d := range dropped {
+		u.log.Warn("closed an inherited socket that no Listen call claimed", "socket", d.describe(), "from", d.source)
 	}
-	u.state = stateServing
-	close(u.ready)
-	if pred != nil {
-		u.ctrl = ctrl
-		u.wg.Add(2)
-		go u.serveControl(ctrl)
-		go u.receiveConns(pred)
+	if err := u.markReady(ctrl, dropped); err != nil {
+		return err
 	}
-	u.mu.Unlock()
-
-	u.writePIDFile(u.pid)
-	u.announceReady(pred == nil, dropped)
 	u.log.Info("ready", "sockets", len(u.reg.keys()))
 	return nil
-}
-
-// stopped reports whether this process has stopped serving its sockets:
-// handed over, stopped or closed.
-func (u *Upgrader) stopped() bool {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.state == stateHandedOver || u.state == stateClosed
 }
 
 // Exit returns a channel that is closed once a successor has taken over.
@@ -256,9 +238,8 @@ func (u *Upgrader) Exit() <-chan struct{} { return u.exit }
 // Generation counts the processes that have served so far: 1 for a fresh
 // start, one more for each successor.
 func (u *Upgrader) Generation() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return int(u.generation)
+	_, gen := u.snapshot()
+	return int(gen)
 }
 
 // Stop announces that this process is stopping with no successor: it
@@ -267,19 +248,9 @@ func (u *Upgrader) Generation() int {
 // drains its in-flight work and calls Close. Stop does nothing once a
 // successor has taken over.
 func (u *Upgrader) Stop() {
-	u.mu.Lock()
-	if u.state == stateHandedOver || u.state == stateClosed {
-		u.mu.Unlock()
+	wasServing, stopped := u.stop()
+	if !stopped {
 		return
-	}
-	wasServing := u.state != stateStarting
-	u.state = stateClosed // refuses upgrades from here on
-	ctrl := u.ctrl
-	u.ctrl = nil
-	u.mu.Unlock()
-	if ctrl != nil {
-		ctrl.Close()
-		os.Remove(u.cfg.Socket)
 	}
 	// Sockets in systemd's fd store live on for the next start: their
 	// paths stay.
@@ -293,43 +264,9 @@ func (u *Upgrader) Stop() {
 // process holds, interrupts an upgrade in flight (killing a successor
 // Upgrade started), and waits for the Upgrader's goroutines. After a
 // handover it leaves the sockets, the control socket and the pid file to
-// the successor. Close is idempotent.
+// the successor. A process that never became ready removes no file it
+// did not create. Close is idempotent.
 func (u *Upgrader) Close() error {
-	u.mu.Lock()
-	prev := u.state
-	u.state = stateClosed
-	ctrl, pred, succ := u.ctrl, u.pred, u.succ
-	u.ctrl, u.pred, u.succ = nil, nil, nil
-	sessions := make([]*ctlConn, 0, len(u.sessions))
-	for cc, interrupt := range u.sessions {
-		if interrupt {
-			sessions = append(sessions, cc)
-		}
-	}
-	u.mu.Unlock()
-
-	u.cancel()
-	handedOver := prev == stateHandedOver
-	if ctrl != nil {
-		ctrl.Close()
-		if !handedOver {
-			os.Remove(u.cfg.Socket)
-		}
-	}
-	for _, cc := range sessions {
-		cc.Close()
-	}
-	if pred != nil {
-		pred.Close()
-	}
-	if succ != nil {
-		succ.close()
-	}
-	u.wg.Wait()
-	u.reg.close(!handedOver)
-	u.conns.close()
-	if !handedOver && u.cfg.PIDFile != "" {
-		removePIDFile(u.cfg.PIDFile, u.pid)
-	}
+	u.close()
 	return nil
 }

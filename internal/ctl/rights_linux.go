@@ -1,6 +1,6 @@
 //go:build linux
 
-package handoff
+package ctl
 
 import (
 	"errors"
@@ -9,6 +9,8 @@ import (
 	"net"
 	"os"
 	"syscall"
+
+	"github.com/handoffd/handoff/internal/wire"
 
 	"golang.org/x/sys/unix"
 )
@@ -19,47 +21,41 @@ func oobSpace(n int) int { return unix.CmsgSpace(n * 4) }
 // fdCapacity is how many descriptors fit in oob.
 func fdCapacity(oob []byte) int { return max(0, (len(oob)-unix.CmsgSpace(0))/4) }
 
-// writeMsg sends m on c with fds attached as SCM_RIGHTS. The fds stay
-// owned by the caller.
-func writeMsg(c *net.UnixConn, m message, fds []int) error {
-	b, err := encode(m)
-	if err != nil {
-		return err
-	}
+// writeMsg sends the encoded message b on c with fds attached as
+// SCM_RIGHTS. The fds stay owned by the caller.
+func writeMsg(c *net.UnixConn, b []byte, fds []int) error {
 	var oob []byte
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
 	}
-	if _, _, err := c.WriteMsgUnix(b, oob, nil); err != nil {
-		return fmt.Errorf("send %s: %w", m.msgType(), err)
-	}
-	return nil
+	_, _, err := c.WriteMsgUnix(b, oob, nil)
+	return err
 }
 
 // readMsg receives one message from c into buf and oob. Descriptors that
 // arrive with it are close-on-exec (ReadMsgUnix uses MSG_CMSG_CLOEXEC on
 // Linux) and owned by the caller; on any error every one of them has
 // already been closed.
-func readMsg(c *net.UnixConn, buf, oob []byte) (message, []int, error) {
+func readMsg(c *net.UnixConn, buf, oob []byte) (wire.Message, []int, error) {
 	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
 	fds, perr := parseRights(oob[:oobn])
-	fail := func(err error) (message, []int, error) {
-		closeFDs(fds)
+	fail := func(err error) (wire.Message, []int, error) {
+		CloseFDs(fds)
 		return nil, nil, err
 	}
 	switch {
 	case err != nil:
 		return fail(fmt.Errorf("receive: %w", err))
 	case perr != nil:
-		return fail(fmt.Errorf("%w: bad control message: %w", ErrProtocol, perr))
+		return fail(fmt.Errorf("%w: bad control message: %w", wire.ErrProtocol, perr))
 	case flags&unix.MSG_CTRUNC != 0:
-		return fail(fmt.Errorf("%w: control data truncated: more than %d descriptors, or out of descriptors", ErrProtocol, fdCapacity(oob)))
+		return fail(fmt.Errorf("%w: control data truncated: more than %d descriptors, or out of descriptors", wire.ErrProtocol, fdCapacity(oob)))
 	case flags&unix.MSG_TRUNC != 0:
-		return fail(fmt.Errorf("%w: message larger than %d bytes", ErrProtocol, len(buf)))
+		return fail(fmt.Errorf("%w: message larger than %d bytes", wire.ErrProtocol, len(buf)))
 	case n == 0:
 		return fail(io.EOF)
 	}
-	m, err := decode(buf[:n])
+	m, err := wire.Decode(buf[:n])
 	if err != nil {
 		return fail(err)
 	}
@@ -87,17 +83,18 @@ func parseRights(oob []byte) ([]int, error) {
 	return fds, err
 }
 
-func closeFDs(fds []int) {
+// CloseFDs closes each of fds.
+func CloseFDs(fds []int) {
 	for _, fd := range fds {
 		unix.Close(fd)
 	}
 }
 
-// dupFD returns a close-on-exec duplicate of the socket behind sc, which the
+// DupFD returns a close-on-exec duplicate of the socket behind sc, which the
 // caller must close. It goes through SyscallConn().Control rather than
 // File() or Fd(), which would switch the socket to blocking mode for every
 // process that shares it.
-func dupFD(sc syscall.Conn) (int, error) {
+func DupFD(sc syscall.Conn) (int, error) {
 	rc, err := sc.SyscallConn()
 	if err != nil {
 		return -1, err
@@ -116,14 +113,14 @@ func dupFD(sc syscall.Conn) (int, error) {
 	return nfd, nil
 }
 
-// socketpair returns a connected pair of SOCK_SEQPACKET sockets: one for
+// Socketpair returns a connected pair of SOCK_SEQPACKET sockets: one for
 // this process and one, as a file, for a child to inherit.
-func socketpair() (*net.UnixConn, *os.File, error) {
+func Socketpair() (*net.UnixConn, *os.File, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, nil, os.NewSyscallError("socketpair", err)
+		return nil, nil, os.NewSyscallError("Socketpair", err)
 	}
-	c, err := unixConnFromFD(fds[0])
+	c, err := UnixConnFromFD(fds[0])
 	if err != nil {
 		unix.Close(fds[1])
 		return nil, nil, err
@@ -131,9 +128,9 @@ func socketpair() (*net.UnixConn, *os.File, error) {
 	return c, os.NewFile(uintptr(fds[1]), "handoff-successor"), nil
 }
 
-// unixConnFromFD turns a SOCK_SEQPACKET unix socket into a *net.UnixConn,
+// UnixConnFromFD turns a SOCK_SEQPACKET unix socket into a *net.UnixConn,
 // taking ownership of fd (it is closed on every path).
-func unixConnFromFD(fd int) (*net.UnixConn, error) {
+func UnixConnFromFD(fd int) (*net.UnixConn, error) {
 	f := os.NewFile(uintptr(fd), "handoff-control")
 	defer f.Close()
 	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
@@ -141,7 +138,7 @@ func unixConnFromFD(fd int) (*net.UnixConn, error) {
 		return nil, os.NewSyscallError("getsockopt(SO_TYPE)", err)
 	}
 	if typ != unix.SOCK_SEQPACKET {
-		return nil, fmt.Errorf("%w: fd %d is not a SOCK_SEQPACKET socket", ErrProtocol, fd)
+		return nil, fmt.Errorf("%w: fd %d is not a SOCK_SEQPACKET socket", wire.ErrProtocol, fd)
 	}
 	unix.CloseOnExec(fd)
 	c, err := net.FileConn(f)
@@ -151,15 +148,15 @@ func unixConnFromFD(fd int) (*net.UnixConn, error) {
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
 		c.Close()
-		return nil, fmt.Errorf("%w: fd %d is not a unix socket", ErrProtocol, fd)
+		return nil, fmt.Errorf("%w: fd %d is not a unix socket", wire.ErrProtocol, fd)
 	}
 	return uc, nil
 }
 
-// listenControlSocket binds a SOCK_SEQPACKET listener at path with mode
+// ListenControlSocket binds a SOCK_SEQPACKET listener at path with mode
 // 0600 from the start: fchmod on the socket before bind sets the mode the
 // kernel gives the new inode, so the path is never reachable by others.
-func listenControlSocket(path string) (*net.UnixListener, error) {
+func ListenControlSocket(path string) (*net.UnixListener, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
@@ -186,12 +183,12 @@ func listenControlSocket(path string) (*net.UnixListener, error) {
 	return ul, nil
 }
 
-// isConnRefused reports whether err says nothing listens at a unix path
+// IsConnRefused reports whether err says nothing listens at a unix path
 // that exists (a stale socket file).
-func isConnRefused(err error) bool { return errors.Is(err, unix.ECONNREFUSED) }
+func IsConnRefused(err error) bool { return errors.Is(err, unix.ECONNREFUSED) }
 
-// isNotExist reports whether err says the path does not exist.
-func isNotExist(err error) bool { return errors.Is(err, unix.ENOENT) }
+// IsNotExist reports whether err says the path does not exist.
+func IsNotExist(err error) bool { return errors.Is(err, unix.ENOENT) }
 
-// platformSupported reports whether this platform can pass sockets.
-func platformSupported() error { return nil }
+// Supported reports whether this platform can pass sockets.
+func Supported() error { return nil }

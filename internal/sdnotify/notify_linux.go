@@ -1,6 +1,10 @@
 //go:build linux
 
-package handoff
+// Package sdnotify is what the handoff package needs of systemd beyond
+// go-systemd: notifications that carry descriptors (the fd store), the
+// names sockets are stored under, whether a process belongs to this
+// unit, and how to start a successor that systemd supervises.
+package sdnotify
 
 import (
 	"bytes"
@@ -12,11 +16,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// notifyWithFDs sends state to the service manager with fds attached
+// WithFDs sends state to the service manager with fds attached
 // (SCM_RIGHTS), as sd_pid_notify_with_fds(3) does: go-systemd has no such
 // call, and FDSTORE=1 needs one. The fds stay the caller's. Without
 // NOTIFY_SOCKET it does nothing.
-func notifyWithFDs(state string, fds []int) error {
+func WithFDs(state string, fds []int) error {
 	addr := os.Getenv("NOTIFY_SOCKET")
 	if addr == "" {
 		return nil
@@ -39,21 +43,9 @@ func notifyWithFDs(state string, fds []int) error {
 	return nil
 }
 
-// socketID identifies a socket whatever descriptor refers to it.
-type socketID struct{ dev, ino uint64 }
-
-// identify returns the identity of the socket fd refers to.
-func identify(fd int) (socketID, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return socketID{}, os.NewSyscallError("fstat", err)
-	}
-	return socketID{dev: st.Dev, ino: st.Ino}, nil
-}
-
-// sameCgroup reports whether process pid is in this process's control
+// SameCgroup reports whether process pid is in this process's control
 // groups: for systemd, whether it belongs to the same unit.
-func sameCgroup(pid int) bool {
+func SameCgroup(pid int) bool {
 	own, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
 		return false
@@ -62,7 +54,7 @@ func sameCgroup(pid int) bool {
 	return err == nil && bytes.Equal(own, theirs)
 }
 
-// successorParent says how to start a successor of process pid, and which
+// SuccessorParent says how to start a successor of process pid, and which
 // process will be its parent. Under a service manager (NOTIFY_SOCKET, and
 // this process is the manager's child: pid 1, or $MANAGERPID for a user
 // manager) the successor is started as a sibling (CLONE_PARENT), a child
@@ -71,7 +63,7 @@ func sameCgroup(pid int) bool {
 // not wait for a main process that is not its child: a stop follows
 // SIGTERM with SIGKILL at once, which leaves no time to drain. Elsewhere
 // the successor is this process's child.
-func successorParent(pid int) (*syscall.SysProcAttr, int) {
+func SuccessorParent(pid int) (*syscall.SysProcAttr, int) {
 	ppid := os.Getppid()
 	if os.Getenv("NOTIFY_SOCKET") == "" || (ppid != 1 && strconv.Itoa(ppid) != os.Getenv("MANAGERPID")) {
 		return nil, pid

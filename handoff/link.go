@@ -5,15 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/handoffd/handoff/internal/ctl"
+	"github.com/handoffd/handoff/internal/wire"
 )
 
-// After the handover the control connection stays open while the old
+// The connection link: after the handover the control connection stays open while the old
 // process drains: it carries established connections to the successor
 // (msgConn with one fd, answered by msgConnAck with the same ID). Several
 // may be in flight at once, so that moving every idle connection costs
@@ -22,7 +26,7 @@ import (
 
 // successorLink is the old process's end of that connection.
 type successorLink struct {
-	cc   *ctlConn
+	cc   *ctl.Conn
 	pid  int
 	keys map[string]bool // sockets the successor serves
 	caps uint64
@@ -36,15 +40,15 @@ type successorLink struct {
 
 	mu      sync.Mutex
 	nextID  uint64
-	pending map[uint64]chan connAck // connections sent and not yet acknowledged
-	broken  error                   // why the link failed
-	dead    atomic.Bool             // broken != nil, readable without waiting for mu
+	pending map[uint64]chan wire.ConnAck // connections sent and not yet acknowledged
+	broken  error                        // why the link failed
+	dead    atomic.Bool                  // broken != nil, readable without waiting for mu
 }
 
 // newSuccessorLink returns a link that holds every send until open.
-func newSuccessorLink(cc *ctlConn, pid int, keys []string, caps uint64, step time.Duration) *successorLink {
+func newSuccessorLink(cc *ctl.Conn, pid int, keys []string, caps uint64, step time.Duration) *successorLink {
 	l := &successorLink{cc: cc, pid: pid, keys: make(map[string]bool, len(keys)), caps: caps, step: step,
-		opened: make(chan struct{}), pending: make(map[uint64]chan connAck)}
+		opened: make(chan struct{}), pending: make(map[uint64]chan wire.ConnAck)}
 	for _, k := range keys {
 		l.keys[k] = true
 	}
@@ -75,20 +79,27 @@ func (l *successorLink) waitOpen(ctx context.Context) {
 
 // accepts reports whether the successor can take connections for key.
 func (l *successorLink) accepts(key string) bool {
-	return l.caps&capConns != 0 && !l.dead.Load() && (key == "" || l.keys[key])
+	return l.caps&wire.CapConns != 0 && !l.dead.Load() && (key == "" || l.keys[key])
 }
 
 // send passes the connection behind sc to the successor and waits until
-// it has taken it. The caller keeps its own descriptor.
+// it has taken it. The caller keeps its own descriptor. An error wrapping
+// ErrConnUnknown means the connection went out and its fate is unknown;
+// any other error, that the successor does not have it. Whatever happens
+// to one connection affects no other: only a broken link (the successor
+// gone) fails those that follow.
 func (l *successorLink) send(ctx context.Context, key string, sc syscall.Conn, state []byte) error {
 	if !l.accepts(key) {
 		return fmt.Errorf("%w: successor does not take connections for %q", ErrNoSuccessor, key)
 	}
-	fd, err := dupFD(sc)
-	if err != nil {
-		return err
+	if len(state) > maxConnState {
+		return fmt.Errorf("handoff: connection state of %d bytes exceeds %d", len(state), maxConnState)
 	}
-	defer closeFDs([]int{fd}) // after the ack: until then the connection is ours too
+	fd, err := ctl.DupFD(sc)
+	if err != nil {
+		return fmt.Errorf("handoff: duplicate the connection to send it: %w", err)
+	}
+	defer ctl.CloseFDs([]int{fd}) // after the ack: until then the connection is ours too
 
 	deadline := time.Now().Add(l.step)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -96,32 +107,38 @@ func (l *successorLink) send(ctx context.Context, key string, sc syscall.Conn, s
 	}
 	id, acked, err := l.post(key, state, fd, deadline)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrNoSuccessor, err)
+		return fmt.Errorf("%w: %w", ErrNoSuccessor, err) // not sent
 	}
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	select {
 	case a, ok := <-acked:
 		if !ok {
-			return fmt.Errorf("%w: link to successor lost: %w", ErrNoSuccessor, l.err())
+			return fmt.Errorf("%w: the link to the successor broke after connection %d was sent: %w", ErrConnUnknown, id, l.err())
 		}
 		if !a.OK {
 			return fmt.Errorf("%w: successor refused the connection: %s", ErrNoSuccessor, a.Reason)
 		}
 		return nil
 	case <-timer.C:
-		err = fmt.Errorf("no acknowledgement for connection %d: %w", id, os.ErrDeadlineExceeded)
+		err = fmt.Errorf("no acknowledgement for connection %d within %s: %w", id, l.step, os.ErrDeadlineExceeded)
 	case <-ctx.Done():
 		err = fmt.Errorf("waiting for the acknowledgement of connection %d: %w", id, ctx.Err())
 	}
-	// Whether the successor took the connection is unknown now: trust the
-	// link no more.
-	l.fail(err)
-	return fmt.Errorf("%w: %w", ErrNoSuccessor, err)
+	// The ack may still come: readAcks then drops it into acked, whose
+	// room for one keeps it from blocking.
+	return fmt.Errorf("%w: %w", ErrConnUnknown, err)
 }
 
-// post sends one connection and returns the channel its ack comes on.
-func (l *successorLink) post(key string, state []byte, fd int, deadline time.Time) (uint64, chan connAck, error) {
+// maxConnState bounds the state sent with a connection: what fits in one
+// message beside its key.
+const maxConnState = wire.MaxMessageSize - wire.HeaderSize - 8 - 2 - wire.MaxStringLen - 4
+
+// post sends one connection and returns the channel its ack comes on. A
+// message on a SOCK_SEQPACKET socket goes out whole or not at all, so on
+// error the successor did not get it. An error other than a timeout
+// breaks the link.
+func (l *successorLink) post(key string, state []byte, fd int, deadline time.Time) (uint64, chan wire.ConnAck, error) {
 	l.gate.Lock()
 	defer l.gate.Unlock()
 	l.mu.Lock()
@@ -131,11 +148,16 @@ func (l *successorLink) post(key string, state []byte, fd int, deadline time.Tim
 	}
 	l.nextID++
 	id := l.nextID
-	acked := make(chan connAck, 1)
+	acked := make(chan wire.ConnAck, 1)
 	l.pending[id] = acked
 	l.mu.Unlock()
-	if err := l.cc.send(connMsg{ID: id, Key: key, State: state}, []int{fd}, deadline); err != nil {
-		l.fail(err)
+	if err := l.cc.Send(wire.Conn{ID: id, Key: key, State: state}, []int{fd}, deadline); err != nil {
+		l.mu.Lock()
+		delete(l.pending, id)
+		l.mu.Unlock()
+		if !ctl.IsTimeout(err) && !errors.Is(err, ErrProtocol) {
+			l.fail(err)
+		}
 		return 0, nil, err
 	}
 	return id, acked, nil
@@ -146,7 +168,7 @@ func (l *successorLink) post(key string, state []byte, fd int, deadline time.Tim
 func (l *successorLink) readAcks() {
 	defer l.acks.Done()
 	for {
-		a, err := expect[connAck](l.cc, time.Time{})
+		a, err := expect[wire.ConnAck](l.cc, time.Time{})
 		if err != nil {
 			l.fail(err)
 			return
@@ -164,7 +186,7 @@ func (l *successorLink) readAcks() {
 }
 
 // fail marks the link unusable, for the first reason given, and wakes
-// every send waiting for an ack.
+// every send waiting for an ack: their connections' fate is unknown.
 func (l *successorLink) fail(err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -199,7 +221,10 @@ func (l *successorLink) close() {
 // (it gets both from AcceptConn). Use it while draining, after Exit is
 // closed, for connections too long-lived to wait for. On success c has
 // been closed here and lives on in the successor; the client notices
-// nothing. On failure c is still the caller's.
+// nothing. On an error that matches ErrConnUnknown the successor may have
+// it (it stalled, or the link broke, after c was sent): SendConn has
+// closed c, which nobody here may use any more. On any other error the
+// successor does not have it, and c is still the caller's, untouched.
 //
 // c must be a connection from the kernel (*net.TCPConn, *net.UnixConn),
 // not a TLS connection: TLS session keys cannot be handed over.
@@ -209,6 +234,9 @@ func (u *Upgrader) SendConn(ctx context.Context, c net.Conn, state []byte) error
 		return fmt.Errorf("handoff: cannot hand over a %T: not a kernel socket", c)
 	}
 	if err := u.sendConn(ctx, "", sc, state); err != nil {
+		if errors.Is(err, ErrConnUnknown) {
+			c.Close()
+		}
 		return err
 	}
 	return c.Close()
@@ -223,12 +251,6 @@ func (u *Upgrader) sendConn(ctx context.Context, key string, sc syscall.Conn, st
 	return link.send(ctx, key, sc, state)
 }
 
-func (u *Upgrader) successor() *successorLink {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.succ
-}
-
 // AcceptConn returns the next connection the predecessor handed over with
 // SendConn, and the state it sent with it. The caller owns the
 // connection. Once the predecessor has exited and every connection it
@@ -241,12 +263,12 @@ func (u *Upgrader) AcceptConn(ctx context.Context) (net.Conn, []byte, error) {
 
 // receiveConns serves the link to the predecessor after Ready: it adopts
 // every connection the predecessor sends, until the predecessor exits.
-func (u *Upgrader) receiveConns(pred *ctlConn) {
+func (u *Upgrader) receiveConns(pred *ctl.Conn) {
 	defer u.wg.Done()
 	defer u.conns.finish()
 	defer u.dropPredecessor(pred)
 	for {
-		m, fds, err := pred.recv(time.Time{})
+		m, fds, err := pred.Recv(time.Time{})
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				u.log.Info("predecessor exited")
@@ -255,43 +277,24 @@ func (u *Upgrader) receiveConns(pred *ctlConn) {
 			}
 			return
 		}
-		cm, ok := m.(connMsg)
+		cm, ok := m.(wire.Conn)
 		if !ok || len(fds) != 1 {
-			closeFDs(fds)
-			u.log.Warn("predecessor broke the protocol", "message", m.msgType(), "fds", len(fds))
+			ctl.CloseFDs(fds)
+			u.log.Warn("predecessor broke the protocol", "message", m.Type(), "fds", len(fds))
 			return
 		}
 		reason := u.adoptConn(cm, fds[0])
-		if err := pred.send(connAck{ID: cm.ID, OK: reason == "", Reason: reason}, nil, time.Now().Add(u.cfg.StepTimeout)); err != nil {
+		if err := pred.Send(wire.ConnAck{ID: cm.ID, OK: reason == "", Reason: reason}, nil, time.Now().Add(u.cfg.StepTimeout)); err != nil {
 			u.log.Warn("link to predecessor failed", "err", err)
 			return
 		}
 	}
 }
 
-// predecessorSending reports whether a predecessor may still hand
-// connections over: it has heard ready and has not exited yet.
-func (u *Upgrader) predecessorSending() bool {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.pred != nil && u.state != stateStarting && u.state != stateClosed
-}
-
-// dropPredecessor closes the link to a predecessor that has exited (or
-// broke the protocol): nothing more can come from it.
-func (u *Upgrader) dropPredecessor(pred *ctlConn) {
-	u.mu.Lock()
-	if u.pred == pred {
-		u.pred = nil
-	}
-	u.mu.Unlock()
-	pred.Close()
-}
-
 // adoptConn takes ownership of fd, a connection the predecessor sent, and
 // queues it: for the listener with its key, or for AcceptConn. It returns
 // why it could not, or "".
-func (u *Upgrader) adoptConn(m connMsg, fd int) string {
+func (u *Upgrader) adoptConn(m wire.Conn, fd int) string {
 	f := os.NewFile(uintptr(fd), "handed-over")
 	c, err := net.FileConn(f)
 	f.Close()
@@ -415,3 +418,28 @@ func (q *connQueue) pop(ctx context.Context) (handedConn, error) {
 		}
 	}
 }
+
+// The Upgrader as HTTPServer's connMover.
+
+func (u *Upgrader) connKey(ln net.Listener) (string, bool) { return u.reg.keyOf(ln) }
+
+func (u *Upgrader) takesConns(key string) bool {
+	link := u.successor()
+	return link != nil && link.accepts(key)
+}
+
+func (u *Upgrader) waitLink(ctx context.Context) {
+	if link := u.successor(); link != nil {
+		link.waitOpen(ctx)
+	}
+}
+
+func (u *Upgrader) moveConn(key string, sc syscall.Conn) error {
+	ctx, cancel := context.WithTimeout(u.ctx, u.cfg.StepTimeout)
+	defer cancel()
+	return u.sendConn(ctx, key, sc, nil)
+}
+
+func (u *Upgrader) logger() *slog.Logger { return u.log }
+
+func (u *Upgrader) drainTimeout() time.Duration { return u.cfg.DrainTimeout }

@@ -1,4 +1,4 @@
-package handoff
+package wire
 
 import (
 	"encoding/binary"
@@ -11,52 +11,52 @@ import (
 
 // wireSamples is one message of each type, with edge values, and doubles
 // as the fuzz corpus.
-func wireSamples() []message {
-	many := make([]entry, maxFDsPerMessage)
+func wireSamples() []Message {
+	many := make([]Entry, MaxFDs)
 	for i := range many {
-		many[i] = entry{Kind: kindListener, Network: "tcp", Address: "127.0.0.1:0", Name: strings.Repeat("n", i%7)}
+		many[i] = Entry{Kind: KindListener, Network: "tcp", Address: "127.0.0.1:0", Name: strings.Repeat("n", i%7)}
 	}
-	return []message{
-		hello{MinVersion: 1, MaxVersion: 1, Caps: capConns, PID: 4242, Name: "api"},
-		hello{MinVersion: 0, MaxVersion: 65535, Caps: ^uint64(0), PID: ^uint32(0), Name: strings.Repeat("x", maxStringLen)},
-		welcome{Version: 1, Caps: capConns, PID: 1, Generation: 7, Sockets: 10000},
-		refusal{Code: RefusedInProgress, Reason: "upgrade in progress"},
-		refusal{Code: RefusalCode(999), Reason: ""},
-		fdBatch{Seq: 3, Entries: []entry{{Kind: kindPacket, Network: "udp", Address: "[::1]:53", Name: "dns"}, {Kind: kindControl, Network: "unixpacket", Address: "/run/a.sock"}}},
-		fdBatch{Seq: 0, Entries: many},
-		ack{Seq: 41},
-		ready{PID: 99, Keys: []string{"web", "tcp|:8080"}},
-		ready{PID: 99},
-		done{},
-		connMsg{ID: 1 << 40, Key: "web", State: []byte{0, 1, 2, 255}},
-		connMsg{ID: 0},
-		connAck{ID: 5, OK: true},
-		connAck{ID: 6, OK: false, Reason: "no listener"},
-		request{Name: "reload"},
-		reply{Text: "started successor 42"},
-		reply{Final: true, Text: "ok", Data: []byte(`{"pid":1}`)},
+	return []Message{
+		Hello{MinVersion: 1, MaxVersion: 1, Caps: CapConns, PID: 4242, Name: "api"},
+		Hello{MinVersion: 0, MaxVersion: 65535, Caps: ^uint64(0), PID: ^uint32(0), Name: strings.Repeat("x", MaxStringLen)},
+		Welcome{Version: 1, Caps: CapConns, PID: 1, Generation: 7, Sockets: 10000},
+		Refusal{Code: 1, Reason: "upgrade in progress"},
+		Refusal{Code: 999, Reason: ""},
+		FDBatch{Seq: 3, Entries: []Entry{{Kind: KindPacket, Network: "udp", Address: "[::1]:53", Name: "dns"}, {Kind: KindControl, Network: "unixpacket", Address: "/run/a.sock"}}},
+		FDBatch{Seq: 0, Entries: many},
+		Ack{Seq: 41},
+		Ready{PID: 99, Keys: []string{"web", "tcp|:8080"}},
+		Ready{PID: 99},
+		Done{},
+		Conn{ID: 1 << 40, Key: "web", State: []byte{0, 1, 2, 255}},
+		Conn{ID: 0},
+		ConnAck{ID: 5, OK: true},
+		ConnAck{ID: 6, OK: false, Reason: "no listener"},
+		Request{Name: "reload"},
+		Reply{Text: "started successor 42"},
+		Reply{Final: true, Text: "ok", Data: []byte(`{"pid":1}`)},
 	}
 }
 
 // normalize makes empty and nil slices compare equal.
-func normalize(m message) message {
+func normalize(m Message) Message {
 	switch m := m.(type) {
-	case fdBatch:
+	case FDBatch:
 		if len(m.Entries) == 0 {
 			m.Entries = nil
 		}
 		return m
-	case ready:
+	case Ready:
 		if len(m.Keys) == 0 {
 			m.Keys = nil
 		}
 		return m
-	case connMsg:
+	case Conn:
 		if len(m.State) == 0 {
 			m.State = nil
 		}
 		return m
-	case reply:
+	case Reply:
 		if len(m.Data) == 0 {
 			m.Data = nil
 		}
@@ -67,12 +67,12 @@ func normalize(m message) message {
 
 func TestWireRoundTrip(t *testing.T) {
 	for _, m := range wireSamples() {
-		t.Run(m.msgType().String(), func(t *testing.T) {
-			b, err := encode(m)
+		t.Run(m.Type().String(), func(t *testing.T) {
+			b, err := Encode(m)
 			if err != nil {
 				t.Fatalf("encode: %v", err)
 			}
-			got, err := decode(b)
+			got, err := Decode(b)
 			if err != nil {
 				t.Fatalf("decode: %v", err)
 			}
@@ -85,7 +85,7 @@ func TestWireRoundTrip(t *testing.T) {
 
 // TestWireGolden pins the byte layout that PROTOCOL.md documents.
 func TestWireGolden(t *testing.T) {
-	b, err := encode(hello{MinVersion: 1, MaxVersion: 1, Caps: 1, PID: 42, Name: "api"})
+	b, err := Encode(Hello{MinVersion: 1, MaxVersion: 1, Caps: 1, PID: 42, Name: "api"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,32 +104,32 @@ func header(version, typ uint16, length uint32) []byte {
 }
 
 func TestWireDecodeErrors(t *testing.T) {
-	valid, err := encode(ready{PID: 1, Keys: []string{"web"}})
+	valid, err := Encode(Ready{PID: 1, Keys: []string{"web"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tooLong := append(header(1, uint16(msgRefuse), 4), 0, 0, 0xff, 0xff)
-	bigBatch := append(header(1, uint16(msgFDs), 6), 0, 0, 0, 0, 0x01, 0x00) // 256 entries
+	tooLong := append(header(1, uint16(TypeRefuse), 4), 0, 0, 0xff, 0xff)
+	bigBatch := append(header(1, uint16(TypeFDs), 6), 0, 0, 0, 0, 0x01, 0x00) // 256 entries
 	tests := []struct {
 		name string
 		b    []byte
 	}{
 		{"empty", nil},
-		{"short header", valid[:headerSize-1]},
+		{"short header", valid[:HeaderSize-1]},
 		{"bad magic", append([]byte("XOFF"), valid[4:]...)},
 		{"cut in the middle", valid[:len(valid)-2]},
-		{"huge length", header(1, uint16(msgReady), 1<<31)},
+		{"huge length", header(1, uint16(TypeReady), 1<<31)},
 		{"trailing garbage beyond length", append(append([]byte(nil), valid...), 1, 2, 3)},
 		{"unknown type", header(1, 77, 0)},
 		{"type zero", header(1, 0, 0)},
-		{"future version of a ready", append(header(2, uint16(msgReady), uint32(len(valid)-headerSize)), valid[headerSize:]...)},
+		{"future version of a ready", append(header(2, uint16(TypeReady), uint32(len(valid)-HeaderSize)), valid[HeaderSize:]...)},
 		{"string longer than allowed", tooLong},
 		{"batch over the kernel limit", bigBatch},
-		{"truncated body", append(header(1, uint16(msgWelcome), 3), 0, 1, 2)},
+		{"truncated body", append(header(1, uint16(TypeWelcome), 3), 0, 1, 2)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m, err := decode(tt.b)
+			m, err := Decode(tt.b)
 			if !errors.Is(err, ErrProtocol) {
 				t.Fatalf("decode = %#v, %v; want ErrProtocol", m, err)
 			}
@@ -140,30 +140,30 @@ func TestWireDecodeErrors(t *testing.T) {
 // TestWireHelloEvolves: hello keeps its layout in every version, and a
 // later version may append fields that this one ignores.
 func TestWireHelloEvolves(t *testing.T) {
-	b, err := encode(hello{MinVersion: 2, MaxVersion: 5, PID: 7, Name: "api"})
+	b, err := Encode(Hello{MinVersion: 2, MaxVersion: 5, PID: 7, Name: "api"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	b = append(b, 0xde, 0xad) // a field from the future
 	binary.BigEndian.PutUint16(b[4:], 5)
-	binary.BigEndian.PutUint32(b[8:], uint32(len(b)-headerSize))
-	m, err := decode(b)
+	binary.BigEndian.PutUint32(b[8:], uint32(len(b)-HeaderSize))
+	m, err := Decode(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h := m.(hello); h.MinVersion != 2 || h.MaxVersion != 5 || h.Name != "api" {
+	if h := m.(Hello); h.MinVersion != 2 || h.MaxVersion != 5 || h.Name != "api" {
 		t.Fatalf("decoded %#v", h)
 	}
 }
 
 func TestWireEncodeLimits(t *testing.T) {
-	for _, m := range []message{
-		hello{Name: strings.Repeat("x", maxStringLen+1)},
-		fdBatch{Entries: make([]entry, maxFDsPerMessage+1)},
-		connMsg{State: make([]byte, maxMessageSize)},
+	for _, m := range []Message{
+		Hello{Name: strings.Repeat("x", MaxStringLen+1)},
+		FDBatch{Entries: make([]Entry, MaxFDs+1)},
+		Conn{State: make([]byte, MaxMessageSize)},
 	} {
-		if _, err := encode(m); !errors.Is(err, ErrProtocol) {
-			t.Errorf("encode(%s) = %v, want ErrProtocol", m.msgType(), err)
+		if _, err := Encode(m); !errors.Is(err, ErrProtocol) {
+			t.Errorf("encode(%s) = %v, want ErrProtocol", m.Type(), err)
 		}
 	}
 }
@@ -172,27 +172,27 @@ func TestWireEncodeLimits(t *testing.T) {
 // encodes again to something that decodes to the same message.
 func FuzzDecode(f *testing.F) {
 	for _, m := range wireSamples() {
-		b, err := encode(m)
+		b, err := Encode(m)
 		if err != nil {
 			f.Fatal(err)
 		}
 		f.Add(b)
 	}
 	f.Add([]byte("HOFF"))
-	f.Add(header(1, uint16(msgFDs), 1<<20))
+	f.Add(header(1, uint16(TypeFDs), 1<<20))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := decode(b)
+		m, err := Decode(b)
 		if err != nil {
 			if !errors.Is(err, ErrProtocol) {
 				t.Fatalf("decode error %v is not ErrProtocol", err)
 			}
 			return
 		}
-		b2, err := encode(m)
+		b2, err := Encode(m)
 		if err != nil {
 			t.Fatalf("re-encode %#v: %v", m, err)
 		}
-		m2, err := decode(b2)
+		m2, err := Decode(b2)
 		if err != nil {
 			t.Fatalf("decode re-encoded: %v", err)
 		}

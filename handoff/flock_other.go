@@ -1,7 +1,0 @@
-//go:build !unix
-
-package handoff
-
-import "context"
-
-func lockFile(context.Context, string) (func(), error) { return nil, notSupported() }

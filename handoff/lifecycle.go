@@ -1,0 +1,348 @@
+package handoff
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/handoffd/handoff/internal/ctl"
+	"github.com/handoffd/handoff/internal/wire"
+)
+
+// This file is the only writer of an Upgrader's lifecycle: its state, its
+// generation, the control socket it serves (ctrl), the links to its
+// predecessor (pred) and successor (succ), and the control connections in
+// flight (sessions). Each change is a named transition, taken under u.mu;
+// what systemd hears hangs off the transitions, not off protocol steps.
+//
+//	starting ──markReady──▶ serving ──reserve──▶ upgrading ──commit──▶ handed-over
+//	                           ▲                     │
+//	                           └──────release────────┘
+//	any state ──stop / close──▶ closed   (stop and close leave handed-over as it is)
+
+// lifecycle is where an Upgrader stands.
+type lifecycle int
+
+const (
+	stateStarting   lifecycle = iota // New returned; Ready not called yet
+	stateServing                     // ready; an upgrade may start
+	stateUpgrading                   // one successor is being handed the sockets
+	stateHandedOver                  // a successor serves; this process drains
+	stateClosed
+)
+
+func (s lifecycle) String() string {
+	return [...]string{"starting", "serving", "upgrading", "handed-over", "closed"}[s]
+}
+
+// upgradeErr is why an upgrade cannot start in state s.
+func (s lifecycle) upgradeErr() error {
+	switch s {
+	case stateStarting:
+		return ErrNotReady
+	case stateUpgrading:
+		return ErrInProgress
+	case stateHandedOver:
+		return ErrHandedOver
+	case stateClosed:
+		return ErrClosed
+	}
+	return nil
+}
+
+// startFresh makes this the first generation, serving ctrl, the control
+// socket it has just bound. Takeovers are refused until Ready.
+func (u *Upgrader) startFresh(ctrl *net.UnixListener) {
+	u.mu.Lock()
+	u.ctrl, u.generation = ctrl, 1
+	u.log = u.log.With("generation", u.generation)
+	u.wg.Add(1)
+	u.mu.Unlock()
+	u.conns.finish() // nobody will hand connections over
+	go u.serveControl(ctrl)
+}
+
+// succeed records the predecessor this process takes over from, once it
+// has received the sockets: the link to it stays open until it exits.
+func (u *Upgrader) succeed(pred *ctl.Conn, predGeneration uint32, predPID int) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.pred, u.predPID, u.generation = pred, predPID, predGeneration+1
+	u.log = u.log.With("generation", u.generation)
+}
+
+// beginReady claims the one call of Ready.
+func (u *Upgrader) beginReady() error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	switch {
+	case u.state == stateClosed:
+		return ErrClosed
+	case u.readyCalled:
+		return errors.New("handoff: Ready called twice")
+	}
+	u.readyCalled = true
+	return nil
+}
+
+// markReady makes a starting process the server: it serves the control
+// socket (ctrl, which the predecessor passed; nil after a fresh start,
+// whose control socket is served already) and, after a takeover, the
+// link to the predecessor; then the pid file and systemd hear of it.
+func (u *Upgrader) markReady(ctrl *net.UnixListener, dropped []inheritedFD) error {
+	u.mu.Lock()
+	if u.state != stateStarting {
+		u.mu.Unlock()
+		if ctrl != nil {
+			ctrl.Close()
+		}
+		return ErrClosed
+	}
+	u.state = stateServing
+	close(u.ready)
+	pred := u.pred
+	if pred != nil {
+		u.ctrl = ctrl
+		u.wg.Add(2)
+		go u.serveControl(ctrl)
+		go u.receiveConns(pred)
+	}
+	u.mu.Unlock()
+
+	u.writePIDFile(u.pid)
+	u.announceReady(pred == nil, dropped)
+	return nil
+}
+
+// dropPredecessor forgets the link to a predecessor that has exited (or
+// broke the protocol), and closes it: nothing more can come from it.
+func (u *Upgrader) dropPredecessor(pred *ctl.Conn) {
+	u.mu.Lock()
+	if u.pred == pred {
+		u.pred = nil
+	}
+	u.mu.Unlock()
+	pred.Close()
+}
+
+// reserve claims the single upgrade slot: serving → upgrading.
+func (u *Upgrader) reserve() error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if err := u.state.upgradeErr(); err != nil {
+		return err
+	}
+	u.state = stateUpgrading
+	return nil
+}
+
+// release gives the upgrade slot back after an upgrade that failed, or
+// after a reload this process ran itself (Config.Reload): upgrading →
+// serving. systemd hears READY=1, which ends what RELOADING=1 began.
+func (u *Upgrader) release(cause error) {
+	u.mu.Lock()
+	released := u.state == stateUpgrading
+	if released {
+		u.state = stateServing
+	}
+	u.mu.Unlock()
+	if released {
+		u.announceReloaded(cause)
+	}
+}
+
+// commit makes the successor the server: upgrading → handed-over. This
+// process closes its copies of the sockets (the kernel sockets live on in
+// the successor, so nothing queued is lost), confirms with done, and
+// closes Exit. The control connection cc becomes the link to the
+// successor, which commit returns: from here on the Upgrader owns it.
+func (u *Upgrader) commit(cc *ctl.Conn, succPID int, inUnit bool, r wire.Ready, caps uint64) (*successorLink, error) {
+	u.mu.Lock()
+	if u.state != stateUpgrading {
+		u.mu.Unlock()
+		return nil, ErrClosed
+	}
+	link := newSuccessorLink(cc, succPID, r.Keys, caps, u.cfg.StepTimeout) // held until done is sent
+	u.state = stateHandedOver
+	ctrl := u.ctrl
+	u.ctrl = nil
+	delete(u.sessions, cc) // Close ends the link, not the session
+	u.succ = link
+	u.mu.Unlock()
+
+	close(u.exit) // before the sockets close, so Serve can tell why they did
+	queued := u.reg.closeSockets(false)
+	if ctrl != nil {
+		ctrl.Close()
+	}
+	u.announceHandover(succPID, inUnit) // MAINPID= first: the successor notifies systemd once it hears done
+	err := cc.Send(wire.Done{}, nil, time.Now().Add(u.cfg.StepTimeout))
+	if err != nil {
+		u.log.Warn("could not confirm the handover to the successor", "err", err)
+	}
+	// Idle connections wait for the link (HTTPServer.Shutdown): open it
+	// before anything slower, such as the pid file.
+	link.open(err)
+	u.passPIDFile(succPID)
+	// Connections our predecessor handed over that no Accept took yet go
+	// down the line, to our successor.
+	for _, q := range queued {
+		u.forwardConn(q.key, q.conn, nil)
+	}
+	return link, nil
+}
+
+// stop is Stop's transition: any state but handed-over → closed, with
+// the listening sockets and the control socket closed and their files
+// removed. It reports whether the process had been serving.
+func (u *Upgrader) stop() (wasServing, stopped bool) {
+	u.mu.Lock()
+	if u.state == stateHandedOver || u.state == stateClosed {
+		u.mu.Unlock()
+		return false, false
+	}
+	wasServing = u.state != stateStarting
+	u.state = stateClosed // refuses upgrades from here on
+	ctrl := u.ctrl
+	u.ctrl = nil
+	u.mu.Unlock()
+	if ctrl != nil {
+		u.removeControlSocket(ctrl)
+	}
+	return wasServing, true
+}
+
+// close is Close's transition: → closed. It interrupts every session,
+// ends both links and waits for the goroutines. The sockets' files are
+// removed only by a process that served them and has not handed them
+// over.
+func (u *Upgrader) close() {
+	u.mu.Lock()
+	prev := u.state
+	u.state = stateClosed
+	ctrl, pred, succ := u.ctrl, u.pred, u.succ
+	u.ctrl, u.pred, u.succ = nil, nil, nil
+	sessions := make([]*ctl.Conn, 0, len(u.sessions))
+	for cc := range u.sessions {
+		sessions = append(sessions, cc)
+	}
+	u.mu.Unlock()
+
+	u.cancel()
+	handedOver := prev == stateHandedOver
+	if ctrl != nil {
+		if handedOver {
+			ctrl.Close()
+		} else {
+			u.removeControlSocket(ctrl)
+		}
+	}
+	for _, cc := range sessions {
+		cc.Close()
+	}
+	if pred != nil {
+		pred.Close()
+	}
+	if succ != nil {
+		succ.close()
+	}
+	u.wg.Wait()
+	u.reg.close(!handedOver)
+	u.conns.close()
+	if !handedOver && prev != stateStarting && u.cfg.PIDFile != "" {
+		removePIDFile(u.cfg.PIDFile, u.pid)
+	}
+}
+
+// removeControlSocket closes this process's control socket and removes
+// its file and the lock beside it, if the file is still this socket's: a
+// successor's, or another process's, stays.
+func (u *Upgrader) removeControlSocket(ctrl *net.UnixListener) {
+	var rerr error
+	rc, err := ctrl.SyscallConn()
+	if err == nil {
+		err = rc.Control(func(fd uintptr) { rerr = ctl.RemoveSocketFile(int(fd), u.cfg.Socket) })
+	}
+	ctrl.Close()
+	if err == nil {
+		err = rerr
+	}
+	if err != nil {
+		u.log.Warn("left the control socket's file in place", "socket", u.cfg.Socket, "err", err)
+		return
+	}
+	u.removeLock()
+}
+
+// removeLock removes the lock file beside the control socket, waiting for
+// it no longer than a step.
+func (u *Upgrader) removeLock() {
+	ctx, cancel := context.WithTimeout(context.Background(), u.cfg.StepTimeout)
+	defer cancel()
+	if err := ctl.RemoveLock(ctx, u.lockPath()); err != nil && !os.IsNotExist(err) {
+		u.log.Warn("could not remove the lock file", "path", u.lockPath(), "err", err)
+	}
+}
+
+// lockPath is the lock file beside the control socket.
+func (u *Upgrader) lockPath() string { return u.cfg.Socket + ".lock" }
+
+// track records a control connection so that Close can interrupt it. It
+// reports false once the Upgrader is closed.
+func (u *Upgrader) track(cc *ctl.Conn) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.state == stateClosed {
+		return false
+	}
+	u.sessions[cc] = struct{}{}
+	return true
+}
+
+// untrack stops Close from interrupting cc: its session has ended, or it
+// is a request's, which ends by itself (interrupted through the context)
+// and must get to tell its client the outcome even when a successful
+// upgrade makes the program close the Upgrader at once. Every send on it
+// has a deadline, so Close's wait for it is bounded.
+func (u *Upgrader) untrack(cc *ctl.Conn) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	delete(u.sessions, cc)
+}
+
+// snapshot returns what Status reports of the lifecycle.
+func (u *Upgrader) snapshot() (state lifecycle, generation uint32) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.state, u.generation
+}
+
+// stopped reports whether this process has stopped serving its sockets:
+// handed over, stopped or closed.
+func (u *Upgrader) stopped() bool {
+	state, _ := u.snapshot()
+	return state == stateHandedOver || state == stateClosed
+}
+
+// successor returns the link to the successor, once there is one.
+func (u *Upgrader) successor() *successorLink {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.succ
+}
+
+// predecessorSending reports whether a predecessor may still hand
+// connections over: it has heard ready and has not exited yet.
+func (u *Upgrader) predecessorSending() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.pred != nil && u.state != stateStarting && u.state != stateClosed
+}
+
+// notReadyErr says why a request that needs a ready process is refused.
+func (u *Upgrader) notReadyErr() error {
+	return fmt.Errorf("%w: pid %d started %s ago and has not called Ready yet", ErrNotReady, u.pid, time.Since(u.started).Round(time.Millisecond))
+}
