@@ -103,6 +103,9 @@ func (u *Upgrader) markReady(ctrl *net.UnixListener, dropped []inheritedFD) erro
 	}
 	u.state = stateServing
 	close(u.ready)
+	for _, d := range dropped {
+		u.dropped = append(u.dropped, SocketStatus{Name: d.Name, Network: d.Network, Address: d.Address})
+	}
 	pred := u.pred
 	if pred != nil {
 		u.ctrl = ctrl
