@@ -105,8 +105,7 @@ func (p *successorProcess) release() { p.cmd.Process.Release() }
 // gets SIGTERM (and SIGCONT, should it be stopped), DrainTimeout to drain
 // and exit, then SIGKILL. Close cuts the wait short.
 func (u *Upgrader) stopSuccessor(p *successorProcess) {
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	p.cmd.Process.Signal(syscall.SIGCONT)
+	terminate(p.cmd.Process)
 	exited := make(chan struct{})
 	go func() {
 		defer close(exited)

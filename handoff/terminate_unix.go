@@ -1,0 +1,15 @@
+//go:build unix
+
+package handoff
+
+import (
+	"os"
+	"syscall"
+)
+
+// terminate asks p to stop the way service managers do: SIGTERM, and
+// SIGCONT in case it is stopped, so that it gets to handle the SIGTERM.
+func terminate(p *os.Process) {
+	p.Signal(syscall.SIGTERM)
+	p.Signal(syscall.SIGCONT)
+}
