@@ -27,7 +27,7 @@ integration: deps ## integration tests: real binaries, processes, sockets and lo
 check: lint test fuzz-ci integration ## everything CI runs (README's test command)
 
 fuzz: ## fuzz the wire decoder for FUZZTIME executions (default 1000000x, about a minute)
-	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME) -fuzzminimizetime=100x ./handoff
+	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME) -fuzzminimizetime=100x ./internal/wire
 
 fuzz-ci: ## a short fuzzing run
 	$(MAKE) fuzz FUZZTIME=150000x
