@@ -32,7 +32,7 @@ const clientTimeout = 10 * time.Second
 func clientFlags(cmd string, args []string, help io.Writer, extra func(*flag.FlagSet)) (string, error) {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	socket := fs.String("socket", "", "control socket `PATH` of the wrapper")
+	socket := fs.String("socket", "", "control socket `PATH` of the wrapper or service (its directory must be writable only by the service's user); the request gives up after handoff.DefaultRequestTimeout (5m)")
 	name := fs.String("name", "", "service `NAME`: the wrapper's default control socket for it")
 	if extra != nil {
 		extra(fs)

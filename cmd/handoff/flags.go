@@ -61,7 +61,7 @@ func parseRun(args []string, help io.Writer) (runConfig, error) {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are reported on one line by the caller
 	fs.Var(&listen, "listen", "socket to listen on, as `[NAME=]URL`, repeatable: tcp://HOST:PORT, tcp4://, tcp6://, udp://HOST:PORT, udp4://, udp6://, unix:///PATH; NAME goes to LISTEN_FDNAMES")
-	fs.StringVar(&cfg.socket, "socket", "", "control `PATH` (default: NAME.sock in $RUNTIME_DIRECTORY, or in a private directory under $TMPDIR)")
+	fs.StringVar(&cfg.socket, "socket", "", "control `PATH` (default: NAME.sock in $RUNTIME_DIRECTORY, or in a private directory under $TMPDIR); its directory must be writable only by the service's user, or (sticky, as /tmp) hold no socket file of another user")
 	fs.StringVar(&cfg.name, "name", "", "service `NAME` (default: base name of COMMAND)")
 	fs.StringVar(&cfg.pidfile, "pidfile", "", "write the wrapper's pid to `PATH`")
 	fs.StringVar(&ready, "ready", ready, "how a child shows it is ready: `MODE` auto, notify, accepting, tcp://HOST:PORT, http://HOST:PORT/PATH, or a duration (see above)")
