@@ -18,8 +18,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // TB is the part of testing.TB that testbed uses; the demo and the
@@ -30,15 +28,6 @@ type TB interface {
 	Logf(format string, args ...any)
 	Cleanup(func())
 	Failed() bool
-}
-
-// BecomeSubreaper makes this process inherit its orphaned descendants:
-// a server's successor, once the server that started it has exited.
-func BecomeSubreaper() error {
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		return os.NewSyscallError("prctl(PR_SET_CHILD_SUBREAPER)", err)
-	}
-	return nil
 }
 
 // A Reaper reaps the processes it is told to watch: the ones this process
