@@ -5,6 +5,8 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # A count, not a duration: go1.26's fuzz coordinator can fail a clean run with
 # "context deadline exceeded" when a -fuzztime duration expires (go.dev/issue/75804).
 FUZZTIME ?= 1000000x
+# The systems besides Linux that the library claims to build on.
+CROSS_OS ?= darwin freebsd windows
 UNIT_PKGS = $$($(GO) list ./... | grep -v /integration)
 
 .PHONY: help build demo test integration check fuzz fuzz-ci lint cover bench deps
@@ -32,9 +34,10 @@ fuzz: ## fuzz the wire decoder for FUZZTIME executions (default 1000000x, about 
 fuzz-ci: ## a short fuzzing run
 	$(MAKE) fuzz FUZZTIME=150000x
 
-lint: ## gofmt, go vet and staticcheck
+lint: ## gofmt, go vet (here and for CROSS_OS) and staticcheck
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "run gofmt -w ."; exit 1; }
 	$(GO) vet ./...
+	@for os in $(CROSS_OS); do echo "GOOS=$$os go build ./... && go vet ./..."; GOOS=$$os $(GO) build ./... && GOOS=$$os $(GO) vet ./... || exit 1; done
 	cd integration/bench && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 	$(GO) run $(STATICCHECK) ./...
 

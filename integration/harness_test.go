@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package integration builds the real binaries and drives them with real
 // processes, real sockets and real load. Load goes to loopback only.
 package integration_test

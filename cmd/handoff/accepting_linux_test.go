@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/handoffd/handoff/internal/procfs"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -22,7 +24,7 @@ func TestAccepting(t *testing.T) {
 			sp := newTestSpawner(t)
 			c := startHelper(t, sp, role, nil, sock, testPipe(t))
 			waitUntil(t, role+" is seen accepting", func() bool {
-				ok, err := accepting(c.pid, map[uint64]bool{ino: true})
+				ok, err := procfs.Accepting(c.pid, map[uint64]bool{ino: true})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -41,7 +43,7 @@ func TestAcceptingNotHolding(t *testing.T) {
 	c := startHelper(t, sp, "hold", nil, sock, testPipe(t))
 	waitUntil(t, "the helper blocks reading fd 4", func() bool { return inRead(c.pid, 4) })
 	for range 3 {
-		ok, err := accepting(c.pid, map[uint64]bool{ino: true})
+		ok, err := procfs.Accepting(c.pid, map[uint64]bool{ino: true})
 		if err != nil || ok {
 			t.Fatalf("accepting = %v, %v for a process that never waits on the socket", ok, err)
 		}
@@ -49,8 +51,8 @@ func TestAcceptingNotHolding(t *testing.T) {
 	// Two sockets, one watched: not ready until every socket is.
 	other, otherIno := testSocket(t)
 	c2 := startHelper(t, sp, "epoll", nil, sock, other)
-	waitUntil(t, "the helper waits in epoll", func() bool { ok, _ := accepting(c2.pid, map[uint64]bool{ino: true}); return ok })
-	if ok, _ := accepting(c2.pid, map[uint64]bool{ino: true, otherIno: true}); ok {
+	waitUntil(t, "the helper waits in epoll", func() bool { ok, _ := procfs.Accepting(c2.pid, map[uint64]bool{ino: true}); return ok })
+	if ok, _ := procfs.Accepting(c2.pid, map[uint64]bool{ino: true, otherIno: true}); ok {
 		t.Fatal("accepting on one of two sockets counted as accepting on both")
 	}
 }
@@ -66,15 +68,4 @@ func inRead(pid, fd int) bool {
 		}
 	}
 	return false
-}
-
-func TestEpollTargets(t *testing.T) {
-	t.Parallel()
-	fdinfo := []byte("pos:\t0\nflags:\t02\nmnt_id:\t16\nino:\t1057\n" +
-		"tfd:        3 events:       19 data:                3  pos:0 ino:61af sdev:8\n" +
-		"tfd:        7 events:        0 data:                7  pos:0 ino:61b0 sdev:8\n")
-	got := epollTargets(fdinfo)
-	if len(got) != 1 || got[0] != 0x61af {
-		t.Fatalf("epollTargets = %x, want [61af] (the target with no events is disabled)", got)
-	}
 }

@@ -101,7 +101,7 @@ func (c *child) describe() string {
 	case c.status.Exited():
 		return fmt.Sprintf("exit status %d", c.status.ExitStatus())
 	case c.status.Signaled():
-		return "killed by " + c.status.Signal().String()
+		return "killed by " + unix.SignalName(c.status.Signal())
 	}
 	return fmt.Sprintf("wait status %#x", uint32(c.status))
 }

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"syscall"
 	"testing"
+
+	"github.com/handoffd/handoff/internal/procfs"
 )
 
 // TestChildGroupDiesWithIt: a child whose main process is killed leaves no
@@ -15,8 +17,8 @@ func TestChildGroupDiesWithIt(t *testing.T) {
 	sock, ino := testSocket(t)
 	sp := newTestSpawner(t)
 	c := startHelper(t, sp, "fork-accept", nil, sock, testPipe(t))
-	waitUntil(t, "the worker accepts", func() bool { ok, _ := accepting(c.pid, map[uint64]bool{ino: true}); return ok })
-	tree := processTree(c.pid)
+	waitUntil(t, "the worker accepts", func() bool { ok, _ := procfs.Accepting(c.pid, map[uint64]bool{ino: true}); return ok })
+	tree := procfs.Tree(c.pid)
 	if len(tree) != 2 {
 		t.Fatalf("process tree %v, want the child and its worker", tree)
 	}

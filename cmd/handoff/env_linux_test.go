@@ -10,6 +10,9 @@ import (
 func TestChildEnv(t *testing.T) {
 	meant := []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PIDFDID", "NOTIFY_SOCKET",
 		"WATCHDOG_PID", "WATCHDOG_USEC", "FDSTORE", "HANDOFF_FD", "HANDOFF_PPID"}
+	if len(meant) != len(wrapperOnlyEnv) {
+		t.Fatalf("the test lists %d variables, the wrapper drops %d: %v", len(meant), len(wrapperOnlyEnv), wrapperOnlyEnv)
+	}
 	for _, name := range meant {
 		t.Setenv(name, "for-the-wrapper")
 	}

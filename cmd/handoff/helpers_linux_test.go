@@ -106,7 +106,7 @@ func serveNotify(t *testing.T) *notifySocket {
 	go func() { served <- ns.serve() }()
 	t.Cleanup(func() {
 		ns.close()
-		if err := <-served; err != nil {
+		if err := recv(t, "the notify socket to stop serving", served); err != nil {
 			t.Error(err)
 		}
 	})
@@ -188,6 +188,20 @@ func waitExit(t *testing.T, c *child) {
 	case <-c.done:
 	case <-time.After(10 * time.Second):
 		t.Fatalf("child %d still runs after 10s", c.pid)
+	}
+}
+
+// recv receives from ch, or fails t after 10 seconds saying what it
+// waited for.
+func recv[T any](t *testing.T, what string, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out after 10s waiting for %s", what)
+		var zero T
+		return zero
 	}
 }
 

@@ -27,6 +27,14 @@ import (
 	"strings"
 )
 
+// shimCommand is the hidden subcommand that runs between fork and the
+// child's command: Go cannot run code there, and LISTEN_PID must be the
+// child's own pid. The wrapper re-executes itself (/proc/self/exe, the
+// very binary that runs, even if replaced on disk meanwhile) as
+// `handoff exec-shim PATH ARGV...`; the shim sets LISTEN_PID to its pid
+// and execs PATH, which keeps the pid.
+const shimCommand = "exec-shim"
+
 // Exit codes.
 const (
 	exitOK      = 0

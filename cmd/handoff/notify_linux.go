@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/handoffd/handoff/internal/ctl"
 	"golang.org/x/sys/unix"
 )
 
@@ -90,29 +91,12 @@ func (n *notifySocket) serve() error {
 // senderPID returns the pid from the message's SCM_CREDENTIALS, and
 // closes any descriptors it carried (FDSTORE=1: not supported here).
 func senderPID(oob []byte) (int, bool) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
+	fds, cred, _ := ctl.ParseControl(oob)
+	ctl.CloseFDs(fds)
+	if cred == nil {
 		return 0, false
 	}
-	pid, ok := 0, false
-	for i := range msgs {
-		if msgs[i].Header.Level != unix.SOL_SOCKET {
-			continue
-		}
-		switch msgs[i].Header.Type {
-		case unix.SCM_CREDENTIALS:
-			if cred, err := unix.ParseUnixCredentials(&msgs[i]); err == nil {
-				pid, ok = int(cred.Pid), true
-			}
-		case unix.SCM_RIGHTS:
-			if fds, err := unix.ParseUnixRights(&msgs[i]); err == nil {
-				for _, fd := range fds {
-					unix.Close(fd)
-				}
-			}
-		}
-	}
-	return pid, ok
+	return int(cred.Pid), true
 }
 
 func (n *notifySocket) record(pid int, msg []byte) {

@@ -23,7 +23,7 @@ func TestNotifySocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	<-changed
+	recv(t, "the notify socket to see STATUS=", changed)
 	if st := ns.state(os.Getpid()); !st.spoke || st.ready {
 		t.Fatalf("after STATUS=: %+v, want spoke and not ready", st)
 	}

@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/handoffd/handoff/internal/procfs"
 )
 
 // readyPoll is how often readiness is checked.
@@ -59,7 +61,7 @@ func (r *readiness) check(ctx context.Context, c *child) (bool, error) {
 	case readyNotify:
 		return r.notify.state(c.pid).ready, nil
 	case readyAccepting:
-		return accepting(c.pid, r.shared.inodes())
+		return procfs.Accepting(c.pid, r.shared.inodes())
 	case readyAuto:
 		// A child that speaks sd_notify, or whose predecessors did, must
 		// also say READY=1: a Go server, say, is seen accepting as soon as
@@ -67,7 +69,7 @@ func (r *readiness) check(ctx context.Context, c *child) (bool, error) {
 		if st := r.notify.state(c.pid); !st.ready && (st.spoke || r.notify.notifies()) {
 			return false, nil
 		}
-		return accepting(c.pid, r.shared.inodes())
+		return procfs.Accepting(c.pid, r.shared.inodes())
 	case readyTCP:
 		return probeTCP(ctx, r.spec.addr), nil
 	case readyHTTP:

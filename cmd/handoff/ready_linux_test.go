@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+
+	"github.com/handoffd/handoff/internal/procfs"
 )
 
 // TestProbes: the tcp and http probes, against addresses the test owns.
@@ -48,7 +50,7 @@ func TestReadyAuto(t *testing.T) {
 	waitUntil(t, "READY=1 arrives", func() bool { return ns.state(notifier.pid).ready })
 
 	silent2 := startHelper(t, sp, "epoll", nil, sock, testPipe(t))
-	waitUntil(t, "the next silent child accepts", func() bool { ok, _ := accepting(silent2.pid, map[uint64]bool{ino: true}); return ok })
+	waitUntil(t, "the next silent child accepts", func() bool { ok, _ := procfs.Accepting(silent2.pid, map[uint64]bool{ino: true}); return ok })
 	if ok, err := r.check(ctx, silent2); ok || err != nil {
 		t.Fatalf("auto: a child that accepts but never says READY=1, after one that did: ready %v, %v; want not ready", ok, err)
 	}

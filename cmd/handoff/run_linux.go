@@ -10,12 +10,11 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/handoffd/handoff/handoff"
+	"github.com/handoffd/handoff/internal/ctl"
 	"github.com/oklog/run"
 )
 
@@ -51,7 +50,7 @@ func runWrapper(cfg runConfig, stderr io.Writer) (int, error) {
 	defer signal.Stop(sigs)
 
 	log := slog.New(slog.NewTextHandler(stderr, nil)).With("service", cfg.name)
-	sup := &supervisor{cfg: cfg, reloads: make(chan reloadRequest), quit: make(chan struct{})}
+	sup := newSupervisor(cfg)
 	upg, err := handoff.New(context.Background(), handoff.Config{
 		Name:         cfg.name,
 		Socket:       cfg.socket,
@@ -72,8 +71,8 @@ func runWrapper(cfg runConfig, stderr io.Writer) (int, error) {
 		return 0, err
 	}
 	defer shared.close()
-	sup.ready = &readiness{spec: cfg.ready, shared: shared}
-	sup.forget = func(int) {}
+	ready := &readiness{spec: cfg.ready, shared: shared}
+	forget := func(int) {}
 	var g run.Group
 	if cfg.ready.usesNotify() {
 		ns, err := listenNotify(log)
@@ -81,19 +80,17 @@ func runWrapper(cfg runConfig, stderr io.Writer) (int, error) {
 			return 0, err
 		}
 		defer ns.close()
-		sup.ready.notify, sup.forget = ns, ns.forget
+		ready.notify, forget = ns, ns.forget
 		g.Add(ns.serve, func(error) { ns.close() })
 	}
-	sup.env = childEnv(shared, sup.ready.notify)
-	sup.files = shared.fds()
-	sup.log, sup.upg = log, upg
 	sp := newSpawner()
 	defer sp.close() // after every child is reaped: run returns only then
-	sup.spawn = sp
+	deps := supervisorDeps{log: log, upg: upg, ready: ready, spawn: sp,
+		env: childEnv(shared, ready.notify), files: shared.fds(), forget: forget}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	g.Add(func() error { return sup.run(ctx) }, func(error) { cancel() })
+	g.Add(func() error { return sup.run(ctx, deps) }, func(error) { cancel() })
 	g.Add(func() error { return signalActor(ctx, sigs, log, upg, sup) }, func(error) { cancel() })
 	err = g.Run()
 	var stop *stopError
@@ -109,20 +106,18 @@ func runWrapper(cfg runConfig, stderr io.Writer) (int, error) {
 	return exitOK, nil // a new wrapper took over
 }
 
+// wrapperOnlyEnv are the variables meant for the wrapper itself, never
+// for a child.
+var wrapperOnlyEnv = []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PIDFDID",
+	"NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "FDSTORE", ctl.EnvFD, ctl.EnvPPID}
+
 // childEnv is the children's environment: the wrapper's, without the
 // variables that were meant for the wrapper itself (systemd's sockets and
 // notify socket, a predecessor's control connection), plus the sockets
 // and, for -ready auto and notify, the wrapper's notify socket.
 // LISTEN_PID is set by the shim, to the child's own pid.
 func childEnv(shared sharedSockets, ns *notifySocket) []string {
-	drop := []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PIDFDID", "NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "FDSTORE", "HANDOFF_FD", "HANDOFF_PPID"}
-	var env []string
-	for _, kv := range os.Environ() {
-		name, _, _ := strings.Cut(kv, "=")
-		if !slices.Contains(drop, name) {
-			env = append(env, kv)
-		}
-	}
+	env := ctl.EnvironWithout(os.Environ(), wrapperOnlyEnv...)
 	env = append(env, "LISTEN_FDS="+strconv.Itoa(len(shared)), "LISTEN_FDNAMES="+shared.fdNames())
 	if ns != nil {
 		env = append(env, "NOTIFY_SOCKET="+ns.path)

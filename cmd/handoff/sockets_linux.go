@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/handoffd/handoff/handoff"
+	"github.com/handoffd/handoff/internal/ctl"
 	"golang.org/x/sys/unix"
 )
 
@@ -52,7 +53,7 @@ func openShared(upg *handoff.Upgrader, specs []listenSpec) (sharedSockets, error
 			}
 			sc, addr = pc.(syscall.Conn), pc.LocalAddr()
 		}
-		fd, err := dupCloexec(sc)
+		fd, err := ctl.DupFD(sc)
 		if err != nil {
 			shared.close()
 			return nil, fmt.Errorf("%s: %w", spec, err)
@@ -66,24 +67,6 @@ func openShared(upg *handoff.Upgrader, specs []listenSpec) (sharedSockets, error
 		shared = append(shared, sharedSocket{spec: spec, fd: fd, inode: st.Ino, addr: addr})
 	}
 	return shared, nil
-}
-
-// dupCloexec duplicates the socket behind sc with F_DUPFD_CLOEXEC, through
-// SyscallConn().Control: File() or Fd() would switch the socket to
-// blocking mode for every process that holds it, running children too.
-func dupCloexec(sc syscall.Conn) (int, error) {
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	nfd, derr := -1, error(nil)
-	if err := rc.Control(func(fd uintptr) { nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3) }); err != nil {
-		return -1, err
-	}
-	if derr != nil {
-		return -1, os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", derr)
-	}
-	return nfd, nil
 }
 
 func (s sharedSockets) close() {

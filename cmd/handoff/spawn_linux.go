@@ -11,14 +11,6 @@ import (
 	"syscall"
 )
 
-// shimCommand is the hidden subcommand that runs between fork and the
-// child's command: Go cannot run code there, and LISTEN_PID must be the
-// child's own pid. The wrapper re-executes itself (/proc/self/exe, the
-// very binary that runs, even if replaced on disk meanwhile) as
-// `handoff exec-shim PATH ARGV...`; the shim sets LISTEN_PID to its pid
-// and execs PATH, which keeps the pid.
-const shimCommand = "exec-shim"
-
 // runShim is the shim: it only returns if exec failed.
 func runShim(args []string, stderr io.Writer) int {
 	if len(args) < 2 {

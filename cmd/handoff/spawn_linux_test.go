@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/handoffd/handoff/internal/ctl"
 	"golang.org/x/sys/unix"
 )
 
@@ -20,7 +21,7 @@ func TestSpawnChildEnvironment(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	fd, err := dupCloexec(ln.(syscall.Conn))
+	fd, err := ctl.DupFD(ln.(syscall.Conn))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +62,7 @@ func TestSpawnerSurvivesThreadExits(t *testing.T) {
 		}
 		forked <- pid
 	}()
-	doomed, err := watchChild(<-forked, 1)
+	doomed, err := watchChild(recv(t, "the forked child's pid", forked), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +78,7 @@ func TestSpawnerSurvivesThreadExits(t *testing.T) {
 		runtime.LockOSThread() // this thread exits too
 		close(exited)
 	}()
-	<-exited
+	recv(t, "the locked thread to exit", exited)
 	waitUntil(t, "the spawner's child blocks reading fd 4", func() bool { return inRead(c.pid, 4) })
 	if c.exited() {
 		t.Fatalf("the spawner's child died when another thread exited: %s", c.describe())

@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/handoffd/handoff/handoff"
 	"golang.org/x/sys/unix"
 )
 
@@ -27,17 +26,38 @@ type starter interface {
 	start(path string, argv, env []string, files []uintptr) (int, error)
 }
 
-// supervisor owns the children. Its run loop is the only goroutine that
-// starts or stops them: reloads reach it over reloads, one at a time.
-type supervisor struct {
-	cfg    runConfig
+// upgrader is what the supervisor needs of the wrapper's
+// *handoff.Upgrader.
+type upgrader interface {
+	Ready() error
+	Exit() <-chan struct{}
+	Stop()
+	SetStatus(string)
+}
+
+// readyChecker decides when a new child is ready: *readiness.
+type readyChecker interface {
+	wait(ctx context.Context, c *child) error
+}
+
+// supervisorDeps are what the supervisor runs children with. They exist
+// only once the Upgrader does, which needs the supervisor's requestReload
+// and detail first; so run takes them, and its loop is their only user.
+type supervisorDeps struct {
 	log    *slog.Logger
-	upg    *handoff.Upgrader
-	ready  *readiness
+	upg    upgrader
+	ready  readyChecker
 	spawn  starter
 	env    []string  // the children's environment
 	files  []uintptr // the children's fds 3...
 	forget func(pid int)
+}
+
+// supervisor owns the children. Its run loop is the only goroutine that
+// starts or stops them: reloads reach it over reloads, one at a time.
+type supervisor struct {
+	cfg runConfig
+	supervisorDeps
 
 	reloads chan reloadRequest
 	quit    chan struct{} // closed when run returns
@@ -49,6 +69,12 @@ type supervisor struct {
 	number   int      // children started so far
 	restarts int      // crash restarts
 	last     *child   // the latest child that ended while serving
+}
+
+// newSupervisor is a supervisor for cfg, ready to take reload requests
+// (they wait for run) and status queries.
+func newSupervisor(cfg runConfig) *supervisor {
+	return &supervisor{cfg: cfg, reloads: make(chan reloadRequest), quit: make(chan struct{})}
 }
 
 type reloadRequest struct {
@@ -73,9 +99,11 @@ func (s *supervisor) requestReload(ctx context.Context, progress func(string)) e
 
 // run starts the first child, says ready once it is, then restarts a
 // child that dies and serves reloads until ctx ends (stop) or a new
-// wrapper takes over. Every child is reaped before run returns.
-func (s *supervisor) run(ctx context.Context) error {
+// wrapper takes over. Every child is reaped before run returns. It is
+// called once.
+func (s *supervisor) run(ctx context.Context, deps supervisorDeps) error {
 	defer close(s.quit)
+	s.supervisorDeps = deps
 	first, err := s.start()
 	if err != nil {
 		return err
@@ -184,7 +212,7 @@ func (s *supervisor) reload(ctx, reqCtx context.Context, progress func(string)) 
 	old := s.currentChild()
 	c, err := s.start()
 	if err != nil {
-		return err
+		return s.rolledBack(old, err)
 	}
 	s.mu.Lock()
 	s.starting = c
@@ -204,13 +232,7 @@ func (s *supervisor) reload(ctx, reqCtx context.Context, progress func(string)) 
 	}
 	s.mu.Unlock()
 	if err != nil {
-		if old != nil && !old.exited() {
-			err = fmt.Errorf("rolled back: %w; pid %d keeps serving", err, old.pid)
-		} else {
-			err = fmt.Errorf("rolled back: %w", err)
-		}
-		s.log.Warn("reload failed", "child", c.pid, "err", err)
-		return err
+		return s.rolledBack(old, err)
 	}
 	s.announce(c)
 	if old == nil {
@@ -229,6 +251,18 @@ func (s *supervisor) reload(ctx, reqCtx context.Context, progress func(string)) 
 	s.mu.Unlock()
 	progress(fmt.Sprintf("pid %d stopped (%s); pid %d serves", old.pid, old.describe(), c.pid))
 	return nil
+}
+
+// rolledBack logs and returns the error of a reload that failed with err
+// and left old (if any) serving.
+func (s *supervisor) rolledBack(old *child, err error) error {
+	if old != nil && !old.exited() {
+		err = fmt.Errorf("rolled back: %w; pid %d keeps serving", err, old.pid)
+	} else {
+		err = fmt.Errorf("rolled back: %w", err)
+	}
+	s.log.Warn("reload failed", "err", err)
+	return err
 }
 
 // stopChild stops c: stop signal, drain timeout, SIGKILL, reap.

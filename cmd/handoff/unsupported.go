@@ -16,8 +16,6 @@ func cmdRun(_ []string, _, stderr io.Writer) int {
 	return report(stderr, "run", fmt.Errorf("not supported on %s", runtime.GOOS))
 }
 
-const shimCommand = "exec-shim"
-
 func runShim(_ []string, stderr io.Writer) int {
 	return report(stderr, shimCommand, fmt.Errorf("not supported on %s", runtime.GOOS))
 }

@@ -1,3 +1,5 @@
+//go:build unix
+
 // Command bench measures restarts under load, side by side on one
 // machine: for each scenario and load mode it starts a server, keeps
 // clients that never retry sending requests (internal/loadgen), first

@@ -38,7 +38,7 @@ func writeMsg(c *net.UnixConn, b []byte, fds []int) error {
 // already been closed.
 func readMsg(c *net.UnixConn, buf, oob []byte) (wire.Message, []int, error) {
 	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
-	fds, perr := parseRights(oob[:oobn])
+	fds, _, perr := ParseControl(oob[:oobn])
 	fail := func(err error) (wire.Message, []int, error) {
 		CloseFDs(fds)
 		return nil, nil, err
@@ -62,25 +62,33 @@ func readMsg(c *net.UnixConn, buf, oob []byte) (wire.Message, []int, error) {
 	return m, fds, nil
 }
 
-// parseRights returns every descriptor in oob. It keeps going past a bad
-// control message so that whatever did arrive can be closed.
-func parseRights(oob []byte) ([]int, error) {
+// ParseControl returns every descriptor (SCM_RIGHTS) in a message's
+// ancillary data oob, and the sender's credentials (SCM_CREDENTIALS) if
+// it carried them. It keeps going past a bad control message so that
+// whatever did arrive can be closed; the caller owns the descriptors.
+func ParseControl(oob []byte) (fds []int, cred *unix.Ucred, err error) {
 	if len(oob) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	msgs, err := unix.ParseSocketControlMessage(oob)
-	var fds []int
 	for i := range msgs {
-		if msgs[i].Header.Level != unix.SOL_SOCKET || msgs[i].Header.Type != unix.SCM_RIGHTS {
+		if msgs[i].Header.Level != unix.SOL_SOCKET {
 			continue
 		}
-		rights, rerr := unix.ParseUnixRights(&msgs[i])
-		fds = append(fds, rights...)
-		if rerr != nil && err == nil {
-			err = rerr
+		var perr error
+		switch msgs[i].Header.Type {
+		case unix.SCM_RIGHTS:
+			var rights []int
+			rights, perr = unix.ParseUnixRights(&msgs[i])
+			fds = append(fds, rights...)
+		case unix.SCM_CREDENTIALS:
+			cred, perr = unix.ParseUnixCredentials(&msgs[i])
+		}
+		if perr != nil && err == nil {
+			err = perr
 		}
 	}
-	return fds, err
+	return fds, cred, err
 }
 
 // CloseFDs closes each of fds.
@@ -102,7 +110,7 @@ func DupFD(sc syscall.Conn) (int, error) {
 	nfd := -1
 	var derr error
 	err = rc.Control(func(fd uintptr) {
-		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3) // never 0-2, which stand for stdio
 	})
 	if err != nil {
 		return -1, err

@@ -1,3 +1,5 @@
+//go:build unix
+
 // Command demo shows a zero-downtime restart: it runs examples/httpserver
 // under load from clients that never retry, upgrades it with SIGHUP,
 // replaces it with independent processes, and counts failed requests.

@@ -1,6 +1,7 @@
 package sdnotify
 
 import (
+	"fmt"
 	"net/url"
 	"strings"
 )
@@ -13,6 +14,21 @@ const storePrefix = "handoff."
 
 // MaxFDName is systemd's limit on FDNAME=.
 const MaxFDName = 255
+
+// CheckFDName applies systemd's rules for FileDescriptorName= and
+// FDNAME=: 1 to MaxFDName bytes of printable ASCII, no space and no colon
+// (the LISTEN_FDNAMES separator).
+func CheckFDName(name string) error {
+	if name == "" || len(name) > MaxFDName {
+		return fmt.Errorf("socket name must be 1 to %d characters", MaxFDName)
+	}
+	for _, r := range name {
+		if r <= ' ' || r > '~' || r == ':' {
+			return fmt.Errorf("socket name %q: only printable ASCII, no spaces or colons", name)
+		}
+	}
+	return nil
+}
 
 // StoreName is the FDNAME= under which the socket with key is stored:
 // printable ASCII without ':' (LISTEN_FDNAMES separates names with it).

@@ -1,8 +1,5 @@
-// Package testbed runs real server processes for the integration tests,
-// the demo and the benchmark. It builds binaries, starts processes and
-// signals them only by the pids it knows, and reaps them: as a subreaper
-// its process inherits the orphans of every server generation, so it can
-// also tell that none is left behind.
+//go:build unix
+
 package testbed
 
 import (
@@ -13,11 +10,12 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/handoffd/handoff/internal/procfs"
 )
 
 // TB is the part of testing.TB that testbed uses; the demo and the
@@ -130,20 +128,8 @@ func ProcStat(pid int) (start, state string, ok bool) {
 }
 
 // Children lists this process's children that are still running or not
-// yet reaped.
-func Children() []int {
-	tasks, _ := filepath.Glob("/proc/self/task/*/children")
-	var pids []int
-	for _, f := range tasks {
-		b, _ := os.ReadFile(f)
-		for _, s := range strings.Fields(string(b)) {
-			pid, _ := strconv.Atoi(s)
-			pids = append(pids, pid)
-		}
-	}
-	slices.Sort(pids)
-	return slices.Compact(pids)
-}
+// yet reaped (none on systems without /proc).
+func Children() []int { return procfs.Children(os.Getpid()) }
 
 // CheckNoChildren fails tb if a process is still around once tb's later
 // cleanups have run (so register it first); leftovers are killed.

@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/handoffd/handoff/internal/sdnotify"
 )
 
 // listenSpec is one -listen: a socket the wrapper holds for its children.
@@ -33,7 +35,7 @@ func parseListen(s string) (listenSpec, error) {
 	var spec listenSpec
 	raw := s
 	if name, rest, ok := strings.Cut(s, "="); ok && !strings.Contains(name, "://") {
-		if err := checkFDName(name); err != nil {
+		if err := sdnotify.CheckFDName(name); err != nil {
 			return spec, fmt.Errorf("%q: %w", s, err)
 		}
 		spec.name, raw = name, rest
@@ -68,18 +70,4 @@ func parseListen(s string) (listenSpec, error) {
 		return spec, fmt.Errorf("%q: unknown scheme %q (tcp, tcp4, tcp6, udp, udp4, udp6, unix)", s, u.Scheme)
 	}
 	return spec, nil
-}
-
-// checkFDName applies systemd's rules for FileDescriptorName=: printable
-// ASCII, no colon (the LISTEN_FDNAMES separator), at most 255 bytes.
-func checkFDName(name string) error {
-	if name == "" || len(name) > 255 {
-		return fmt.Errorf("socket name must be 1 to 255 characters")
-	}
-	for _, r := range name {
-		if r <= ' ' || r > '~' || r == ':' {
-			return fmt.Errorf("socket name %q: only printable ASCII, no spaces or colons", name)
-		}
-	}
-	return nil
 }

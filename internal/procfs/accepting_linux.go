@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package procfs
 
 import (
 	"bufio"
@@ -17,7 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// accepting reports whether the process pid, or a process it forked, is
+// Accepting reports whether the process pid, or a process it forked, is
 // waiting for connections on every socket in want (inode numbers). It
 // reads /proc, without the child's help, so it tells the new child from
 // the old one, which holds the same sockets:
@@ -30,9 +30,9 @@ import (
 //     socket among its descriptors (/proc/PID/task/TID/syscall, and the
 //     descriptor sets read from the process's memory): gunicorn's sync
 //     workers, servers that block in accept.
-func accepting(pid int, want map[uint64]bool) (bool, error) {
+func Accepting(pid int, want map[uint64]bool) (bool, error) {
 	found := map[uint64]bool{}
-	for _, p := range processTree(pid) {
+	for _, p := range Tree(pid) {
 		if err := watchedSockets(p, want, found); err != nil {
 			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
 				continue // exited meanwhile
@@ -41,23 +41,6 @@ func accepting(pid int, want map[uint64]bool) (bool, error) {
 		}
 	}
 	return len(found) == len(want), nil
-}
-
-// processTree lists pid and its descendants.
-func processTree(pid int) []int {
-	tree := []int{pid}
-	for i := 0; i < len(tree); i++ {
-		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", tree[i]))
-		for _, t := range tasks {
-			b, _ := os.ReadFile(t)
-			for _, f := range strings.Fields(string(b)) {
-				if c, err := strconv.Atoi(f); err == nil {
-					tree = append(tree, c)
-				}
-			}
-		}
-	}
-	return tree
 }
 
 // watchedSockets adds to found the sockets of want that process pid waits on.

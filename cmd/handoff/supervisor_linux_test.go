@@ -1,0 +1,321 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The supervisor's tests run real children (the test binary in a helper
+// role, forked by a real spawner) behind fakes of the Upgrader and of the
+// readiness check, so that each transition can be driven on purpose.
+
+func init() {
+	helpers["serve"] = func() int { // runs until a signal ends it
+		select {}
+	}
+	helpers["exit2"] = func() int { return 2 }
+}
+
+// fakeUpgrader records what the supervisor asks of the Upgrader.
+type fakeUpgrader struct {
+	readyErr error
+	exit     chan struct{}
+
+	mu       sync.Mutex
+	readied  int
+	stopped  int
+	statuses []string
+}
+
+func newFakeUpgrader() *fakeUpgrader { return &fakeUpgrader{exit: make(chan struct{})} }
+
+func (u *fakeUpgrader) Ready() error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.readied++
+	return u.readyErr
+}
+
+func (u *fakeUpgrader) Exit() <-chan struct{} { return u.exit }
+
+func (u *fakeUpgrader) Stop() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.stopped++
+}
+
+func (u *fakeUpgrader) SetStatus(s string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.statuses = append(u.statuses, s)
+}
+
+// scriptedReady is ready at once for the children numbered in ready;
+// any other child is never ready: it waits for the child to exit or for
+// ctx, as readiness.wait does.
+type scriptedReady map[int]bool
+
+func (r scriptedReady) wait(ctx context.Context, c *child) error {
+	if r[c.number] {
+		return nil
+	}
+	select {
+	case <-c.done:
+		return errExited
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// roleStarter starts the test binary in roles[i] for the i-th start, and
+// fails a start whose role is "".
+type roleStarter struct {
+	sp    *spawner
+	self  string
+	mu    sync.Mutex
+	roles []string
+}
+
+func (r *roleStarter) start(path string, argv, env []string, files []uintptr) (int, error) {
+	r.mu.Lock()
+	role := "serve"
+	if len(r.roles) > 0 {
+		role, r.roles = r.roles[0], r.roles[1:]
+	}
+	r.mu.Unlock()
+	if role == "" {
+		return 0, errors.New("no such file")
+	}
+	return r.sp.start(r.self, []string{r.self}, append(env, envHelper+"="+role), files)
+}
+
+// testSupervisor is a running supervisor whose children play roles; it is
+// stopped, and every child reaped, at cleanup.
+type testSupervisor struct {
+	*supervisor
+	upg    *fakeUpgrader
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startSupervisor(t *testing.T, cfg runConfig, ready scriptedReady, roles ...string) *testSupervisor {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.readyTimeout == 0 {
+		cfg.readyTimeout = 10 * time.Second
+	}
+	cfg.drainTimeout = 5 * time.Second
+	cfg.stopSignal = syscall.SIGTERM
+	cfg.path, cfg.argv = self, []string{self}
+	sp := newTestSpawner(t)
+	ts := &testSupervisor{supervisor: newSupervisor(cfg), upg: newFakeUpgrader(), done: make(chan error, 1)}
+	var ctx context.Context
+	ctx, ts.cancel = context.WithCancel(context.Background())
+	deps := supervisorDeps{
+		log: slog.New(slog.DiscardHandler), upg: ts.upg, ready: ready,
+		spawn: &roleStarter{sp: sp, self: self, roles: roles}, env: os.Environ(), forget: func(int) {},
+	}
+	go func() { ts.done <- ts.run(ctx, deps) }()
+	t.Cleanup(func() {
+		ts.cancel()
+		ts.wait(t)
+	})
+	return ts
+}
+
+// wait returns what run returned.
+func (ts *testSupervisor) wait(t *testing.T) error {
+	t.Helper()
+	err := recv(t, "the supervisor to return", ts.done)
+	ts.done <- err // for the cleanup's wait
+	return err
+}
+
+// serving waits until the supervisor serves with child number n, and
+// returns it.
+func (ts *testSupervisor) serving(t *testing.T, n int) *child {
+	t.Helper()
+	var c *child
+	waitUntil(t, fmt.Sprintf("child number %d serves", n), func() bool {
+		c = ts.currentChild()
+		return c != nil && c.number == n
+	})
+	return c
+}
+
+func (ts *testSupervisor) reload(t *testing.T) ([]string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var progress []string
+	err := ts.requestReload(ctx, func(s string) { progress = append(progress, s) })
+	return progress, err
+}
+
+// TestSupervisorReloadReplaces: the new child serves once ready, and only
+// then is the old one stopped with the stop signal and reaped.
+func TestSupervisorReloadReplaces(t *testing.T) {
+	ts := startSupervisor(t, runConfig{}, scriptedReady{1: true, 2: true})
+	first := ts.serving(t, 1)
+	progress, err := ts.reload(t)
+	if err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if !first.exited() || first.describe() != "killed by SIGTERM" {
+		t.Fatalf("old child after the reload: exited %v, %s; want killed by SIGTERM", first.exited(), first.describe())
+	}
+	second := ts.serving(t, 2)
+	if second.exited() {
+		t.Fatalf("the new child exited: %s", second.describe())
+	}
+	if last := progress[len(progress)-1]; !strings.Contains(last, "serves") {
+		t.Fatalf("last progress line %q; want it to say who serves (all: %q)", last, progress)
+	}
+	d := ts.detail().(statusDetail)
+	if len(d.Children) != 1 || d.Children[0].PID != second.pid || d.Children[0].Role != "serving" {
+		t.Fatalf("status children %+v; want only pid %d serving", d.Children, second.pid)
+	}
+}
+
+// TestSupervisorReloadRollsBack: a new child that exits before it is
+// ready, or is not ready in time, or cannot start, is gone afterwards,
+// and the old child serves on, untouched.
+func TestSupervisorReloadRollsBack(t *testing.T) {
+	for _, tc := range []struct {
+		name, role, want string
+		timeout          time.Duration
+	}{
+		{"exits", "exit2", "exited before it was ready (exit status 2)", 0},
+		{"not ready", "serve", "was not ready within 300ms", 300 * time.Millisecond},
+		{"cannot start", "", "no such file", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startSupervisor(t, runConfig{readyTimeout: tc.timeout}, scriptedReady{1: true}, "serve", tc.role, "exit2")
+			first := ts.serving(t, 1)
+			_, err := ts.reload(t)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("reload error %v; want it to say %q", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), "rolled back") || !strings.Contains(err.Error(), fmt.Sprintf("pid %d keeps serving", first.pid)) {
+				t.Fatalf("reload error %v; want it to say rolled back, and that pid %d keeps serving", err, first.pid)
+			}
+			if c := ts.currentChild(); c != first || first.exited() {
+				t.Fatalf("after the failed reload: current %v, first exited %v; want the first serving", c, first.exited())
+			}
+			d := ts.detail().(statusDetail)
+			if len(d.Children) != 1 || d.Children[0].PID != first.pid {
+				t.Fatalf("status children %+v; want only pid %d", d.Children, first.pid)
+			}
+			// A failed reload leaves nothing in the way of the next one.
+			if _, err := ts.reload(t); err == nil || !strings.Contains(err.Error(), "rolled back: child pid") {
+				t.Fatalf("second reload: %v; want it tried, and rolled back", err)
+			}
+		})
+	}
+}
+
+// TestSupervisorRestartsCrashedChild: a serving child that exits on its
+// own is restarted after the backoff, and counted.
+func TestSupervisorRestartsCrashedChild(t *testing.T) {
+	ts := startSupervisor(t, runConfig{}, scriptedReady{1: true}, "exit2", "serve")
+	second := ts.serving(t, 2)
+	if second.exited() {
+		t.Fatalf("the restarted child exited: %s", second.describe())
+	}
+	if d := ts.detail().(statusDetail); d.Restarts != 1 {
+		t.Fatalf("restarts = %d, want 1", d.Restarts)
+	}
+	if last := ts.lastChild(); last == nil || last.number != 1 || last.describe() != "exit status 2" {
+		t.Fatalf("last ended child %+v; want number 1, exit status 2", last)
+	}
+}
+
+// TestSupervisorStops: the end of ctx stops the upgrader first (no reload
+// or takeover from then on), then the child; run returns nil, and a
+// reload asked afterwards is told the wrapper is stopping.
+func TestSupervisorStops(t *testing.T) {
+	ts := startSupervisor(t, runConfig{}, scriptedReady{1: true})
+	first := ts.serving(t, 1)
+	ts.cancel()
+	if err := ts.wait(t); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if !first.exited() || first.exitCode(syscall.SIGTERM) != 0 {
+		t.Fatalf("child after stop: exited %v, %s", first.exited(), first.describe())
+	}
+	ts.upg.mu.Lock()
+	stopped := ts.upg.stopped
+	ts.upg.mu.Unlock()
+	if stopped != 1 {
+		t.Fatalf("Upgrader.Stop called %d times, want 1", stopped)
+	}
+	if _, err := ts.reload(t); err == nil || !strings.Contains(err.Error(), "stopping") {
+		t.Fatalf("reload after stop: %v; want 'the wrapper is stopping'", err)
+	}
+}
+
+// TestSupervisorTakenOver: when a new wrapper takes over, the child is
+// stopped and run returns nil without stopping the Upgrader.
+func TestSupervisorTakenOver(t *testing.T) {
+	ts := startSupervisor(t, runConfig{}, scriptedReady{1: true})
+	first := ts.serving(t, 1)
+	close(ts.upg.exit)
+	if err := ts.wait(t); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if !first.exited() {
+		t.Fatal("the child still runs after the takeover")
+	}
+	if ts.upg.stopped != 0 {
+		t.Fatal("Upgrader.Stop called on a takeover")
+	}
+}
+
+// TestSupervisorFirstChildFails: a first child that is never ready, or
+// an Upgrader that cannot become ready, ends run with the reason, and no
+// child is left.
+func TestSupervisorFirstChildFails(t *testing.T) {
+	t.Run("exits", func(t *testing.T) {
+		ts := startSupervisor(t, runConfig{}, scriptedReady{}, "exit2")
+		err := ts.wait(t)
+		if err == nil || !strings.Contains(err.Error(), "exited before it was ready (exit status 2)") {
+			t.Fatalf("run: %v", err)
+		}
+	})
+	t.Run("upgrader refuses", func(t *testing.T) {
+		self, _ := os.Executable()
+		sp := newTestSpawner(t)
+		sup := newSupervisor(runConfig{readyTimeout: 10 * time.Second, drainTimeout: 5 * time.Second,
+			stopSignal: syscall.SIGTERM, path: self, argv: []string{self}})
+		upg := newFakeUpgrader()
+		upg.readyErr = errors.New("another instance")
+		var started *child
+		ready := readyFunc(func(ctx context.Context, c *child) error { started = c; return nil })
+		err := sup.run(context.Background(), supervisorDeps{log: slog.New(slog.DiscardHandler), upg: upg, ready: ready,
+			spawn: &roleStarter{sp: sp, self: self}, env: os.Environ(), forget: func(int) {}})
+		if err == nil || err.Error() != "another instance" {
+			t.Fatalf("run: %v", err)
+		}
+		if started == nil || !started.exited() {
+			t.Fatal("the child was left running")
+		}
+	})
+}
+
+// readyFunc is a readiness check as a function.
+type readyFunc func(ctx context.Context, c *child) error
+
+func (f readyFunc) wait(ctx context.Context, c *child) error { return f(ctx, c) }
