@@ -25,6 +25,12 @@ const (
 	// how long a successor whose upgrade failed gets between SIGTERM and
 	// SIGKILL.
 	DefaultDrainTimeout = 30 * time.Second
+	// DefaultCanaryWindow is how long a process that handed over stands
+	// by to roll back should its successor die. Ten seconds covers a
+	// build that crashes at start-up, on its first requests or in its
+	// first background work, and is short enough that an old process
+	// does not linger across a deploy.
+	DefaultCanaryWindow = 10 * time.Second
 )
 
 // maxSocketPath is the room in sockaddr_un.sun_path, less the NUL.
@@ -63,6 +69,19 @@ type Config struct {
 	// has no deadline, and a failed successor's after SIGTERM, before
 	// SIGKILL. Zero means DefaultDrainTimeout.
 	DrainTimeout time.Duration
+
+	// CanaryWindow is how long, after a successor said ready, this
+	// process stands by to roll back: it stops accepting but keeps its
+	// listening sockets and the link to the successor, and should the
+	// successor exit (crash, panic, OOM kill) before the window passes,
+	// it resumes accepting on the same kernel sockets and serves again;
+	// nothing queued is lost. Exit is closed only once the window has
+	// passed, or the successor has handed over itself or stopped (Stop).
+	// Zero means DefaultCanaryWindow; a negative value turns the window
+	// off: Exit is closed when the successor is ready. The window is
+	// also off with a successor that predates it, and for a process with
+	// datagram sockets (ListenPacket), whose reading cannot be paused.
+	CanaryWindow time.Duration
 
 	// Logger receives the package's log records. Nil means silence.
 	Logger *slog.Logger
@@ -119,6 +138,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.StepTimeout <= 0 {
 		c.StepTimeout = DefaultStepTimeout
+	}
+	if c.CanaryWindow == 0 {
+		c.CanaryWindow = DefaultCanaryWindow
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = DefaultDrainTimeout

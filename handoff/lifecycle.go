@@ -18,10 +18,13 @@ import (
 // flight (sessions). Each change is a named transition, taken under u.mu;
 // what systemd hears hangs off the transitions, not off protocol steps.
 //
-//	starting ──markReady──▶ serving ──reserve──▶ upgrading ──commit──▶ handed-over
-//	                           ▲                     │
-//	                           └──────release────────┘
+//	starting ──markReady──▶ serving ──reserve──▶ upgrading ──commit──▶ canary ──prove──▶ handed-over
+//	                         ▲  ▲                    │                 │
+//	                         │  └──────release───────┘                 │
+//	                         └─────────────────rollback────────────────┘
 //	any state ──stop / close──▶ closed   (stop and close leave handed-over as it is)
+//
+// Without a canary window commit goes straight to handed-over.
 
 // lifecycle is where an Upgrader stands.
 type lifecycle int
@@ -32,10 +35,11 @@ const (
 	stateUpgrading                   // one successor is being handed the sockets
 	stateHandedOver                  // a successor serves; this process drains
 	stateClosed
+	stateCanary // a successor serves; this process stands by to roll back
 )
 
 func (s lifecycle) String() string {
-	return [...]string{"starting", "serving", "upgrading", "handed-over", "closed"}[s]
+	return [...]string{"starting", "serving", "upgrading", "handed-over", "closed", "canary"}[s]
 }
 
 // upgradeErr is why an upgrade cannot start in state s.
@@ -45,7 +49,7 @@ func (s lifecycle) upgradeErr() error {
 		return ErrNotReady
 	case stateUpgrading:
 		return ErrInProgress
-	case stateHandedOver:
+	case stateHandedOver, stateCanary:
 		return ErrHandedOver
 	case stateClosed:
 		return ErrClosed
@@ -67,10 +71,10 @@ func (u *Upgrader) startFresh(ctrl *net.UnixListener) {
 
 // succeed records the predecessor this process takes over from, once it
 // has received the sockets: the link to it stays open until it exits.
-func (u *Upgrader) succeed(pred *ctl.Conn, predGeneration uint32, predPID int) {
+func (u *Upgrader) succeed(pred *ctl.Conn, predGeneration uint32, predPID int, predCaps uint64) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	u.pred, u.predPID, u.generation = pred, predPID, predGeneration+1
+	u.pred, u.predPID, u.predCaps, u.generation = pred, predPID, predCaps, predGeneration+1
 	u.log = u.log.With("generation", u.generation)
 }
 
@@ -157,31 +161,46 @@ func (u *Upgrader) release(cause error) {
 	}
 }
 
-// commit makes the successor the server: upgrading → handed-over. This
-// process closes its copies of the sockets (the kernel sockets live on in
-// the successor, so nothing queued is lost), confirms with done, and
-// closes Exit. The control connection cc becomes the link to the
-// successor, which commit returns: from here on the Upgrader owns it.
-func (u *Upgrader) commit(cc *ctl.Conn, succPID int, inUnit bool, r wire.Ready, caps uint64) (*successorLink, error) {
+// commit makes the successor the server: upgrading → canary, or
+// handed-over when there is no canary window. The control connection cc
+// becomes the link to the successor, which commit returns: from here on
+// the Upgrader owns it, and child, the successor process if this process
+// started it. Done confirms the handover to the successor.
+//
+// With a window this process stops accepting (its listeners pause, and
+// its control socket is the successor's to serve) but keeps every socket
+// and the process, and watches the link: see canary.go. Without one it
+// hands over for good at once.
+func (u *Upgrader) commit(cc *ctl.Conn, child *successorProcess, succPID int, inUnit bool, r wire.Ready, caps uint64) (*successorLink, error) {
 	u.mu.Lock()
 	if u.state != stateUpgrading {
 		u.mu.Unlock()
 		return nil, ErrClosed
 	}
 	link := newSuccessorLink(cc, succPID, r.Keys, caps, u.cfg.StepTimeout) // held until done is sent
-	u.state = stateHandedOver
-	ctrl := u.ctrl
-	u.ctrl = nil
+	window := u.canaryWindow(caps)
 	delete(u.sessions, cc) // Close ends the link, not the session
 	u.succ = link
+	ctrl := u.ctrl
+	u.ctrl = nil
+	var c *canary
+	if window > 0 {
+		c = &canary{link: link, child: child, pid: succPID, inUnit: inUnit, ctrl: ctrl, end: make(chan struct{})}
+		u.state, u.canary = stateCanary, c
+	} else {
+		u.state = stateHandedOver
+	}
 	u.mu.Unlock()
 
-	close(u.exit) // before the sockets close, so Serve can tell why they did
-	queued := u.reg.closeSockets(false)
-	if ctrl != nil {
-		ctrl.Close()
+	if c != nil {
+		u.reg.pause(true)
+		if ctrl != nil {
+			ctrl.SetDeadline(longAgo) // serveControl waits for the window's end
+		}
+		u.announceCanary(succPID, window)
+	} else {
+		u.handOver(ctrl, succPID, inUnit)
 	}
-	u.announceHandover(succPID, inUnit) // MAINPID= first: the successor notifies systemd once it hears done
 	err := cc.Send(wire.Done{}, nil, time.Now().Add(u.cfg.StepTimeout))
 	if err != nil {
 		u.log.Warn("could not confirm the handover to the successor", "err", err)
@@ -190,12 +209,90 @@ func (u *Upgrader) commit(cc *ctl.Conn, succPID int, inUnit bool, r wire.Ready, 
 	// before anything slower, such as the pid file.
 	link.open(err)
 	u.passPIDFile(succPID)
-	// Connections our predecessor handed over that no Accept took yet go
-	// down the line, to our successor.
+	u.releasePredecessor(fmt.Sprintf("pid %d handed over to pid %d", u.pid, succPID))
+	if c == nil {
+		if child != nil {
+			child.release()
+		}
+		u.forwardQueued()
+		return link, nil
+	}
+	c.readyAt = time.Now()
+	u.wg.Add(1)
+	go u.watchCanary(c, window)
+	return link, nil
+}
+
+// handOver is the end of this process's service: Exit is closed, the
+// sockets close (the kernel sockets live on in the successor, so nothing
+// queued is lost), and systemd hears of the successor.
+func (u *Upgrader) handOver(ctrl *net.UnixListener, succPID int, inUnit bool) {
+	close(u.exit) // before the sockets close, so Serve can tell why they did
+	queued := u.reg.closeSockets(false)
+	u.mu.Lock()
+	u.queued = queued
+	u.mu.Unlock()
+	if ctrl != nil {
+		ctrl.Close()
+	}
+	u.announceHandover(succPID, inUnit) // MAINPID= first: the successor notifies systemd once it hears done
+}
+
+// forwardQueued sends down the line, to the successor, the connections
+// our predecessor handed over that no Accept took (handOver collected
+// them; the link must be open first).
+func (u *Upgrader) forwardQueued() {
+	u.mu.Lock()
+	queued := u.queued
+	u.queued = nil
+	u.mu.Unlock()
 	for _, q := range queued {
 		u.forwardConn(q.key, q.conn, nil)
 	}
-	return link, nil
+}
+
+// prove ends a canary window for good: canary → handed-over. The
+// successor has lasted the window, or released this process.
+func (u *Upgrader) prove(c *canary, why string) {
+	u.mu.Lock()
+	if u.state != stateCanary || u.canary != c {
+		u.mu.Unlock()
+		return
+	}
+	u.state, u.canary = stateHandedOver, nil
+	u.mu.Unlock()
+	close(c.end)
+	u.log.Info("successor proved itself; draining", "successor", c.pid, "why", why)
+	u.handOver(c.ctrl, c.pid, c.inUnit)
+	if c.child != nil {
+		c.child.release()
+	}
+	u.forwardQueued()
+}
+
+// rollback makes this process the server again after its successor died
+// within the canary window: canary → serving. It accepts again on the
+// same kernel sockets, serves the control socket, and the pid file,
+// systemd and Status say so.
+func (u *Upgrader) rollback(c *canary, reason string) {
+	u.mu.Lock()
+	if u.state != stateCanary || u.canary != c {
+		u.mu.Unlock()
+		return
+	}
+	u.state, u.canary, u.succ = stateServing, nil, nil
+	u.ctrl = c.ctrl
+	u.recordRollbackLocked(c, reason) // with the state: Status sees both or neither
+	if c.ctrl != nil {
+		c.ctrl.SetDeadline(time.Time{})
+	}
+	u.mu.Unlock()
+	close(c.end) // serveControl goes on
+	u.reg.pause(false)
+	c.link.close()
+	u.writePIDFile(u.pid)
+	u.announceRollback(reason)
+	u.log.Error("successor died within the canary window; rolled back, serving again", "successor", c.pid, "reason", reason)
 }
 
 // stop is Stop's transition: any state but handed-over → closed, with
@@ -203,6 +300,11 @@ func (u *Upgrader) commit(cc *ctl.Conn, succPID int, inUnit bool, r wire.Ready, 
 // removed. It reports whether the process had been serving.
 func (u *Upgrader) stop() (wasServing, stopped bool) {
 	u.mu.Lock()
+	if c := u.canary; u.state == stateCanary {
+		u.mu.Unlock()
+		u.prove(c, "this process was told to stop")
+		return false, false
+	}
 	if u.state == stateHandedOver || u.state == stateClosed {
 		u.mu.Unlock()
 		return false, false
@@ -215,6 +317,7 @@ func (u *Upgrader) stop() (wasServing, stopped bool) {
 	if ctrl != nil {
 		u.removeControlSocket(ctrl)
 	}
+	u.releasePredecessor(fmt.Sprintf("pid %d is stopping", u.pid))
 	return wasServing, true
 }
 
@@ -226,8 +329,8 @@ func (u *Upgrader) close() {
 	u.mu.Lock()
 	prev := u.state
 	u.state = stateClosed
-	ctrl, pred, succ := u.ctrl, u.pred, u.succ
-	u.ctrl, u.pred, u.succ = nil, nil, nil
+	ctrl, pred, succ, c := u.ctrl, u.pred, u.succ, u.canary
+	u.ctrl, u.pred, u.succ, u.canary = nil, nil, nil, nil
 	sessions := make([]*ctl.Conn, 0, len(u.sessions))
 	for cc := range u.sessions {
 		sessions = append(sessions, cc)
@@ -235,7 +338,14 @@ func (u *Upgrader) close() {
 	u.mu.Unlock()
 
 	u.cancel()
-	handedOver := prev == stateHandedOver
+	handedOver := prev == stateHandedOver || prev == stateCanary
+	if c != nil { // the successor serves on; this process stops standing by
+		close(c.end)
+		ctrl = c.ctrl
+		if c.child != nil {
+			c.child.release()
+		}
+	}
 	if ctrl != nil {
 		if handedOver {
 			ctrl.Close()

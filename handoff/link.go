@@ -43,12 +43,17 @@ type successorLink struct {
 	pending map[uint64]chan wire.ConnAck // connections sent and not yet acknowledged
 	broken  error                        // why the link failed
 	dead    atomic.Bool                  // broken != nil, readable without waiting for mu
+	lost    chan struct{}                // closed when the link fails
+	// released is closed when the successor says, with release, that this
+	// process need not stand by any more; releasedWhy says why.
+	released    chan struct{}
+	releasedWhy string
 }
 
 // newSuccessorLink returns a link that holds every send until open.
 func newSuccessorLink(cc *ctl.Conn, pid int, keys []string, caps uint64, step time.Duration) *successorLink {
 	l := &successorLink{cc: cc, pid: pid, keys: make(map[string]bool, len(keys)), caps: caps, step: step,
-		opened: make(chan struct{}), pending: make(map[uint64]chan wire.ConnAck)}
+		opened: make(chan struct{}), pending: make(map[uint64]chan wire.ConnAck), lost: make(chan struct{}), released: make(chan struct{})}
 	for _, k := range keys {
 		l.keys[k] = true
 	}
@@ -168,9 +173,23 @@ func (l *successorLink) post(key string, state []byte, fd int, deadline time.Tim
 func (l *successorLink) readAcks() {
 	defer l.acks.Done()
 	for {
-		a, err := expect[wire.ConnAck](l.cc, time.Time{})
+		m, err := recvMsg(l.cc, time.Time{})
 		if err != nil {
 			l.fail(err)
+			return
+		}
+		if r, ok := m.(wire.Release); ok && l.caps&wire.CapCanary != 0 {
+			l.mu.Lock()
+			if l.releasedWhy == "" {
+				l.releasedWhy = "released: " + r.Reason
+				close(l.released)
+			}
+			l.mu.Unlock()
+			continue
+		}
+		a, ok := m.(wire.ConnAck)
+		if !ok {
+			l.fail(fmt.Errorf("%w: expected %s message, got %s", ErrProtocol, wire.TypeConnAck, m.Type()))
 			return
 		}
 		l.mu.Lock()
@@ -195,10 +214,18 @@ func (l *successorLink) fail(err error) {
 	}
 	l.broken = err
 	l.dead.Store(true)
+	close(l.lost)
 	for id, acked := range l.pending {
 		close(acked)
 		delete(l.pending, id)
 	}
+}
+
+// releaseReason is what the successor said with release.
+func (l *successorLink) releaseReason() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.releasedWhy
 }
 
 func (l *successorLink) err() error {

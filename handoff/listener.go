@@ -17,8 +17,9 @@ type listener struct {
 	key          string
 
 	mu     sync.Mutex
-	queue  []net.Conn // handed-over connections not yet accepted
-	woken  bool       // the deadline was set in the past to wake Accept
+	queue  []net.Conn    // handed-over connections not yet accepted
+	woken  bool          // the deadline was set in the past to wake Accept
+	paused chan struct{} // while a canary window runs: closed by resume or Close
 	closed bool
 }
 
@@ -31,10 +32,17 @@ func newListener(ln net.Listener, key string) *listener {
 }
 
 // Accept waits for and returns the next connection: a handed-over one if
-// any is queued, else one from the kernel's accept queue.
+// any is queued, else one from the kernel's accept queue. While paused it
+// takes none: they wait in the kernel's queue for the successor, or for
+// this process again after a rollback.
 func (l *listener) Accept() (net.Conn, error) {
 	for {
 		l.mu.Lock()
+		if paused := l.paused; paused != nil {
+			l.mu.Unlock()
+			<-paused
+			continue
+		}
 		if len(l.queue) > 0 {
 			c := l.queue[0]
 			l.queue = l.queue[1:]
@@ -69,6 +77,33 @@ func (l *listener) inject(c net.Conn) bool {
 	return true
 }
 
+// pause stops Accept from taking connections, and wakes one that waits
+// in the kernel, until resume or Close.
+func (l *listener) pause() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed || l.paused != nil {
+		return
+	}
+	l.paused = make(chan struct{})
+	l.woken = true
+	l.Listener.(deadliner).SetDeadline(longAgo)
+}
+
+// resume lets Accept take connections again.
+func (l *listener) resume() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.unpauseLocked()
+}
+
+func (l *listener) unpauseLocked() {
+	if l.paused != nil {
+		close(l.paused)
+		l.paused = nil
+	}
+}
+
 // Close closes this process's copy of the socket. Handed-over
 // connections that were never accepted are closed too.
 func (l *listener) Close() error {
@@ -85,6 +120,7 @@ func (l *listener) detach() []net.Conn {
 	defer l.mu.Unlock()
 	queued := l.queue
 	l.queue, l.closed = nil, true
+	l.unpauseLocked() // Accept then finds the socket closed
 	return queued
 }
 

@@ -68,13 +68,14 @@ func socketDir(t testing.TB) string {
 }
 
 // testConfig is a Config with a private control socket and short
-// timeouts.
+// timeouts, without a canary window (canary_linux_test.go sets one).
 func testConfig(t testing.TB) Config {
 	return Config{
 		Name:         "test",
 		Socket:       filepath.Join(socketDir(t), "ctl.sock"),
 		ReadyTimeout: 5 * time.Second,
 		StepTimeout:  2 * time.Second,
+		CanaryWindow: -1,
 		Logger:       testLogger(t),
 	}
 }

@@ -283,6 +283,30 @@ func (r *registry) inventory() []*socket {
 	return append([]*socket(nil), r.sockets...)
 }
 
+// pause stops every listener from accepting, leaving the sockets open,
+// or resumes them all.
+func (r *registry) pause(paused bool) {
+	for _, s := range r.inventory() {
+		switch {
+		case s.ln == nil:
+		case paused:
+			s.ln.pause()
+		default:
+			s.ln.resume()
+		}
+	}
+}
+
+// hasPacket reports whether a datagram socket is in use.
+func (r *registry) hasPacket() bool {
+	for _, s := range r.inventory() {
+		if s.pc != nil {
+			return true
+		}
+	}
+	return false
+}
+
 // keys lists the keys of the sockets in use.
 func (r *registry) keys() []string {
 	r.mu.Lock()

@@ -21,7 +21,7 @@ type Status struct {
 	PID        int            `json:"pid"`
 	Service    string         `json:"service"`
 	Generation int            `json:"generation"`
-	State      string         `json:"state"` // starting, serving, upgrading, handed-over, closed
+	State      string         `json:"state"` // starting, serving, upgrading, canary, handed-over, closed
 	Started    time.Time      `json:"started"`
 	Sockets    []SocketStatus `json:"sockets"`
 	LastReload *ReloadResult  `json:"last_reload,omitempty"`
@@ -46,6 +46,9 @@ type ReloadResult struct {
 	Duration  time.Duration `json:"duration_ns"`
 	Successor int           `json:"successor,omitempty"` // pid, for an upgrade
 	Error     string        `json:"error,omitempty"`     // "" when it succeeded
+	// RolledBack: the successor became ready, then died within the
+	// canary window, and this process serves again (Error says how).
+	RolledBack bool `json:"rolled_back,omitempty"`
 }
 
 // Status reports on this process.

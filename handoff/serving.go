@@ -30,6 +30,10 @@ func (u *Upgrader) serveControl(ln *net.UnixListener) {
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				u.waitCanary() // the successor serves the socket meanwhile
+				continue
+			}
 			if !errors.Is(err, net.ErrClosed) {
 				u.log.Error("control socket failed", "err", err)
 			}
@@ -141,8 +145,7 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 		cc.Close()
 		return err
 	}
-	child.release()
-	return nil
+	return nil // the child is the Upgrader's now: see commit
 }
 
 // waitReady waits until Ready has succeeded.
@@ -250,7 +253,7 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctl.Conn, child *successorPr
 	if !stop() {
 		return nil, ctx.Err()
 	}
-	if link, err = u.commit(cc, succPID, inUnit, r, h.Caps); err != nil {
+	if link, err = u.commit(cc, child, succPID, inUnit, r, h.Caps); err != nil {
 		return nil, err
 	}
 	log.Info("successor is ready; stopped accepting", "took", time.Since(start).Round(time.Millisecond))

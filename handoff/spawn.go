@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -47,7 +48,11 @@ func currentImage() (image, error) {
 }
 
 // successorProcess is a successor this process started.
-type successorProcess struct{ cmd *exec.Cmd }
+type successorProcess struct {
+	cmd  *exec.Cmd
+	once sync.Once
+	done chan struct{} // closed once it has exited and been reaped
+}
 
 // startSuccessor starts a fresh copy of the program with one end of a new
 // socketpair as its control connection, and returns the other end.
@@ -72,7 +77,7 @@ func (u *Upgrader) startSuccessor() (*successorProcess, *ctl.Conn, error) {
 		parent.Close()
 		return nil, nil, err
 	}
-	return &successorProcess{cmd: cmd}, ctl.NewConn(parent, ctl.SmallMessage, 0), nil
+	return &successorProcess{cmd: cmd, done: make(chan struct{})}, ctl.NewConn(parent, ctl.SmallMessage, 0), nil
 }
 
 func (p *successorProcess) pid() int { return p.cmd.Process.Pid }
@@ -90,10 +95,31 @@ func (p *successorProcess) wait() {
 	p.cmd.Process.Release()
 }
 
+// exited returns a channel closed once the process has exited and been
+// reaped. The first call starts the goroutine that waits for it, which
+// ends with the process; whoever makes the process end joins it here.
+func (p *successorProcess) exited() <-chan struct{} {
+	p.once.Do(func() {
+		go func() {
+			defer close(p.done)
+			p.wait()
+		}()
+	})
+	return p.done
+}
+
+// status says how the process ended, once exited is closed.
+func (p *successorProcess) status() string {
+	if st := p.cmd.ProcessState; st != nil {
+		return st.String()
+	}
+	return "status unknown: the service manager reaped it"
+}
+
 // kill stops the successor at once and reaps it.
 func (p *successorProcess) kill() {
 	p.cmd.Process.Kill()
-	p.wait()
+	<-p.exited()
 }
 
 // release lets a successor that took over live on: it outlives this
@@ -106,11 +132,7 @@ func (p *successorProcess) release() { p.cmd.Process.Release() }
 // and exit, then SIGKILL. Close cuts the wait short.
 func (u *Upgrader) stopSuccessor(p *successorProcess) {
 	terminate(p.cmd.Process)
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		p.wait()
-	}()
+	exited := p.exited()
 	u.wg.Add(1)
 	go func() {
 		defer u.wg.Done()

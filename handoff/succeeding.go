@@ -104,7 +104,7 @@ func (u *Upgrader) takeOver(ctx context.Context, cc *ctl.Conn) error {
 	if w.Version != wire.Version {
 		return fmt.Errorf("handoff: take over: %w: predecessor chose version %d", ErrProtocol, w.Version)
 	}
-	u.succeed(cc, w.Generation, int(w.PID))
+	u.succeed(cc, w.Generation, int(w.PID), w.Caps)
 	inherit := func(e wire.Entry, fd int) { u.reg.inherit(e, fd, fromPredecessor) }
 	if err := receiveSockets(cc, w.Sockets, u.cfg.StepTimeout, inherit); err != nil {
 		return fmt.Errorf("handoff: take over: receive sockets: %w", ctxErr(ctx, err))

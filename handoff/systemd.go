@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/handoffd/handoff/internal/ctl"
 	"github.com/handoffd/handoff/internal/sdnotify"
@@ -221,6 +222,19 @@ func (u *Upgrader) announceHandover(pid int, inUnit bool) {
 		return
 	}
 	u.notify(daemon.SdNotifyStopping, u.status("stopping", fmt.Sprintf("handed over to pid %d outside this unit; draining", pid)))
+}
+
+// announceCanary tells systemd that successor pid serves and this
+// process stands by for window. It stays the main process meanwhile: were
+// the successor the main process, its death would stop the unit before a
+// rollback could help. READY=1 ends what RELOADING=1 began.
+func (u *Upgrader) announceCanary(pid int, window time.Duration) {
+	u.notify(daemon.SdNotifyReady, u.statusOf("serving", fmt.Sprintf("pid %d stands by for %s to roll back", u.pid, window), u.Generation()+1, pid))
+}
+
+// announceRollback tells systemd that this process serves again.
+func (u *Upgrader) announceRollback(reason string) {
+	u.notify(daemon.SdNotifyReady, u.status("serving", reason))
 }
 
 // announceReloaded tells systemd that a reload this process ran itself

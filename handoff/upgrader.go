@@ -55,7 +55,10 @@ type Upgrader struct {
 	ctrl        *net.UnixListener      // this process's copy of the control socket
 	pred        *ctl.Conn              // link to the predecessor, until it exits
 	predPID     int                    // the predecessor's pid, as it said in welcome
+	predCaps    uint64                 // what the predecessor said it supports, in welcome
 	succ        *successorLink         // link to the successor, after the handover
+	canary      *canary                // the window after a commit, while it runs
+	queued      []queuedConn           // handed-over connections to forward, from the commit
 	sessions    map[*ctl.Conn]struct{} // control connections Close interrupts
 	// Written by Ready and by each upgrade, for Status.
 	dropped    []SocketStatus

@@ -52,8 +52,15 @@ const (
 	// after the handover (Conn / ConnAck).
 	CapConns uint64 = 1 << 0
 
+	// CapCanary: in hello, the successor sends Release once its
+	// predecessor need not stand by any more (it stops, or has handed
+	// over itself), so that the predecessor can keep the sockets for a
+	// canary window and roll back when the link breaks without one; in
+	// welcome, the serving process understands Release.
+	CapCanary uint64 = 1 << 1
+
 	// SupportedCaps is every capability this package implements.
-	SupportedCaps = CapConns
+	SupportedCaps = CapConns | CapCanary
 )
 
 // Type is a message's type code, the third field of its header.
@@ -72,6 +79,7 @@ const (
 	TypeConnAck Type = 9  // successor → serving: connection taken (or not)
 	TypeRequest Type = 10 // client → serving, instead of hello: run a request
 	TypeReply   Type = 11 // serving → client: progress, then the final answer
+	TypeRelease Type = 12 // successor → predecessor: stop standing by; I stop or have handed over
 )
 
 func (t Type) String() string {
@@ -98,6 +106,8 @@ func (t Type) String() string {
 		return "request"
 	case TypeReply:
 		return "reply"
+	case TypeRelease:
+		return "release"
 	}
 	return fmt.Sprintf("type(%d)", uint16(t))
 }
@@ -208,6 +218,12 @@ type Reply struct {
 	Data  []byte // with Final: the request's result (status: JSON)
 }
 
+// Release tells the predecessor that it need not stand by to roll back:
+// the successor is stopping, or has handed over to a successor of its own.
+type Release struct {
+	Reason string
+}
+
 func (Hello) Type() Type   { return TypeHello }
 func (Welcome) Type() Type { return TypeWelcome }
 func (Refusal) Type() Type { return TypeRefuse }
@@ -219,6 +235,7 @@ func (Conn) Type() Type    { return TypeConn }
 func (ConnAck) Type() Type { return TypeConnAck }
 func (Request) Type() Type { return TypeRequest }
 func (Reply) Type() Type   { return TypeReply }
+func (Release) Type() Type { return TypeRelease }
 func (m Hello) appendBody(b []byte) []byte {
 	b = binary.BigEndian.AppendUint16(b, m.MinVersion)
 	b = binary.BigEndian.AppendUint16(b, m.MaxVersion)
@@ -287,6 +304,8 @@ func (m ConnAck) appendBody(b []byte) []byte {
 }
 
 func (m Request) appendBody(b []byte) []byte { return appendString(b, m.Name) }
+
+func (m Release) appendBody(b []byte) []byte { return appendString(b, m.Reason) }
 
 func (m Reply) appendBody(b []byte) []byte {
 	b = append(b, boolByte(m.Final))
@@ -425,6 +444,8 @@ func Decode(b []byte) (Message, error) {
 		m = Request{Name: r.str()}
 	case TypeReply:
 		m = Reply{Final: r.u8() != 0, Text: r.str(), Data: r.bytes()}
+	case TypeRelease:
+		m = Release{Reason: r.str()}
 	default:
 		return nil, fmt.Errorf("%w: unknown message %s", ErrProtocol, typ)
 	}

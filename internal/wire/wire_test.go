@@ -35,6 +35,7 @@ func wireSamples() []Message {
 		Request{Name: "reload"},
 		Reply{Text: "started successor 42"},
 		Reply{Final: true, Text: "ok", Data: []byte(`{"pid":1}`)},
+		Release{Reason: "stopping"},
 	}
 }
 
