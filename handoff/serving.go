@@ -107,7 +107,11 @@ func (u *Upgrader) checkClient(cc *ctl.Conn) error {
 // Upgrade starts a fresh copy of the program (the executable is read from
 // disk again; same arguments, environment and working directory) and
 // hands the sockets over to it. It returns nil once the successor is
-// ready: Exit is closed and this process should drain and exit. On any
+// ready and this process has stopped accepting; Exit is closed then, or,
+// with a canary window (Config.CanaryWindow), once the successor has
+// lasted it, and this process should then drain and exit. Should the
+// successor die within the window, this process serves again instead and
+// Status.LastReload says so. On any
 // failure (the successor exits, hangs past ReadyTimeout, breaks the
 // protocol, or ctx ends) the successor is refused and stopped: it gets
 // SIGTERM, DrainTimeout to drain what it may have accepted, then SIGKILL;

@@ -234,8 +234,12 @@ func (u *Upgrader) Ready() error {
 	return nil
 }
 
-// Exit returns a channel that is closed once a successor has taken over.
-// The program should then finish its in-flight work and exit.
+// Exit returns a channel that is closed once a successor has taken over
+// for good: when it is ready, or, with a canary window, once it has lasted
+// the window (or stops, or hands over itself, within it). The program
+// should then finish its in-flight work and exit. During the window the
+// program's Accept calls wait; they take connections again after a
+// rollback.
 func (u *Upgrader) Exit() <-chan struct{} { return u.exit }
 
 // Generation counts the processes that have served so far: 1 for a fresh
