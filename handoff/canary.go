@@ -1,0 +1,122 @@
+package handoff
+
+import (
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/handoffd/handoff/internal/wire"
+)
+
+// The canary window: after the commit the old process stops accepting
+// but keeps its sockets, its control socket and the link to the
+// successor, so that it can take the service back should the successor
+// die before it has proven itself. lifecycle.go holds the transitions
+// (commit, prove, rollback); this file watches the window.
+//
+// The link tells the two endings apart: a successor that stops (Stop) or
+// hands over to one of its own sends release first; one that crashes,
+// panics or is killed just closes it, as its exit does.
+
+// canary is one window: what the old process keeps until it ends.
+type canary struct {
+	link    *successorLink
+	child   *successorProcess // nil for a takeover by a process this one did not start
+	pid     int
+	inUnit  bool
+	ctrl    *net.UnixListener // this process's copy of the control socket, not served meanwhile
+	readyAt time.Time         // when done was sent
+	end     chan struct{}     // closed by prove, rollback or close
+}
+
+// rollbackWait bounds the wait for a successor that closed its link to
+// be reaped, so that the rollback can say how it ended: a process that
+// exits closes its descriptors last, an instant before it is a zombie.
+const rollbackWait = 100 * time.Millisecond
+
+// canaryWindow is the window for a successor with capabilities caps: none
+// when it is off, when the successor cannot release this process, or
+// when a datagram socket is in use (its reader cannot be paused).
+func (u *Upgrader) canaryWindow(caps uint64) time.Duration {
+	if u.cfg.CanaryWindow <= 0 || caps&wire.CapCanary == 0 || u.reg.hasPacket() {
+		return 0
+	}
+	return u.cfg.CanaryWindow
+}
+
+// watchCanary waits for the window's end: it passes, the successor
+// releases this process, or the link breaks, which rolls back.
+func (u *Upgrader) watchCanary(c *canary, window time.Duration) {
+	defer u.wg.Done()
+	timer := time.NewTimer(window)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		u.prove(c, fmt.Sprintf("it served for the canary window (%s)", window))
+	case <-c.link.released:
+		u.prove(c, c.link.releaseReason())
+	case <-c.link.lost:
+		select {
+		case <-c.link.released: // release, then exit: it stopped
+			u.prove(c, c.link.releaseReason())
+			return
+		default:
+		}
+		u.rollback(c, u.successorEnd(c))
+	case <-c.end: // Stop or Close
+	case <-u.ctx.Done():
+	}
+}
+
+// successorEnd says how the successor of c ended, for the log and
+// Status. A successor this process started is reaped; one that broke the
+// link but still runs is stopped, as after a failed upgrade.
+func (u *Upgrader) successorEnd(c *canary) string {
+	after := time.Since(c.readyAt).Round(time.Millisecond)
+	if c.child == nil {
+		return fmt.Sprintf("successor pid %d closed the link %s after it was ready (exited?): %v; rolled back", c.pid, after, c.link.err())
+	}
+	select {
+	case <-c.child.exited():
+		return fmt.Sprintf("successor pid %d ended (%s) %s after it was ready; rolled back", c.pid, c.child.status(), after)
+	case <-time.After(rollbackWait):
+		u.stopSuccessor(c.child)
+		return fmt.Sprintf("successor pid %d broke the link %s after it was ready (%v) and is being stopped; rolled back", c.pid, after, c.link.err())
+	}
+}
+
+// waitCanary waits, in serveControl, until the canary window that took
+// its socket away ends: serving resumes after a rollback, and finds the
+// socket closed otherwise.
+func (u *Upgrader) waitCanary() {
+	u.mu.Lock()
+	c := u.canary
+	u.mu.Unlock()
+	if c != nil {
+		<-c.end
+	}
+}
+
+// recordRollbackLocked marks the upgrade that c's successor completed as
+// rolled back, for Status. u.mu is held.
+func (u *Upgrader) recordRollbackLocked(c *canary, reason string) {
+	r := &ReloadResult{At: c.readyAt, Successor: c.pid, Error: reason, RolledBack: true}
+	if last := u.lastReload; last != nil && last.Successor == c.pid {
+		r.At, r.Duration = last.At, last.Duration
+	}
+	u.lastReload = r
+}
+
+// releasePredecessor tells a predecessor that stands by for this process
+// that it need not any more: this process stops, or has handed over.
+func (u *Upgrader) releasePredecessor(why string) {
+	u.mu.Lock()
+	pred, caps := u.pred, u.predCaps
+	u.mu.Unlock()
+	if pred == nil || caps&wire.CapCanary == 0 {
+		return
+	}
+	if err := pred.Send(wire.Release{Reason: why}, nil, time.Now().Add(u.cfg.StepTimeout)); err != nil {
+		u.log.Debug("could not release the predecessor", "predecessor", u.predPID, "err", err)
+	}
+}

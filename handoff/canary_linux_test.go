@@ -1,0 +1,279 @@
+package handoff
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The canary window, with real successors: the test process is the old
+// generation, its successors the test binary in a helper role.
+
+func init() {
+	// ready-then-die: take over, serve, say ready, and after envWait
+	// exit with status 2 without a word, as a build that crashes soon
+	// after it started serving does.
+	registerHelper("ready-then-die", func() error {
+		u, err := New(context.Background(), helperConfig())
+		if err != nil {
+			return err
+		}
+		ln, err := u.Listen("tcp", os.Getenv(envAddr))
+		if err != nil {
+			return err
+		}
+		go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "successor") }))
+		if err := u.Ready(); err != nil {
+			return err
+		}
+		wait, _ := time.ParseDuration(os.Getenv(envWait))
+		time.Sleep(wait) // the crash comes this long after ready: the test's subject
+		os.Exit(2)
+		return nil
+	})
+	// ready-then-stop: take over, say ready, and on SIGTERM stop as a
+	// program should: Stop, drain, Close.
+	registerHelper("ready-then-stop", func() error {
+		stop := make(chan os.Signal, 1)
+		signal.Notify(stop, syscall.SIGTERM)
+		u, err := New(context.Background(), helperConfig())
+		if err != nil {
+			return err
+		}
+		defer u.Close()
+		ln, err := u.Listen("tcp", os.Getenv(envAddr))
+		if err != nil {
+			return err
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "successor") })}
+		go srv.Serve(ln)
+		if err := u.Ready(); err != nil {
+			return err
+		}
+		<-stop
+		u.Stop()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(ctx)
+	})
+}
+
+// canaryOld is the old generation: an Upgrader with a canary window,
+// serving "old" over HTTP on a loopback port its successors take over.
+func canaryOld(t *testing.T, window time.Duration, role, wait string) (*Upgrader, string) {
+	t.Helper()
+	cfg := testConfig(t)
+	cfg.CanaryWindow = window
+	cfg.PIDFile = cfg.Socket + ".pid"
+	t.Setenv(envHelper, role)
+	t.Setenv(envSocket, cfg.Socket)
+	t.Setenv(envPID, cfg.PIDFile)
+	t.Setenv(envAddr, "127.0.0.1:0")
+	t.Setenv(envWait, wait)
+	old := newUpgrader(t, cfg)
+	ln, err := old.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "old") })}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		srv.Close()
+		recvWithin(t, served, "the old server's Serve to return")
+	})
+	if err := old.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	return old, ln.Addr().String()
+}
+
+// load sends requests on new connections, one after another from each of
+// four clients, until stop is closed, and returns what answered and what
+// failed. The clients never retry.
+func load(addr string, stop <-chan struct{}) (answered map[string]int, failed []string) {
+	answered = map[string]int{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, MaxIdleConnsPerHost: -1}, Timeout: 10 * time.Second}
+			for n := 0; n < 100000; n++ { // bounded; stop ends it long before
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := client.Get("http://" + addr + "/")
+				var body []byte
+				if err == nil {
+					body, err = io.ReadAll(resp.Body)
+					resp.Body.Close()
+				}
+				mu.Lock()
+				if err != nil {
+					failed = append(failed, err.Error())
+				} else {
+					answered[string(body)]++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return answered, failed
+}
+
+// TestCanaryRollback: a successor that exits with status 2 soon after it
+// said ready leaves the old process serving again, on the same sockets,
+// with no request failed; Status says why, and Exit was never closed.
+func TestCanaryRollback(t *testing.T) {
+	for _, after := range []string{"0s", "200ms", "1s"} {
+		t.Run("dies "+after+" after ready", func(t *testing.T) {
+			old, addr := canaryOld(t, 10*time.Second, "ready-then-die", after)
+			stop := make(chan struct{})
+			results := make(chan map[string]int, 1)
+			failures := make(chan []string, 1)
+			go func() {
+				answered, failed := load(addr, stop)
+				results <- answered
+				failures <- failed
+			}()
+			if err := old.Upgrade(context.Background()); err != nil {
+				close(stop)
+				t.Fatalf("Upgrade: %v", err)
+			}
+			waitFor(t, "the rollback", func() bool { return old.Status().State == "serving" })
+			// The old process serves again: requests after the rollback
+			// reach it.
+			waitFor(t, "the old process answering again", func() bool {
+				resp, err := http.Get("http://" + addr + "/")
+				if err != nil {
+					return false
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				return string(b) == "old"
+			})
+			close(stop)
+			answered := recvWithin(t, results, "the load to stop")
+			failed := recvWithin(t, failures, "the load's failures")
+			// Nothing is refused and nothing queued is lost. What the
+			// successor had accepted and not answered dies with it: at
+			// most one request per client, each in flight at its crash.
+			for _, f := range failed {
+				if strings.Contains(f, "refused") || !strings.Contains(f, "reset") && !strings.Contains(f, "EOF") {
+					t.Errorf("a request failed other than by the successor's crash: %s", f)
+				}
+			}
+			if len(failed) > 4 {
+				t.Fatalf("%d requests failed, more than the 4 the crashed successor can have held (answered: %v): %q", len(failed), answered, failed[:5])
+			}
+			t.Logf("answered: %v; cut by the crash: %d", answered, len(failed))
+			select {
+			case <-old.Exit():
+				t.Fatal("Exit was closed, though the successor never proved itself")
+			default:
+			}
+			st := old.Status()
+			if r := st.LastReload; r == nil || !r.RolledBack || !strings.Contains(r.Error, "exit status 2") || !strings.Contains(r.Error, "rolled back") {
+				t.Fatalf("Status.LastReload = %+v; want a rollback saying exit status 2", r)
+			}
+			waitFor(t, "the pid file to name this process again", func() bool {
+				b, err := os.ReadFile(old.cfg.PIDFile)
+				return err == nil && strings.TrimSpace(string(b)) == fmt.Sprint(os.Getpid())
+			})
+			// A later upgrade can be tried at once, through the control
+			// socket the old process serves again.
+			if _, err := RequestStatus(context.Background(), old.cfg.Socket); err != nil {
+				t.Fatalf("status request after the rollback: %v", err)
+			}
+			if err := old.Upgrade(context.Background()); err != nil {
+				t.Fatalf("second Upgrade: %v", err)
+			}
+			waitFor(t, "the second rollback", func() bool { return old.Status().State == "serving" })
+			waitFor(t, "the successors to be reaped", func() bool { return len(children(t)) == 0 })
+		})
+	}
+}
+
+// TestCanaryWindowPasses: a successor that lasts the window is proven:
+// only then is Exit closed, and the old process's listener closes.
+func TestCanaryWindowPasses(t *testing.T) {
+	const window = 400 * time.Millisecond
+	old, _ := canaryOld(t, window, "ready-then-stop", "0s")
+	t0 := time.Now()
+	if err := old.Upgrade(context.Background()); err != nil {
+		t.Fatalf("Upgrade: %v", err)
+	}
+	if st := old.Status().State; st != "canary" {
+		t.Fatalf("state after Upgrade = %q, want canary", st)
+	}
+	select {
+	case <-old.Exit():
+		t.Fatal("Exit closed before the window passed")
+	default:
+	}
+	recvWithin(t, old.Exit(), "Exit, once the window passed")
+	if took := time.Since(t0); took < window {
+		t.Fatalf("Exit closed after %v, before the %v window", took, window)
+	}
+	if st := old.Status().State; st != "handed-over" {
+		t.Fatalf("state after the window = %q, want handed-over", st)
+	}
+	stopSuccessors(t)
+}
+
+// TestCanaryReleasedByStop: a successor that stops (Stop, as on SIGTERM)
+// within the window releases the old process, which does not take the
+// service back: it hands over and exits, as the unit stops.
+func TestCanaryReleasedByStop(t *testing.T) {
+	old, _ := canaryOld(t, time.Minute, "ready-then-stop", "0s")
+	if err := old.Upgrade(context.Background()); err != nil {
+		t.Fatalf("Upgrade: %v", err)
+	}
+	stopSuccessors(t)
+	recvWithin(t, old.Exit(), "Exit, once the stopping successor released this process")
+	if r := old.Status().LastReload; r == nil || r.RolledBack {
+		t.Fatalf("LastReload = %+v; want no rollback", r)
+	}
+}
+
+// TestCanaryOff: with a negative window Exit is closed when Upgrade
+// returns, as before.
+func TestCanaryOff(t *testing.T) {
+	old, _ := canaryOld(t, -1, "ready-then-stop", "0s")
+	if err := old.Upgrade(context.Background()); err != nil {
+		t.Fatalf("Upgrade: %v", err)
+	}
+	select {
+	case <-old.Exit():
+	default:
+		t.Fatal("Exit not closed when Upgrade returned, with the window off")
+	}
+	stopSuccessors(t)
+}
+
+// stopSuccessors sends SIGTERM to this process's children and waits
+// until they are gone.
+func stopSuccessors(t *testing.T) {
+	t.Helper()
+	for _, pid := range children(t) {
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
+	waitFor(t, "the successors to exit", func() bool {
+		for _, pid := range children(t) {
+			var st syscall.WaitStatus
+			syscall.Wait4(pid, &st, syscall.WNOHANG, nil)
+		}
+		return len(children(t)) == 0
+	})
+}
