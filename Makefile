@@ -9,13 +9,16 @@ FUZZTIME ?= 1000000x
 CROSS_OS ?= darwin freebsd windows
 UNIT_PKGS = $$($(GO) list ./... | grep -v /integration)
 
-.PHONY: help build demo test integration check fuzz fuzz-ci lint cover bench deps
+.PHONY: help build release demo test integration check fuzz fuzz-ci lint cover bench deps
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## build every binary into bin/
 	$(GO) build -o bin/ ./cmd/... ./examples/...
+
+release: ## static handoff binaries for linux/amd64 and linux/arm64 in dist/, with SHA256SUMS (VERSION= overrides git describe)
+	GO=$(GO) ./scripts/release.sh
 
 demo: ## the main job: restart a server under load, count failed requests
 	$(GO) run ./internal/demo
@@ -26,7 +29,7 @@ test: ## unit tests, with the race detector
 integration: deps ## integration tests: real binaries, processes, sockets and load
 	$(GO) test -race -count=1 -timeout 25m ./integration/...
 
-check: lint test fuzz-ci integration ## everything CI runs (README's test command)
+check: lint release test fuzz-ci integration ## everything CI runs (README's test command)
 
 fuzz: ## fuzz the wire decoder for FUZZTIME executions (default 1000000x, about a minute)
 	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME) -fuzzminimizetime=100x ./internal/wire
