@@ -100,7 +100,7 @@ func TestLinkPipelines(t *testing.T) {
 		}
 	}
 	for range sessions {
-		if err := <-errs; err != nil {
+		if err := recvWithin(t, errs, "a send to be acknowledged"); err != nil {
 			t.Fatalf("send: %v", err)
 		}
 	}
@@ -136,7 +136,7 @@ func TestLinkFails(t *testing.T) {
 				t.Fatal(err)
 			}
 			for range sessions {
-				if err := <-errs; !errors.Is(err, ErrConnUnknown) || errors.Is(err, ErrNoSuccessor) {
+				if err := recvWithin(t, errs, "a send to fail"); !errors.Is(err, ErrConnUnknown) || errors.Is(err, ErrNoSuccessor) {
 					t.Fatalf("send = %v, want ErrConnUnknown", err)
 				}
 			}
@@ -189,7 +189,7 @@ func TestHTTPShutdownWaitsForLink(t *testing.T) {
 	if err := successor.Send(wire.ConnAck{ID: cm.ID, OK: true}, nil, time.Now().Add(10*time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; err != nil {
+	if err := recvWithin(t, done, "Shutdown to return once the connection moved"); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
 	echoesThrough(t, idle.c, moved, "GET /3 HTTP/1.1\r\n")

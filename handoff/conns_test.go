@@ -80,7 +80,7 @@ func TestSendConn(t *testing.T) {
 	if err := next.Ready(); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-sent; err != nil {
+	if err := recvWithin(t, sent, "SendConn to the successor"); err != nil {
 		t.Fatalf("SendConn: %v", err)
 	}
 	c, state, err := next.AcceptConn(context.Background())

@@ -665,21 +665,6 @@ func TestMistakesSayWhat(t *testing.T) {
 	})
 }
 
-// recvWithin receives from ch, failing the test if nothing comes within
-// 10 s.
-func recvWithin[T any](t testing.TB, ch <-chan T, what string) T {
-	t.Helper()
-	timer := time.NewTimer(10 * time.Second)
-	defer timer.Stop()
-	select {
-	case v := <-ch:
-		return v
-	case <-timer.C:
-		t.Fatalf("timed out after 10s waiting for %s", what)
-		panic("unreachable")
-	}
-}
-
 // lineReader yields a helper's output line by line.
 type lineReader struct{ lines chan string }
 

@@ -33,7 +33,7 @@ func TestHTTPServerShutdownRightAfterServe(t *testing.T) {
 		if err != nil {
 			t.Fatalf("round %d: Shutdown = %v, want nil", i, err)
 		}
-		if err := <-served; err != http.ErrServerClosed {
+		if err := recvWithin(t, served, "Serve to return after Shutdown"); err != http.ErrServerClosed {
 			t.Fatalf("round %d: Serve = %v, want ErrServerClosed", i, err)
 		}
 	}

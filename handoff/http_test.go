@@ -103,13 +103,17 @@ func startHTTP(t testing.TB, cfg Config, name string, handler http.HandlerFunc) 
 }
 
 // slowPath returns a handler that answers "NAME PATH" and holds /slow
-// until release is closed; entered is closed once /slow has arrived.
+// until release is closed (or the client goes away); entered is closed
+// once /slow has arrived.
 func slowPath(name string) (h http.HandlerFunc, entered, release chan struct{}) {
 	entered, release = make(chan struct{}), make(chan struct{})
 	h = func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
 			close(entered)
-			<-release
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
 		}
 		fmt.Fprintf(w, "%s %s", name, r.URL.Path)
 	}
@@ -126,22 +130,68 @@ func (g *httpGeneration) waitConns(t testing.TB, n int, what string) {
 	})
 }
 
-// drain shuts g's server down after its successor took over, and
-// reports how long that took.
-func (g *httpGeneration) drain(t testing.TB) time.Duration {
-	t.Helper()
-	<-g.upg.Exit()
+// drain does what the old process does once its successor took over: it
+// shuts its server down and exits. It reports how long the shutdown took.
+// Each of its waits ends after waitBound, or when ctx is done; it does not
+// touch a testing.T, so that it can run beside the test (startDrain).
+func (g *httpGeneration) drain(ctx context.Context) (time.Duration, error) {
+	defer g.upg.Close() // the process exits
+	exitCtx, cancel := context.WithTimeout(ctx, waitBound)
+	defer cancel()
+	select {
+	case <-g.upg.Exit():
+	case <-exitCtx.Done():
+		return 0, fmt.Errorf("waiting for Exit: %w", exitCtx.Err())
+	}
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel = context.WithTimeout(ctx, waitBound)
 	defer cancel()
 	if err := g.srv.Shutdown(ctx); err != nil {
-		t.Errorf("Shutdown: %v", err)
+		return 0, fmt.Errorf("Shutdown: %w", err)
 	}
-	if err := <-g.served; !errors.Is(err, http.ErrServerClosed) {
-		t.Errorf("Serve returned %v, want http.ErrServerClosed", err)
+	select {
+	case err := <-g.served:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return 0, fmt.Errorf("Serve returned %v, want http.ErrServerClosed", err)
+		}
+	case <-ctx.Done():
+		return 0, fmt.Errorf("Serve did not return after Shutdown: %w", ctx.Err())
 	}
-	g.upg.Close() // the process exits
-	return time.Since(start)
+	return time.Since(start), nil
+}
+
+type drainResult struct {
+	took time.Duration
+	err  error
+}
+
+// startDrain runs drain beside the test; joinDrain waits for its outcome.
+// The drain is joined before the test ends in any case: a test that fails
+// first cancels it at cleanup.
+func (g *httpGeneration) startDrain(t testing.TB) <-chan drainResult {
+	ctx, cancel := context.WithCancel(context.Background())
+	result, finished := make(chan drainResult, 1), make(chan struct{})
+	go func() {
+		defer close(finished)
+		took, err := g.drain(ctx)
+		result <- drainResult{took, err}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		recvWithin(t, finished, "the drain to end")
+	})
+	return result
+}
+
+// joinDrain waits for a drain startDrain began, fails the test if it
+// failed, and returns how long the shutdown took.
+func joinDrain(t testing.TB, drained <-chan drainResult) time.Duration {
+	t.Helper()
+	r := recvWithin(t, drained, "the old process to drain")
+	if r.err != nil {
+		t.Fatalf("drain: %v", r.err)
+	}
+	return r.took
 }
 
 // TestHTTPDrainWithoutSuccessor: with nobody to hand connections to,
@@ -159,7 +209,7 @@ func TestHTTPDrainWithoutSuccessor(t *testing.T) {
 	fresh := dialHTTP(t, g.addr) // accepted, no request yet
 	inflight := dialHTTP(t, g.addr)
 	fmt.Fprintf(inflight.c, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
-	<-entered
+	recvWithin(t, entered, "the slow request to reach its handler")
 	g.waitConns(t, 3, "three connections")
 
 	g.upg.Stop()
@@ -188,7 +238,7 @@ func TestHTTPDrainWithoutSuccessor(t *testing.T) {
 	if body, closing, err := inflight.get("/3"); err != nil || body != "old /3" || !closing {
 		t.Fatalf("after the in-flight request: %q, Connection: close %v, %v", body, closing, err)
 	}
-	if err := <-done; err != nil {
+	if err := recvWithin(t, done, "Shutdown to return once the last request is answered"); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
 }
@@ -208,12 +258,11 @@ func TestHTTPHandoffKeepsConnection(t *testing.T) {
 	fresh := dialHTTP(t, old.addr)
 	inflight := dialHTTP(t, old.addr)
 	fmt.Fprintf(inflight.c, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
-	<-entered
+	recvWithin(t, entered, "the slow request to reach its handler")
 	old.waitConns(t, 3, "three connections")
 
 	startHTTP(t, cfg, "new", nil)
-	drained := make(chan time.Duration, 1)
-	go func() { drained <- old.drain(t) }()
+	drained := old.startDrain(t)
 	old.waitConns(t, 1, "the idle connections to be handed over")
 	for name, c := range map[string]*httpClient{"idle": idle, "fresh": fresh} {
 		body, closing, err := c.get("/2")
@@ -229,7 +278,7 @@ func TestHTTPHandoffKeepsConnection(t *testing.T) {
 	// arrives before the connection goes idle; it is answered there and
 	// the connection moves right after.
 	inflight.getUntil(t, "new")
-	if took := <-drained; took > 5*time.Second {
+	if took := joinDrain(t, drained); took > 5*time.Second {
 		t.Fatalf("old process drained in %v despite handing connections over", took)
 	}
 }
@@ -251,8 +300,7 @@ func TestHTTPBusyConnectionMovesAfterResponse(t *testing.T) {
 	old.waitConns(t, 2, "two connections")
 
 	startHTTP(t, cfg, "new", nil)
-	drained := make(chan time.Duration, 1)
-	go func() { drained <- old.drain(t) }()
+	drained := old.startDrain(t)
 	// The pass that handed the fresh connection over skipped the busy one.
 	old.waitConns(t, 1, "the fresh connection to be handed over")
 	if body, closing, err := busy.get("/2"); err != nil || body != "old /2" || closing {
@@ -264,7 +312,7 @@ func TestHTTPBusyConnectionMovesAfterResponse(t *testing.T) {
 	// The busy connection moves once /2 is answered, unless /3 reaches
 	// net/http's read-ahead first (see TestHTTPHandoffKeepsConnection).
 	busy.getUntil(t, "new")
-	<-drained
+	joinDrain(t, drained)
 }
 
 // TestHTTPHandoffRace: keep-alive clients send requests back to back
@@ -304,7 +352,9 @@ func TestHTTPHandoffRace(t *testing.T) {
 		before := requests.Load()
 		waitFor(t, "requests to flow", func() bool { return requests.Load() > before+20 || len(errs) > 0 })
 		next := startHTTP(t, cfg, fmt.Sprint("gen", n), nil)
-		gen.drain(t)
+		if _, err := gen.drain(context.Background()); err != nil {
+			t.Fatalf("drain of generation %d: %v", n-1, err)
+		}
 		gen = next
 	}
 	stop.Store(true)
@@ -327,7 +377,7 @@ func TestHTTPPipelinedDuringDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	startHTTP(t, cfg, "new", nil)
-	go old.drain(t)
+	drained := old.startDrain(t)
 	for round := range 20 {
 		c.c.SetDeadline(time.Now().Add(10 * time.Second))
 		fmt.Fprintf(c.c, "GET /a%d HTTP/1.1\r\nHost: t\r\n\r\nGET /b%d HTTP/1.1\r\nHost: t\r\n\r\n", round, round)
@@ -338,6 +388,7 @@ func TestHTTPPipelinedDuringDrain(t *testing.T) {
 			}
 		}
 	}
+	joinDrain(t, drained)
 }
 
 // TestHTTPDrainWaitsForPredecessor: a process that has handed over in
@@ -351,18 +402,16 @@ func TestHTTPDrainWaitsForPredecessor(t *testing.T) {
 	gen1 := startHTTP(t, cfg, "gen1", handler)
 	c := dialHTTP(t, gen1.addr)
 	fmt.Fprintf(c.c, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
-	<-entered
+	recvWithin(t, entered, "the slow request to reach its handler")
 	gen2 := startHTTP(t, cfg, "gen2", nil)
-	gen1Drained := make(chan time.Duration, 1)
-	go func() { gen1Drained <- gen1.drain(t) }()
+	gen1Drained := gen1.startDrain(t)
 	startHTTP(t, cfg, "gen3", nil)
-	gen2Drained := make(chan time.Duration, 1)
-	go func() { gen2Drained <- gen2.drain(t) }()
+	gen2Drained := gen2.startDrain(t)
 	close(release)
 	if body, _, err := c.read(); err != nil || body != "gen1 /slow" {
 		t.Fatalf("in-flight request: %q, %v", body, err)
 	}
 	c.getUntil(t, "gen3")
-	<-gen1Drained
-	<-gen2Drained
+	joinDrain(t, gen1Drained)
+	joinDrain(t, gen2Drained)
 }

@@ -80,16 +80,48 @@ func testConfig(t testing.TB) Config {
 	}
 }
 
-// waitFor polls cond until it holds or the deadline passes. It waits on
-// observable state, never on time alone.
+// waitBound bounds every wait in these tests: long enough for a loaded
+// machine under -race, short enough that a test that hangs fails well
+// before go test's -timeout and says what it waited for.
+const waitBound = 10 * time.Second
+
+// waitFor polls cond until it holds, failing the test after waitBound
+// with what it waited for. It waits on observable state, never on time
+// alone.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	if !eventually(waitBound, cond) {
+		t.Fatalf("timed out after %v waiting for %s", waitBound, what)
+	}
+}
+
+// eventually polls cond every millisecond until it holds or within has
+// passed, and reports whether it held. Tests call waitFor; eventually is
+// for a caller that writes its own report (checkLeaks).
+func eventually(within time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(within)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			return false
 		}
 		time.Sleep(time.Millisecond)
+	}
+	return true
+}
+
+// recvWithin receives from ch, failing the test after waitBound with
+// what it waited for. A closed channel yields T's zero value, so it also
+// waits for a channel to be closed (Exit, a done channel).
+func recvWithin[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	timer := time.NewTimer(waitBound)
+	defer timer.Stop()
+	select {
+	case v := <-ch:
+		return v
+	case <-timer.C:
+		t.Fatalf("timed out after %v waiting for %s", waitBound, what)
+		panic("unreachable")
 	}
 }
 
@@ -113,17 +145,13 @@ func checkLeaks(t *testing.T) {
 		if t.Failed() {
 			return
 		}
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			nowFDs, nowG := openFDs(t), runtime.NumGoroutine()
-			if nowFDs <= fds && nowG <= goroutines {
-				return
-			}
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Fatalf("leak: %d fds (was %d), %d goroutines (was %d)\n%s", nowFDs, fds, nowG, goroutines, buf[:runtime.Stack(buf, true)])
-			}
-			time.Sleep(5 * time.Millisecond)
+		var nowFDs, nowG int
+		if !eventually(5*time.Second, func() bool {
+			nowFDs, nowG = openFDs(t), runtime.NumGoroutine()
+			return nowFDs <= fds && nowG <= goroutines
+		}) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("leak: %d fds (was %d), %d goroutines (was %d)\n%s", nowFDs, fds, nowG, goroutines, buf[:runtime.Stack(buf, true)])
 		}
 	})
 }

@@ -135,10 +135,27 @@ func children(t testing.TB) []int {
 	return pids
 }
 
+// successorPID returns the pid that the server on addr answers with (the
+// successor role serves its pid), failing the test unless it is another
+// process's.
+func successorPID(t testing.TB, addr string) int {
+	t.Helper()
+	tag := fetchTag(t, "tcp", addr)
+	pid, err := strconv.Atoi(tag)
+	if err != nil || pid <= 0 || pid == os.Getpid() {
+		t.Fatalf("the server on %s answered %q, want a successor's pid", addr, tag)
+	}
+	return pid
+}
+
 // stopChild ends a successor this test's process started (through
 // Upgrade) and reaps it.
 func stopChild(t testing.TB, pid int) {
 	t.Helper()
+	if pid <= 0 { // kill(2) would signal a process group, or everyone
+		t.Errorf("no successor to stop (pid %d)", pid)
+		return
+	}
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Errorf("kill %d: %v", pid, err)
 		return
@@ -175,15 +192,11 @@ func TestUpgradeStartsSuccessor(t *testing.T) {
 	if err := old.Upgrade(context.Background()); err != nil {
 		t.Fatalf("Upgrade: %v", err)
 	}
-	<-old.Exit()
-	tag := fetchTag(t, "tcp", addr)
-	pid, err := strconv.Atoi(tag)
-	if err != nil || pid == os.Getpid() {
-		t.Fatalf("after the upgrade the server answered %q", tag)
-	}
+	recvWithin(t, old.Exit(), "Exit once the successor is ready")
+	pid := successorPID(t, addr)
 	defer stopChild(t, pid)
-	if b, _ := os.ReadFile(cfg.PIDFile); strings.TrimSpace(string(b)) != tag {
-		t.Fatalf("pid file %q, want the successor's %s", b, tag)
+	if b, _ := os.ReadFile(cfg.PIDFile); strings.TrimSpace(string(b)) != strconv.Itoa(pid) {
+		t.Fatalf("pid file %q, want the successor's %d", b, pid)
 	}
 }
 
@@ -196,11 +209,8 @@ func TestRequestReloadUpgrades(t *testing.T) {
 	if err := RequestReload(context.Background(), cfg.Socket, func(l string) { lines = append(lines, l) }); err != nil {
 		t.Fatalf("reload: %v", err)
 	}
-	<-old.Exit()
-	pid, _ := strconv.Atoi(fetchTag(t, "tcp", addr))
-	if pid == 0 || pid == os.Getpid() {
-		t.Fatal("reload did not upgrade")
-	}
+	recvWithin(t, old.Exit(), "Exit once the successor is ready")
+	pid := successorPID(t, addr)
 	defer stopChild(t, pid)
 	if want := fmt.Sprintf("successor pid %d is serving", pid); len(lines) != 2 || lines[1] != want {
 		t.Errorf("progress %q, want it to end with %q", lines, want)
@@ -224,10 +234,9 @@ func TestRequestReloadAnsweredAtExit(t *testing.T) {
 			old.Close()
 		}()
 		err := RequestReload(context.Background(), cfg.Socket, nil)
-		<-old.Exit()
-		<-closed
-		pid, _ := strconv.Atoi(fetchTag(t, "tcp", addr))
-		stopChild(t, pid)
+		recvWithin(t, old.Exit(), "Exit once the successor is ready")
+		recvWithin(t, closed, "the old Upgrader to close at Exit")
+		stopChild(t, successorPID(t, addr))
 		if err != nil {
 			t.Fatalf("reload: %v", err)
 		}
@@ -260,11 +269,7 @@ func TestUpgradeSuccessorFails(t *testing.T) {
 			if err := old.Upgrade(context.Background()); err != nil {
 				t.Fatalf("second Upgrade: %v", err)
 			}
-			pid, _ := strconv.Atoi(fetchTag(t, "tcp", addr))
-			if pid == 0 || pid == os.Getpid() {
-				t.Fatalf("second upgrade did not take over")
-			}
-			stopChild(t, pid)
+			stopChild(t, successorPID(t, addr))
 		})
 	}
 }
@@ -287,7 +292,7 @@ func TestUpgradeInProgress(t *testing.T) {
 	if _, err := New(context.Background(), cfg); !errors.Is(err, ErrInProgress) {
 		t.Fatalf("takeover during an upgrade = %v, want ErrInProgress", err)
 	}
-	if err := <-first; !errors.Is(err, ErrSuccessorFailed) {
+	if err := recvWithin(t, first, "the hanging upgrade to fail"); !errors.Is(err, ErrSuccessorFailed) {
 		t.Fatalf("hanging upgrade = %v", err)
 	}
 }
@@ -299,18 +304,22 @@ func TestUpgradeContextCanceledAtExit(t *testing.T) {
 	checkLeaks(t)
 	old, _, addr := upgradeSetup(t, "successor", 10*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	go func() {
-		<-old.Exit()
-		cancel()
+		select {
+		case <-old.Exit():
+			cancel()
+		case <-ctx.Done():
+		}
 	}()
 	if err := old.Upgrade(ctx); err != nil {
 		t.Fatalf("Upgrade: %v", err)
 	}
+	defer stopChild(t, successorPID(t, addr))
+	recvWithin(t, ctx.Done(), "the context to be canceled at Exit")
 	if link := old.successor(); link == nil || link.dead.Load() {
 		t.Fatal("the link to the successor broke when the context was canceled after the commit")
 	}
-	pid, _ := strconv.Atoi(fetchTag(t, "tcp", addr))
-	stopChild(t, pid)
 }
 
 // TestUpgradeCanceled: canceling Upgrade's context stops the successor
@@ -358,10 +367,9 @@ func TestPeerOtherUser(t *testing.T) {
 	if err != nil {
 		t.Fatalf("peer: %v\n%s", err, stderr.Bytes())
 	}
-	for _, code := range strings.Fields(string(out)) {
-		if c, _ := strconv.Atoi(code); RefusalCode(c) != RefusedPermission {
-			t.Fatalf("peer of another user got codes %q, want %d for its hello and its request", out, RefusedPermission)
-		}
+	want := fmt.Sprintf("%d %d", RefusedPermission, RefusedPermission)
+	if got := strings.Join(strings.Fields(string(out)), " "); got != want {
+		t.Fatalf("peer of another user got codes %q, want %q: %d for its hello and for its request", out, want, RefusedPermission)
 	}
 }
 

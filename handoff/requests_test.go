@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -44,8 +45,17 @@ func TestRequestReload(t *testing.T) {
 	entered, release := make(chan struct{}), make(chan error)
 	cfg.Reload = func(ctx context.Context, progress func(string)) error {
 		progress("step one")
-		entered <- struct{}{}
-		return <-release
+		select {
+		case entered <- struct{}{}:
+		case <-ctx.Done(): // the test failed and closed u
+			return ctx.Err()
+		}
+		select {
+		case err := <-release:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	u := newUpgrader(t, cfg)
 	if err := u.Ready(); err != nil {
@@ -64,7 +74,7 @@ func TestRequestReload(t *testing.T) {
 				mu.Unlock()
 			})
 		}()
-		<-entered
+		recvWithin(t, entered, "the reload to start")
 		if err := RequestReload(context.Background(), cfg.Socket, nil); !errors.Is(err, ErrInProgress) {
 			t.Fatalf("concurrent reload = %v, want ErrInProgress", err)
 		}
@@ -72,7 +82,7 @@ func TestRequestReload(t *testing.T) {
 			t.Fatalf("concurrent Reload = %v, want ErrInProgress", err)
 		}
 		release <- outcome
-		err := <-done
+		err := recvWithin(t, done, "the reload request to be answered")
 		switch {
 		case outcome == nil && err != nil:
 			t.Fatalf("reload: %v", err)
@@ -106,10 +116,47 @@ func TestRequestErrors(t *testing.T) {
 	if _, err := RequestStatus(context.Background(), cfg.Socket); err == nil {
 		t.Error("status with nobody serving succeeded")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
-	defer cancel()
-	<-ctx.Done()
-	if err := RequestReload(ctx, cfg.Socket, nil); err == nil {
-		t.Error("reload with an expired context succeeded")
+}
+
+// TestRequestContextDone: a request whose context has expired or been
+// canceled fails with the context's error and never reaches the serving
+// process, which a request with a live context reaches.
+func TestRequestContextDone(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	var reloads atomic.Int32
+	cfg.Reload = func(context.Context, func(string)) error { reloads.Add(1); return nil }
+	u := newUpgrader(t, cfg)
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	if err := RequestReload(context.Background(), cfg.Socket, nil); err != nil || reloads.Load() != 1 {
+		t.Fatalf("reload with a live context = %v after %d reloads, want it to run once", err, reloads.Load())
+	}
+
+	expired, cancelExpired := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancelExpired()
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, tt := range []struct {
+		name string
+		ctx  context.Context
+		want error
+	}{
+		{"an expired", expired, context.DeadlineExceeded},
+		{"a canceled", canceled, context.Canceled},
+	} {
+		if err := RequestReload(tt.ctx, cfg.Socket, nil); !errors.Is(err, tt.want) {
+			t.Errorf("reload with %s context = %v, want %v", tt.name, err, tt.want)
+		}
+		if _, err := RequestStatus(tt.ctx, cfg.Socket); !errors.Is(err, tt.want) {
+			t.Errorf("status with %s context = %v, want %v", tt.name, err, tt.want)
+		}
+	}
+	if n := reloads.Load(); n != 1 {
+		t.Errorf("%d reloads ran, want only the one with a live context", n)
+	}
+	if st, err := RequestStatus(context.Background(), cfg.Socket); err != nil || st.State != "serving" {
+		t.Errorf("status afterwards = %+v, %v; want serving", st, err)
 	}
 }

@@ -81,7 +81,7 @@ func listenNotify(t *testing.T, path string) *notifyRecorder {
 	}()
 	t.Cleanup(func() {
 		conn.Close()
-		<-done
+		recvWithin(t, done, "the notify recorder to stop reading")
 		for m := range r.msgs {
 			ctl.CloseFDs(m.fds)
 		}

@@ -88,7 +88,7 @@ func TestSocketTransfer(t *testing.T) {
 			if err != nil {
 				t.Fatalf("receive: %v", err)
 			}
-			if err := <-sent; err != nil {
+			if err := recvWithin(t, sent, "the sender to finish"); err != nil {
 				t.Fatalf("send: %v", err)
 			}
 			if len(got) != n {

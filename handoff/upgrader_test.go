@@ -3,11 +3,13 @@ package handoff
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -102,8 +104,8 @@ func TestTakeover(t *testing.T) {
 	if err := next.Ready(); err != nil {
 		t.Fatal(err)
 	}
-	<-old.Exit()
-	if err := <-oldDone; !errors.Is(err, net.ErrClosed) {
+	recvWithin(t, old.Exit(), "Exit once the successor is ready")
+	if err := recvWithin(t, oldDone, "the old listener to close"); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("old listener: %v, want closed", err)
 	}
 	if got := fetchTag(t, "tcp", addr); got != "next" {
@@ -129,13 +131,17 @@ func TestTakeover(t *testing.T) {
 	if err := third.Ready(); err != nil {
 		t.Fatal(err)
 	}
-	<-nextDone
+	if err := recvWithin(t, nextDone, "the second generation's listener to close"); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("second generation's listener: %v, want closed", err)
+	}
 	if got := fetchTag(t, "tcp", addr); got != "third" {
 		t.Fatalf("after second takeover: %q", got)
 	}
 	next.Close()
 	third.Close()
-	<-thirdDone
+	if err := recvWithin(t, thirdDone, "the last listener to close"); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("last listener: %v, want closed", err)
+	}
 	if _, err := os.Stat(cfg.Socket); !os.IsNotExist(err) {
 		t.Fatalf("control socket left behind by the last process: %v", err)
 	}
@@ -203,7 +209,7 @@ func TestOneUpgradeAtATime(t *testing.T) {
 	if err := next.Ready(); err != nil {
 		t.Fatal(err)
 	}
-	<-old.Exit()
+	recvWithin(t, old.Exit(), "Exit once the winner is ready")
 }
 
 // TestSuccessorFailsBeforeReady: whether the successor goes away or
@@ -242,7 +248,7 @@ func TestSuccessorFailsBeforeReady(t *testing.T) {
 			failing.Close()
 
 			servingUpgrader(t, cfg, "next")
-			<-old.Exit()
+			recvWithin(t, old.Exit(), "Exit once the retry is ready")
 			if got := fetchTag(t, "tcp", addr); got != "next" {
 				t.Fatalf("after the retry: %q", got)
 			}
@@ -361,27 +367,84 @@ func TestStaleControlSocketReplaced(t *testing.T) {
 
 // TestUnclaimedSocketsClosed: a socket the predecessor had but this
 // version does not listen on is closed at Ready, and its unix path
-// removed.
+// removed; the one it claimed stays open.
 func TestUnclaimedSocketsClosed(t *testing.T) {
 	checkLeaks(t)
 	cfg := testConfig(t)
 	path := filepath.Join(filepath.Dir(cfg.Socket), "gone.sock")
 	old := newUpgrader(t, cfg)
-	if _, err := old.Listen("unix", path); err != nil {
+	gone, err := old.Listen("unix", path)
+	if err != nil {
 		t.Fatal(err)
 	}
-	keep, err := old.Listen("tcp", "127.0.0.1:0")
+	kept, err := old.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := old.Ready(); err != nil {
 		t.Fatal(err)
 	}
-	readyUpgrader(t, cfg) // the successor
+	goneSocket, keptSocket := fdLink(t, gone.(syscall.Conn)), fdLink(t, kept.(syscall.Conn))
+
+	next := newUpgrader(t, cfg)
+	ln, err := next.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ln.Addr().String() != kept.Addr().String() {
+		t.Fatalf("successor listens on %s, want the inherited %s", ln.Addr(), kept.Addr())
+	}
+	if n := fdsTo(t, goneSocket); n < 2 {
+		t.Fatalf("%d descriptors of the unix socket before the successor's Ready, want the predecessor's and the successor's inherited copy", n)
+	}
+	if err := next.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	recvWithin(t, old.Exit(), "Exit once the successor is ready")
+	old.Close() // the predecessor exits, and its copies go with it
+	if n := fdsTo(t, goneSocket); n != 0 {
+		t.Fatalf("the unclaimed unix socket (%s) is still open in %d descriptors after the successor's Ready", goneSocket, n)
+	}
+	if n := fdsTo(t, keptSocket); n == 0 {
+		t.Fatalf("the claimed tcp socket (%s) was closed too", keptSocket)
+	}
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Fatalf("unclaimed unix socket still there: %v", err)
 	}
-	_ = keep
+}
+
+// fdLink returns what /proc/self/fd says c's descriptor is, such as
+// "socket:[1234]": the same for every descriptor of one socket.
+func fdLink(t testing.TB, c syscall.Conn) string {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var link string
+	if cerr := rc.Control(func(fd uintptr) { link, err = os.Readlink(fmt.Sprint("/proc/self/fd/", fd)) }); cerr != nil {
+		t.Fatal(cerr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return link
+}
+
+// fdsTo counts this process's descriptors that are link (see fdLink).
+func fdsTo(t testing.TB, link string) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, fd := range fds {
+		if l, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name())); err == nil && l == link {
+			n++
+		}
+	}
+	return n
 }
 
 func TestListenErrors(t *testing.T) {
