@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -34,26 +35,58 @@ func TestBenchSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows := 0
-	for _, line := range strings.Split(string(b), "\n") {
-		cells := strings.Split(line, " | ")
-		if len(cells) < 5 || !strings.HasPrefix(cells[0], "| ") {
+	header, rows := markdownTable(string(b))
+	column := func(name string) int {
+		i := slices.Index(header, name)
+		if i < 0 {
+			t.Fatalf("the report's table has no column %q; its header is %q:\n%s", name, header, b)
+		}
+		return i
+	}
+	scenario, failed, moved := column("scenario"), column("failed (by kind)"), column("moved (n, p50)")
+	for _, cells := range rows {
+		if len(cells) != len(header) {
+			t.Errorf("row %q has %d cells, want the header's %d", cells, len(cells), len(header))
 			continue
 		}
-		rows++
-		lossless := strings.HasPrefix(cells[0], "| handoff-") || cells[0] == "| spawn-only"
-		if lossless && cells[4] != "0" {
-			t.Errorf("failed requests in %s", line)
+		lossless := strings.HasPrefix(cells[scenario], "handoff-") || cells[scenario] == "spawn-only"
+		if lossless && cells[failed] != "0" {
+			t.Errorf("failed requests in %q", cells)
 		}
-		library := cells[0] == "| handoff-embedded" || cells[0] == "| handoff-takeover"
-		if library && cells[12] == "—" {
-			t.Errorf("no connection moved in %s", line)
+		library := cells[scenario] == "handoff-embedded" || cells[scenario] == "handoff-takeover"
+		if library && cells[moved] == "—" {
+			t.Errorf("no connection moved in %q", cells)
 		}
 	}
-	if rows != 1+7*2 { // the header, and seven scenarios in two modes
-		t.Errorf("%d table rows, want the header and 7 scenarios in 2 modes:\n%s", rows, b)
+	if len(rows) != 7*2 { // seven scenarios in two modes
+		t.Errorf("%d table rows, want 7 scenarios in 2 modes:\n%s", len(rows), b)
 	}
 	if svg, err := os.ReadFile(plot); err != nil || !strings.Contains(string(svg), "</svg>") {
 		t.Errorf("plot: %v", err)
 	}
+}
+
+// markdownTable returns the cells of the first table in a markdown
+// document: its header and its rows, without the delimiter row.
+func markdownTable(doc string) (header []string, rows [][]string) {
+	for _, line := range strings.Split(doc, "\n") {
+		if !strings.HasPrefix(line, "|") {
+			if header != nil {
+				break // the table has ended
+			}
+			continue
+		}
+		cells := strings.Split(strings.Trim(line, "|"), "|")
+		for i := range cells {
+			cells[i] = strings.TrimSpace(cells[i])
+		}
+		switch {
+		case header == nil:
+			header = cells
+		case strings.Trim(cells[0], "-:") == "": // |---|--:|
+		default:
+			rows = append(rows, cells)
+		}
+	}
+	return header, rows
 }
