@@ -7,6 +7,7 @@ Usage:
   handoff run [flags] -- COMMAND [ARGS...]   run COMMAND with the sockets, reload it on SIGHUP
   handoff reload [-socket PATH | -name NAME] reload; exit 0 once the new child serves
   handoff status [-socket PATH | -name NAME] [-json]
+  handoff version                            this build's version, revision and Go version
   handoff help                               this text; 'handoff run -h' details run
 
 The wrapper opens the listening sockets (or takes them from systemd's LISTEN_FDS,

@@ -4,6 +4,7 @@
 //	handoff run [flags] -- COMMAND [ARGS...]
 //	handoff reload [-socket PATH | -name NAME]
 //	handoff status [-socket PATH | -name NAME] [-json]
+//	handoff version
 //	handoff help
 //
 // `handoff run` holds the listening sockets for its whole life and runs
@@ -61,6 +62,9 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return cmdStatus(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, helpText)
+		return exitOK
+	case "version", "-version", "--version":
+		fmt.Fprintln(stdout, versionLine())
 		return exitOK
 	case shimCommand:
 		return runShim(args[1:], stderr)

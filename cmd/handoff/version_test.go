@@ -61,3 +61,14 @@ func TestVersionLine(t *testing.T) {
 		t.Fatalf("versionLine() = %q, want \"handoff v9.8.7 (..., %s, %s/%s)\"", got, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	}
 }
+
+// TestVersionCommand: `handoff version` and `-version` print the line and
+// exit 0.
+func TestVersionCommand(t *testing.T) {
+	for _, arg := range []string{"version", "-version", "--version"} {
+		var out, errOut strings.Builder
+		if code := dispatch([]string{arg}, &out, &errOut); code != exitOK || out.String() != versionLine()+"\n" || errOut.Len() != 0 {
+			t.Errorf("handoff %s: exit %d, stdout %q, stderr %q; want the version line", arg, code, out.String(), errOut.String())
+		}
+	}
+}
