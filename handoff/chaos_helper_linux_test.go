@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/handoffd/handoff/internal/ctl"
+	"github.com/handoffd/handoff/internal/testenv"
 	"github.com/handoffd/handoff/internal/wire"
 )
 
@@ -36,11 +37,11 @@ const (
 	// envChaosFile names a file that holds the step at which
 	// chaos-successor dies (a file, so that a test can choose the step
 	// after the server, whose environment its successors inherit, started).
-	envChaosFile = "HANDOFF_TEST_CHAOS_FILE"
+	envChaosFile = testenv.ChaosFile
 	// envHostile is the attack hostile-peer makes.
-	envHostile = "HANDOFF_TEST_HOSTILE"
+	envHostile = testenv.Hostile
 	// envService is the service name the roles present.
-	envService = "HANDOFF_TEST_SERVICE"
+	envService = testenv.Service
 )
 
 // Steps at which chaos-successor kills itself with SIGKILL.
@@ -55,6 +56,15 @@ const (
 	// SIGCONT (the test stops and continues it), then calls Ready and
 	// exits 0 only if Ready fails because the predecessor gave up.
 	stepHold = "hold"
+	// stepReadyThenDie + a duration ("ready-then-die 1s") takes over
+	// through New, listens on every inherited socket without accepting,
+	// says ready, and dies that long after: a build that crashes in its
+	// canary window. What it left in the accept queue is the old
+	// process's again.
+	stepReadyThenDie = "ready-then-die "
+	// stepReadyThenPanic is the same, except that it accepts, and panics
+	// on its first connection.
+	stepReadyThenPanic = "ready-then-panic"
 )
 
 func init() {
@@ -101,9 +111,11 @@ func runChaosSuccessor() error {
 	step := strings.TrimSpace(string(b))
 	socket, name := socketFlag(), os.Getenv(envService)
 	fmt.Fprintf(os.Stderr, "chaos-successor pid %d: step %s\n", os.Getpid(), step)
-	switch step {
-	case stepBeforeReady, stepHold:
+	switch {
+	case step == stepBeforeReady, step == stepHold:
 		return chaosWithLibrary(step, socket, name)
+	case strings.HasPrefix(step, stepReadyThenDie), step == stepReadyThenPanic:
+		return chaosReadyThenDie(step, socket, name)
 	}
 	cc, err := chaosConn(socket)
 	if err != nil {
@@ -113,7 +125,9 @@ func runChaosSuccessor() error {
 		die()
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	if err := cc.Send(wire.Hello{MinVersion: wire.Version, MaxVersion: wire.Version, PID: uint32(os.Getpid()), Name: name}, nil, deadline); err != nil {
+	// It says canary, as the library does: a predecessor with a canary
+	// window then stands by, and rolls back once this process is gone.
+	if err := cc.Send(wire.Hello{MinVersion: wire.Version, MaxVersion: wire.Version, Caps: wire.SupportedCaps, PID: uint32(os.Getpid()), Name: name}, nil, deadline); err != nil {
 		return err
 	}
 	if step == stepAfterHello {
@@ -154,16 +168,8 @@ func chaosWithLibrary(step, socket, name string) error {
 		return err
 	}
 	defer u.Close()
-	var listeners []wire.Entry
-	for _, in := range u.reg.inherited {
-		if in.Kind == wire.KindListener {
-			listeners = append(listeners, in.Entry)
-		}
-	}
-	for _, e := range listeners {
-		if _, err := u.ListenNamed(e.Name, e.Network, e.Address); err != nil {
-			return err
-		}
+	if _, err := listenInherited(u); err != nil {
+		return err
 	}
 	if step == stepBeforeReady {
 		die()
@@ -175,6 +181,61 @@ func chaosWithLibrary(step, socket, name string) error {
 		return errors.New("Ready succeeded after the predecessor's ready timeout")
 	}
 	fmt.Fprintf(os.Stderr, "chaos-successor pid %d: Ready failed as it should: %v\n", os.Getpid(), err)
+	return nil
+}
+
+// listenInherited calls Listen for every listener the predecessor passed.
+func listenInherited(u *Upgrader) ([]net.Listener, error) {
+	var entries []wire.Entry
+	for _, in := range u.reg.inherited {
+		if in.Kind == wire.KindListener {
+			entries = append(entries, in.Entry)
+		}
+	}
+	var lns []net.Listener
+	for _, e := range entries {
+		ln, err := u.ListenNamed(e.Name, e.Network, e.Address)
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
+
+// chaosReadyThenDie takes over through the public API, says ready, and
+// dies in the canary window: after a while, or on its first connection.
+func chaosReadyThenDie(step, socket, name string) error {
+	u, err := New(context.Background(), Config{Name: name, Socket: socket})
+	if err != nil {
+		return err
+	}
+	lns, err := listenInherited(u)
+	if err != nil {
+		return err
+	}
+	if step == stepReadyThenPanic {
+		for _, ln := range lns {
+			go func() {
+				if _, err := ln.Accept(); err == nil {
+					panic("chaos-successor: the first connection finds a bug")
+				}
+			}()
+		}
+	}
+	if err := u.Ready(); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "chaos-successor pid %d: ready\n", os.Getpid())
+	if step == stepReadyThenPanic {
+		select {} // until the panic
+	}
+	after, err := time.ParseDuration(strings.TrimPrefix(step, stepReadyThenDie))
+	if err != nil {
+		return err
+	}
+	time.Sleep(after) // the crash comes this long after ready: the test's subject
+	die()
 	return nil
 }
 
@@ -244,7 +305,7 @@ func runHostilePeer() error {
 		return fmt.Errorf("unknown attack %q", kind)
 	}
 	n := 1
-	if s := os.Getenv("HANDOFF_TEST_CONNS"); s != "" {
+	if s := os.Getenv(testenv.Conns); s != "" {
 		fmt.Sscan(s, &n)
 	}
 	socket, name := socketFlag(), os.Getenv(envService)

@@ -11,12 +11,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/handoffd/handoff/internal/procfs"
+	"github.com/handoffd/handoff/internal/testenv"
 )
 
 // The test binary doubles as the peer process: a test sets
 // HANDOFF_TEST_HELPER to a role and starts this binary again (or lets
 // Upgrade do it); TestMain then runs that role instead of the tests.
-const envHelper = "HANDOFF_TEST_HELPER"
+const envHelper = testenv.Helper
 
 var helpers = map[string]func() error{}
 
@@ -128,11 +131,11 @@ func recvWithin[T any](t testing.TB, ch <-chan T, what string) T {
 // openFDs counts this process's open descriptors.
 func openFDs(t testing.TB) int {
 	t.Helper()
-	fds, err := os.ReadDir("/proc/self/fd")
+	n, err := procfs.OpenFDs(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return len(fds) - 1 // the directory being read
+	return n - 1 // the directory being read
 }
 
 // checkLeaks fails the test if, once its cleanups have run, it left more

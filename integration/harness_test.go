@@ -11,11 +11,12 @@ import (
 
 	"github.com/handoffd/handoff/internal/loadgen"
 	"github.com/handoffd/handoff/internal/testbed"
+	"github.com/handoffd/handoff/internal/testenv"
 )
 
 // envHelper makes the handoff package's test binary run a helper role
 // (see handoff/main_test.go).
-const envHelper = "HANDOFF_TEST_HELPER"
+const envHelper = testenv.Helper
 
 var (
 	reaper  *testbed.Reaper

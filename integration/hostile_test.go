@@ -16,6 +16,7 @@ import (
 	"github.com/handoffd/handoff/handoff"
 	"github.com/handoffd/handoff/internal/loadgen"
 	"github.com/handoffd/handoff/internal/testbed"
+	"github.com/handoffd/handoff/internal/testenv"
 )
 
 // TestHostilePeersUnderLoad: hostile clients of a real httpserver's
@@ -95,8 +96,8 @@ func (c *chaosService) hostilePeer(t *testing.T, attack string, conns int, other
 		}
 	}
 	cmd := exec.CommandContext(ctx, bin, "-socket", c.Socket)
-	cmd.Env = append(os.Environ(), envHelper+"=hostile-peer", "HANDOFF_TEST_HOSTILE="+attack,
-		"HANDOFF_TEST_CONNS="+strconv.Itoa(conns), "HANDOFF_TEST_SERVICE=httpserver", "GORACE=atexit_sleep_ms=20")
+	cmd.Env = append(os.Environ(), envHelper+"=hostile-peer", testenv.Hostile+"="+attack,
+		testenv.Conns+"="+strconv.Itoa(conns), testenv.Service+"=httpserver", "GORACE=atexit_sleep_ms=20")
 	if otherUID {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	}

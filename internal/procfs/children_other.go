@@ -2,8 +2,13 @@
 
 package procfs
 
+import "errors"
+
 // Children is empty: there is no /proc to read.
 func Children(pid int) []int { return nil }
+
+// OpenFDs fails: there is no /proc to read.
+func OpenFDs(pid int) (int, error) { return 0, errors.ErrUnsupported }
 
 // Tree is just pid: there is no /proc to read.
 func Tree(pid int) []int { return []int{pid} }

@@ -7,16 +7,12 @@ import (
 	"os"
 	"strconv"
 	"time"
+
+	"github.com/handoffd/handoff/internal/procfs"
 )
 
 // OpenFDs counts the descriptors process pid has open.
-func OpenFDs(pid int) (int, error) {
-	fds, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
-	if err != nil {
-		return 0, err
-	}
-	return len(fds), nil
-}
+func OpenFDs(pid int) (int, error) { return procfs.OpenFDs(pid) }
 
 // WaitFDs waits until process pid has at most max descriptors open: the
 // count it had before a test disturbed it, once the connections the test

@@ -1,0 +1,19 @@
+// Package testenv names the environment variables through which a test
+// runs the handoff package's test binary as a helper process: the
+// package's own tests and the integration tests (chaos, hostile peers)
+// both start it, so both must spell them alike.
+package testenv
+
+const (
+	// Helper is the role the test binary plays instead of running tests.
+	Helper = "HANDOFF_TEST_HELPER"
+	// ChaosFile names a file that holds the step at which the
+	// chaos-successor role dies.
+	ChaosFile = "HANDOFF_TEST_CHAOS_FILE"
+	// Service is the service name the chaos and hostile roles present.
+	Service = "HANDOFF_TEST_SERVICE"
+	// Hostile is the attack the hostile-peer role makes.
+	Hostile = "HANDOFF_TEST_HOSTILE"
+	// Conns is how many connections the hostile-peer role opens.
+	Conns = "HANDOFF_TEST_CONNS"
+)
