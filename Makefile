@@ -8,8 +8,13 @@ FUZZTIME ?= 1000000x
 # The systems besides Linux that the library claims to build on.
 CROSS_OS ?= darwin freebsd windows
 UNIT_PKGS = $$($(GO) list ./... | grep -v /integration)
+# The oldest Go the module supports, go.mod's go line: slog.DiscardHandler and
+# testing.B.Loop need 1.24, and so does golang.org/x/sys v0.36.0 (its later
+# releases need 1.25 or 1.26). Set OLDGO_TOOLCHAIN=1 to test with that toolchain too.
+MINGO := 1.24.0
+OLDGO_TOOLCHAIN ?=
 
-.PHONY: help build release demo test integration check fuzz fuzz-ci lint cover bench deps
+.PHONY: help build release demo test integration check fuzz fuzz-ci lint cover bench deps oldgo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,7 +34,17 @@ test: ## unit tests, with the race detector
 integration: deps ## integration tests: real binaries, processes, sockets and load
 	$(GO) test -race -count=1 -timeout 25m ./integration/...
 
-check: lint release test fuzz-ci integration ## everything CI runs (README's test command)
+oldgo: ## go.mod's go line is still MINGO and go vet holds the code to it; OLDGO_TOOLCHAIN=1 also vets and unit-tests with that Go
+	@test "$$($(GO) list -m -f '{{.GoVersion}}')" = $(MINGO) || { echo "go.mod's go line is $$($(GO) list -m -f '{{.GoVersion}}'), not MINGO=$(MINGO): a dependency or an edit raised it; lower it again, or raise MINGO and say why"; exit 1; }
+	$(GO) vet ./...
+	@if [ -n "$(OLDGO_TOOLCHAIN)" ]; then \
+		echo "GOTOOLCHAIN=go$(MINGO) go vet ./... && go test -count=1 UNIT_PKGS"; \
+		GOTOOLCHAIN=go$(MINGO) $(GO) vet ./... && GOTOOLCHAIN=go$(MINGO) $(GO) test -count=1 $(UNIT_PKGS); \
+	else \
+		echo "not tested with the go$(MINGO) toolchain itself: OLDGO_TOOLCHAIN=1 make oldgo does, where the Go module proxy serves it"; \
+	fi
+
+check: lint release test oldgo fuzz-ci integration ## everything CI runs (README's test command)
 
 fuzz: ## fuzz the wire decoder for FUZZTIME executions (default 1000000x, about a minute)
 	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME) -fuzzminimizetime=100x ./internal/wire

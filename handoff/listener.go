@@ -16,12 +16,11 @@ type listener struct {
 	net.Listener // *net.TCPListener or *net.UnixListener
 	key          string
 
-	mu       sync.Mutex
-	queue    []net.Conn    // handed-over connections not yet accepted
-	woken    bool          // the deadline was set in the past to wake Accept
-	paused   chan struct{} // while a canary window runs: closed by resume or Close
-	injected chan struct{} // wakes an Accept that waits while paused; room for one
-	closed   bool
+	mu     sync.Mutex
+	queue  []net.Conn    // handed-over connections not yet accepted
+	woken  bool          // the deadline was set in the past to wake Accept
+	paused chan struct{} // while a canary window runs: closed by resume or Close
+	closed bool
 }
 
 // deadliner is the part of *net.TCPListener and *net.UnixListener that
@@ -29,23 +28,19 @@ type listener struct {
 type deadliner interface{ SetDeadline(time.Time) error }
 
 func newListener(ln net.Listener, key string) *listener {
-	return &listener{Listener: ln, key: key, injected: make(chan struct{}, 1)}
+	return &listener{Listener: ln, key: key}
 }
 
 // Accept waits for and returns the next connection: a handed-over one if
 // any is queued, else one from the kernel's accept queue. While paused it
-// takes none from the kernel: they wait in its queue for the successor,
-// or for this process again after a rollback. Handed-over ones it still
-// yields: they were sent to this process.
+// takes none: they wait in the kernel's queue for the successor, or for
+// this process again after a rollback.
 func (l *listener) Accept() (net.Conn, error) {
 	for {
 		l.mu.Lock()
-		if paused := l.paused; paused != nil && len(l.queue) == 0 {
+		if paused := l.paused; paused != nil {
 			l.mu.Unlock()
-			select {
-			case <-paused:
-			case <-l.injected:
-			}
+			<-paused
 			continue
 		}
 		if len(l.queue) > 0 {
@@ -79,10 +74,6 @@ func (l *listener) inject(c net.Conn) bool {
 	l.queue = append(l.queue, c)
 	l.woken = true
 	l.Listener.(deadliner).SetDeadline(longAgo)
-	select {
-	case l.injected <- struct{}{}:
-	default: // a wake-up is pending already
-	}
 	return true
 }
 
@@ -120,16 +111,6 @@ func (l *listener) Close() error {
 		c.Close()
 	}
 	return l.Listener.Close()
-}
-
-// takeQueue returns the handed-over connections not accepted yet, which
-// the caller now owns; the listener stays as it is.
-func (l *listener) takeQueue() []net.Conn {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	q := l.queue
-	l.queue = nil
-	return q
 }
 
 // detach stops queueing handed-over connections and returns those that

@@ -45,7 +45,9 @@ func signalActor(ctx context.Context, sigs <-chan os.Signal, log *slog.Logger, u
 		case sig := <-sigs:
 			switch sig {
 			case syscall.SIGHUP:
-				reloads.Go(func() {
+				reloads.Add(1)
+				go func() {
+					defer reloads.Done()
 					log.Info("SIGHUP: reloading")
 					if err := upg.Reload(ctx); err != nil {
 						if errors.Is(err, handoff.ErrInProgress) {
@@ -56,7 +58,7 @@ func signalActor(ctx context.Context, sigs <-chan os.Signal, log *slog.Logger, u
 						return
 					}
 					log.Info("reloaded")
-				})
+				}()
 			case syscall.SIGTERM, syscall.SIGINT:
 				log.Info("stopping", "signal", sig.String())
 				return &stopError{sig: sig}

@@ -36,7 +36,6 @@ func wireSamples() []Message {
 		Reply{Text: "started successor 42"},
 		Reply{Final: true, Text: "ok", Data: []byte(`{"pid":1}`)},
 		Release{Reason: "stopping"},
-		Proven{},
 	}
 }
 
