@@ -107,6 +107,14 @@ func (u *Upgrader) recordRollbackLocked(c *canary, reason string) {
 	u.lastReload = r
 }
 
+// predecessorProves reports whether the predecessor will say when the
+// handover is final (proven).
+func (u *Upgrader) predecessorProves() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.predCaps&wire.CapCanary != 0
+}
+
 // releasePredecessor tells a predecessor that stands by for this process
 // that it need not any more: this process stops, or has handed over.
 func (u *Upgrader) releasePredecessor(why string) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -278,4 +279,57 @@ func stopSuccessors(t *testing.T) {
 		}
 		return len(children(t)) == 0
 	})
+}
+
+// TestPausedListener: while paused a listener takes nothing from the
+// kernel's queue, yet yields the connections handed over to it, and
+// after resume it accepts what waited in the kernel's queue.
+func TestPausedListener(t *testing.T) {
+	checkLeaks(t)
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newListener(tcp, "test")
+	defer l.Close()
+	accepted := make(chan net.Conn, 2)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	l.pause()
+	waiting, err := net.Dial("tcp", tcp.Addr().String()) // completes in the kernel's queue
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer waiting.Close()
+	handed, peer := net.Pipe()
+	defer peer.Close()
+	if !l.inject(handed) {
+		t.Fatal("inject refused on a paused listener")
+	}
+	if c := recvWithin(t, accepted, "the handed-over connection, while paused"); c != handed {
+		t.Fatalf("Accept returned %v while paused, want the handed-over connection", c.RemoteAddr())
+	}
+	select {
+	case c := <-accepted:
+		t.Fatalf("Accept took %v from the kernel while paused", c.RemoteAddr())
+	case <-time.After(100 * time.Millisecond): // a negative: nothing may come
+	}
+	l.resume()
+	c := recvWithin(t, accepted, "the queued kernel connection, after resume")
+	if c.RemoteAddr().String() != waiting.LocalAddr().String() {
+		t.Fatalf("accepted %v, want %v", c.RemoteAddr(), waiting.LocalAddr())
+	}
+	c.Close()
+	handed.Close()
+	l.Close()
+	for range accepted {
+	}
 }

@@ -214,6 +214,7 @@ func (u *Upgrader) commit(cc *ctl.Conn, child *successorProcess, succPID int, in
 		if child != nil {
 			child.release()
 		}
+		link.proven()
 		u.forwardQueued()
 		return link, nil
 	}
@@ -263,7 +264,14 @@ func (u *Upgrader) prove(c *canary, why string) {
 	u.mu.Unlock()
 	close(c.end)
 	u.log.Info("successor proved itself; draining", "successor", c.pid, "why", why)
+	// What our predecessor handed over while Accept was paused goes on
+	// first, before Exit: a program that drains and closes at once must
+	// not cut it.
+	for _, q := range u.reg.takeQueued() {
+		u.forwardConn(q.key, q.conn, nil)
+	}
 	u.handOver(c.ctrl, c.pid, c.inUnit)
+	c.link.proven() // after MAINPID=: the successor may speak as the main process
 	if c.child != nil {
 		c.child.release()
 	}
@@ -345,6 +353,8 @@ func (u *Upgrader) close() {
 		if c.child != nil {
 			c.child.release()
 		}
+		u.announceHandover(c.pid, c.inUnit)
+		c.link.proven()
 	}
 	if ctrl != nil {
 		if handedOver {

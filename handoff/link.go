@@ -221,6 +221,20 @@ func (l *successorLink) fail(err error) {
 	}
 }
 
+// proven tells the successor that the handover is final, if it
+// understands that (CapCanary): it may then speak to systemd as the
+// unit's main process.
+func (l *successorLink) proven() {
+	if l.caps&wire.CapCanary == 0 {
+		return
+	}
+	l.gate.Lock()
+	defer l.gate.Unlock()
+	if err := l.cc.Send(wire.Proven{}, nil, time.Now().Add(l.step)); err != nil && !ctl.IsTimeout(err) {
+		l.fail(err)
+	}
+}
+
 // releaseReason is what the successor said with release.
 func (l *successorLink) releaseReason() string {
 	l.mu.Lock()
@@ -303,6 +317,10 @@ func (u *Upgrader) receiveConns(pred *ctl.Conn) {
 				u.log.Warn("link to predecessor failed", "err", err)
 			}
 			return
+		}
+		if _, ok := m.(wire.Proven); ok && len(fds) == 0 {
+			u.announceProven()
+			continue
 		}
 		cm, ok := m.(wire.Conn)
 		if !ok || len(fds) != 1 {

@@ -16,11 +16,12 @@ type listener struct {
 	net.Listener // *net.TCPListener or *net.UnixListener
 	key          string
 
-	mu     sync.Mutex
-	queue  []net.Conn    // handed-over connections not yet accepted
-	woken  bool          // the deadline was set in the past to wake Accept
-	paused chan struct{} // while a canary window runs: closed by resume or Close
-	closed bool
+	mu       sync.Mutex
+	queue    []net.Conn    // handed-over connections not yet accepted
+	woken    bool          // the deadline was set in the past to wake Accept
+	paused   chan struct{} // while a canary window runs: closed by resume or Close
+	injected chan struct{} // wakes an Accept that waits while paused; room for one
+	closed   bool
 }
 
 // deadliner is the part of *net.TCPListener and *net.UnixListener that
@@ -28,19 +29,23 @@ type listener struct {
 type deadliner interface{ SetDeadline(time.Time) error }
 
 func newListener(ln net.Listener, key string) *listener {
-	return &listener{Listener: ln, key: key}
+	return &listener{Listener: ln, key: key, injected: make(chan struct{}, 1)}
 }
 
 // Accept waits for and returns the next connection: a handed-over one if
 // any is queued, else one from the kernel's accept queue. While paused it
-// takes none: they wait in the kernel's queue for the successor, or for
-// this process again after a rollback.
+// takes none from the kernel: they wait in its queue for the successor,
+// or for this process again after a rollback. Handed-over ones it still
+// yields: they were sent to this process.
 func (l *listener) Accept() (net.Conn, error) {
 	for {
 		l.mu.Lock()
-		if paused := l.paused; paused != nil {
+		if paused := l.paused; paused != nil && len(l.queue) == 0 {
 			l.mu.Unlock()
-			<-paused
+			select {
+			case <-paused:
+			case <-l.injected:
+			}
 			continue
 		}
 		if len(l.queue) > 0 {
@@ -74,6 +79,10 @@ func (l *listener) inject(c net.Conn) bool {
 	l.queue = append(l.queue, c)
 	l.woken = true
 	l.Listener.(deadliner).SetDeadline(longAgo)
+	select {
+	case l.injected <- struct{}{}:
+	default: // a wake-up is pending already
+	}
 	return true
 }
 
@@ -111,6 +120,16 @@ func (l *listener) Close() error {
 		c.Close()
 	}
 	return l.Listener.Close()
+}
+
+// takeQueue returns the handed-over connections not accepted yet, which
+// the caller now owns; the listener stays as it is.
+func (l *listener) takeQueue() []net.Conn {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	q := l.queue
+	l.queue = nil
+	return q
 }
 
 // detach stops queueing handed-over connections and returns those that

@@ -297,6 +297,20 @@ func (r *registry) pause(paused bool) {
 	}
 }
 
+// takeQueued returns, from every listener, the handed-over connections
+// not accepted yet; the caller owns them.
+func (r *registry) takeQueued() []queuedConn {
+	var queued []queuedConn
+	for _, s := range r.inventory() {
+		if s.ln != nil {
+			for _, c := range s.ln.takeQueue() {
+				queued = append(queued, queuedConn{key: s.Key(), conn: c})
+			}
+		}
+	}
+	return queued
+}
+
 // hasPacket reports whether a datagram socket is in use.
 func (r *registry) hasPacket() bool {
 	for _, s := range r.inventory() {

@@ -82,8 +82,16 @@ func (u *Upgrader) recordUpgrade(start time.Time, successor int, err error) {
 		r.Error = err.Error()
 	}
 	u.mu.Lock()
+	defer u.mu.Unlock()
+	if last := u.lastReload; err == nil && successor != 0 && last != nil && last.RolledBack && last.Successor == successor {
+		// The successor died in its canary window before the upgrade
+		// that made it serve got here: the rollback is the outcome.
+		rb := *last // Status callers may hold last
+		rb.At, rb.Duration = r.At, r.Duration
+		u.lastReload = &rb
+		return
+	}
 	u.lastReload = r
-	u.mu.Unlock()
 }
 
 // Reload runs Config.Reload, or Upgrade when that is nil, and records the

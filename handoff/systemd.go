@@ -33,6 +33,9 @@ type systemdState struct {
 	// (Upgrade), so it runs in the same unit, which learns its pid
 	// from the predecessor.
 	spawned bool
+	// untilProven holds, for a successor whose predecessor says when the
+	// handover is final, the sockets dropped at Ready, for the fd store.
+	untilProven []inheritedFD
 	// text is the program's own part of the STATUS= line (SetStatus).
 	text string
 }
@@ -181,11 +184,34 @@ func reloading() string {
 // the predecessor has already made it the unit's main process (and an
 // independent successor, the main process of another unit, says it).
 func (u *Upgrader) announceReady(fresh bool, dropped []inheritedFD) {
+	if u.sd.spawned && u.predecessorProves() {
+		// The predecessor stays the main process until the handover is
+		// final, and systemd (NotifyAccess=main) would drop what this
+		// process said: it is said on proven instead.
+		u.mu.Lock()
+		u.sd.untilProven = dropped
+		u.mu.Unlock()
+		return
+	}
 	u.syncFDStore(dropped)
 	if fresh || !u.sd.spawned {
 		u.notify(daemon.SdNotifyReady, u.status("serving", ""))
 		return
 	}
+	u.notify(u.status("serving", ""))
+}
+
+// announceProven is announceReady for a successor whose predecessor has
+// just made it the main process: the fd store and the status line.
+func (u *Upgrader) announceProven() {
+	u.mu.Lock()
+	dropped := u.sd.untilProven
+	u.sd.untilProven = nil
+	u.mu.Unlock()
+	if !u.sd.spawned {
+		return
+	}
+	u.syncFDStore(dropped)
 	u.notify(u.status("serving", ""))
 }
 

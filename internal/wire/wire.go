@@ -55,8 +55,9 @@ const (
 	// CapCanary: in hello, the successor sends Release once its
 	// predecessor need not stand by any more (it stops, or has handed
 	// over itself), so that the predecessor can keep the sockets for a
-	// canary window and roll back when the link breaks without one; in
-	// welcome, the serving process understands Release.
+	// canary window and roll back when the link breaks without one, and
+	// it understands Proven; in welcome, the serving process understands
+	// Release and sends Proven when the handover is final.
 	CapCanary uint64 = 1 << 1
 
 	// SupportedCaps is every capability this package implements.
@@ -80,6 +81,7 @@ const (
 	TypeRequest Type = 10 // client → serving, instead of hello: run a request
 	TypeReply   Type = 11 // serving → client: progress, then the final answer
 	TypeRelease Type = 12 // successor → predecessor: stop standing by; I stop or have handed over
+	TypeProven  Type = 13 // serving → successor: the handover is final; you are the main process
 )
 
 func (t Type) String() string {
@@ -108,6 +110,8 @@ func (t Type) String() string {
 		return "reply"
 	case TypeRelease:
 		return "release"
+	case TypeProven:
+		return "proven"
 	}
 	return fmt.Sprintf("type(%d)", uint16(t))
 }
@@ -224,6 +228,10 @@ type Release struct {
 	Reason string
 }
 
+// Proven tells the successor that the handover is final (the canary
+// window passed, or there was none): it is the service's main process now.
+type Proven struct{}
+
 func (Hello) Type() Type   { return TypeHello }
 func (Welcome) Type() Type { return TypeWelcome }
 func (Refusal) Type() Type { return TypeRefuse }
@@ -236,6 +244,7 @@ func (ConnAck) Type() Type { return TypeConnAck }
 func (Request) Type() Type { return TypeRequest }
 func (Reply) Type() Type   { return TypeReply }
 func (Release) Type() Type { return TypeRelease }
+func (Proven) Type() Type  { return TypeProven }
 func (m Hello) appendBody(b []byte) []byte {
 	b = binary.BigEndian.AppendUint16(b, m.MinVersion)
 	b = binary.BigEndian.AppendUint16(b, m.MaxVersion)
@@ -306,6 +315,8 @@ func (m ConnAck) appendBody(b []byte) []byte {
 func (m Request) appendBody(b []byte) []byte { return appendString(b, m.Name) }
 
 func (m Release) appendBody(b []byte) []byte { return appendString(b, m.Reason) }
+
+func (Proven) appendBody(b []byte) []byte { return b }
 
 func (m Reply) appendBody(b []byte) []byte {
 	b = append(b, boolByte(m.Final))
@@ -446,6 +457,8 @@ func Decode(b []byte) (Message, error) {
 		m = Reply{Final: r.u8() != 0, Text: r.str(), Data: r.bytes()}
 	case TypeRelease:
 		m = Release{Reason: r.str()}
+	case TypeProven:
+		m = Proven{}
 	default:
 		return nil, fmt.Errorf("%w: unknown message %s", ErrProtocol, typ)
 	}

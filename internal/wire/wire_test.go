@@ -36,6 +36,7 @@ func wireSamples() []Message {
 		Reply{Text: "started successor 42"},
 		Reply{Final: true, Text: "ok", Data: []byte(`{"pid":1}`)},
 		Release{Reason: "stopping"},
+		Proven{},
 	}
 }
 
