@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoffd/handoff/handoff"
 	"github.com/handoffd/handoff/internal/loadgen"
 	"github.com/handoffd/handoff/internal/testbed"
 )
@@ -37,9 +38,10 @@ func idleClients(t testing.TB, addr string, n int) []*rawClient {
 
 // TestConnectionHandoffUnderLoad: 100 restarts per load mode, with idle
 // keep-alive clients connected throughout. No request fails, and each old
-// process exits soon after its successor is ready: the idle connections
-// move to the successor instead of holding the old process for its drain
-// timeout (30 s).
+// process exits soon after its canary window ends (at once when the next
+// upgrade comes first, else after 10 s): the idle connections move to the
+// successor instead of holding the old process for its drain timeout
+// (30 s).
 func TestConnectionHandoffUnderLoad(t *testing.T) {
 	for _, mode := range []loadgen.Mode{loadgen.KeepAlive, loadgen.NewConn, loadgen.Mixed} {
 		t.Run(mode.String(), func(t *testing.T) {
@@ -83,8 +85,8 @@ func TestConnectionHandoffUnderLoad(t *testing.T) {
 			}
 			worst := slicesMax(exits)
 			t.Logf("old process exit after successor ready: median %v, max %v", testbed.Median(exits), worst)
-			if worst > 10*time.Second {
-				t.Errorf("an old process took %v to exit after its successor was ready", worst)
+			if worst > handoff.DefaultCanaryWindow+5*time.Second {
+				t.Errorf("an old process took %v to exit after its successor was ready, its canary window (%v) included", worst, handoff.DefaultCanaryWindow)
 			}
 			s.Signal(pid, syscall.SIGTERM)
 			s.WaitExit(pid, time.Minute)
@@ -201,7 +203,9 @@ func TestSessionsSurviveRestarts(t *testing.T) {
 		}
 	}
 	check("before the restarts")
+	var prev int
 	for r := range 10 {
+		prev = pid
 		// Half a command before the restart, the rest after it.
 		fmt.Fprint(clients[0].conn, "in")
 		if r%2 == 0 {
@@ -218,6 +222,8 @@ func TestSessionsSurviveRestarts(t *testing.T) {
 		}
 		check(fmt.Sprintf("after restart %d", r+1))
 	}
+	// The sessions move once the last old process's canary window ends.
+	s.WaitExit(prev, handoff.DefaultCanaryWindow+30*time.Second)
 	_, by, err := clients[1].incr()
 	if err != nil || by != pid {
 		t.Fatalf("last answer from %d, %v; want the last process %d", by, err, pid)
