@@ -19,6 +19,7 @@ type child struct {
 	number  int // 1 for the wrapper's first child, then one more per start
 	started time.Time
 	proc    *os.Process
+	exe     *os.File // the executable it runs, open; nil once handed on or closed
 	done    chan struct{}
 	status  syscall.WaitStatus // valid once done is closed
 }
@@ -53,6 +54,14 @@ func watchChild(pid, number int) (*child, error) {
 		}
 	}()
 	return c, nil
+}
+
+// closeExe closes the child's executable, unless it was handed on.
+func (c *child) closeExe() {
+	if c.exe != nil {
+		c.exe.Close()
+		c.exe = nil
+	}
 }
 
 // exited reports whether the child has exited (and been reaped).

@@ -19,6 +19,7 @@ import (
 const (
 	defaultReadyTimeout = 30 * time.Second
 	defaultDrainTimeout = 30 * time.Second
+	defaultCanaryWindow = 10 * time.Second
 )
 
 // runConfig is `handoff run`'s command line, checked.
@@ -30,6 +31,7 @@ type runConfig struct {
 	ready        readySpec
 	readyTimeout time.Duration
 	drainTimeout time.Duration
+	canaryWindow time.Duration // 0: off
 	stopSignal   syscall.Signal
 	path         string   // COMMAND, found in PATH
 	argv         []string // COMMAND and its ARGS, as given
@@ -67,6 +69,7 @@ func parseRun(args []string, help io.Writer) (runConfig, error) {
 	fs.StringVar(&ready, "ready", ready, "how a child shows it is ready: `MODE` auto, notify, accepting, tcp://HOST:PORT, http://HOST:PORT/PATH, or a duration (see above)")
 	fs.DurationVar(&cfg.readyTimeout, "ready-timeout", defaultReadyTimeout, "a new child not ready by then is killed and the reload rolled back")
 	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", defaultDrainTimeout, "after the stop signal, the old child gets this long, then SIGKILL")
+	fs.DurationVar(&cfg.canaryWindow, "canary-window", defaultCanaryWindow, "a new child that exits this soon after a reload made it serve is replaced by the previous executable, kept open since (0: off)")
 	fs.StringVar(&stop, "stop-signal", stop, "`SIG`nal that makes the old child drain and exit (lighttpd, nginx: SIGINT or SIGQUIT)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -100,6 +103,9 @@ func parseRun(args []string, help io.Writer) (runConfig, error) {
 	}
 	if cfg.readyTimeout <= 0 || cfg.drainTimeout <= 0 {
 		return cfg, usageErrorf("-ready-timeout and -drain-timeout must be positive")
+	}
+	if cfg.canaryWindow < 0 {
+		return cfg, usageErrorf("-canary-window must be 0 (off) or positive")
 	}
 	if cfg.name == "" {
 		cfg.name = filepath.Base(cfg.argv[0])

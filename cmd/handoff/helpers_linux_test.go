@@ -80,6 +80,21 @@ func init() {
 		}
 		return 0
 	}
+	// canary-crash: a build that crashes soon after it began to serve
+	// (integration/wrapper_canary_test.go installs this binary as the
+	// command): it watches fd 3 in an epoll set, so -ready accepting
+	// sees it ready, accepts nothing, and exits 3 a second later.
+	helpers["canary-crash"] = func() int {
+		ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		if err != nil {
+			return 1
+		}
+		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, 3, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: 3}); err != nil {
+			return 1
+		}
+		time.Sleep(time.Second) // the crash comes this long after start: the test's subject
+		return 3
+	}
 	helpers["notify"] = func() int {
 		if _, err := daemon.SdNotify(false, "STATUS=starting\nREADY=1"); err != nil {
 			return 1
@@ -161,7 +176,12 @@ func startHelper(t *testing.T, sp *spawner, role string, env []string, files ...
 	for i, fd := range files {
 		fds[i] = uintptr(fd)
 	}
-	pid, err := sp.start(self, []string{self}, append(append(os.Environ(), envHelper+"="+role), env...), fds)
+	exe, err := os.Open(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer exe.Close()
+	pid, err := sp.start(exe, []string{self}, append(append(os.Environ(), envHelper+"="+role), env...), fds)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,13 +5,15 @@ import (
 	"os"
 	"runtime"
 	"testing"
+
+	"github.com/handoffd/handoff/internal/testenv"
 )
 
 // The test binary doubles as the exec shim (spawner.start re-executes
 // /proc/self/exe, which here is the test binary) and as the children the
 // tests start: with envHelper set, TestMain runs that role instead of the
 // tests.
-const envHelper = "HANDOFF_TEST_ROLE"
+const envHelper = testenv.Role
 
 var helpers = map[string]func() int{}
 

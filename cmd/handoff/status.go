@@ -16,6 +16,12 @@ type statusDetail struct {
 	Ready    string        `json:"ready"`
 	Children []childStatus `json:"children"`
 	Restarts int           `json:"restarts"` // after a child died on its own
+	// LastRollback says why the latest child that died within its canary
+	// window was replaced by the previous executable.
+	LastRollback string `json:"last_rollback,omitempty"`
+	// CanaryUntil: till then a serving child that exits is replaced by
+	// the previous executable (zero: no window runs).
+	CanaryUntil time.Time `json:"canary_until,omitzero"`
 }
 
 // childStatus is one child of the wrapper.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -21,9 +22,10 @@ const (
 	stableAfter = 10 * time.Second
 )
 
-// starter starts a child process; spawner.start on Linux.
+// starter starts a child process from the executable exe; spawner.start
+// on Linux.
 type starter interface {
-	start(path string, argv, env []string, files []uintptr) (int, error)
+	start(exe *os.File, argv, env []string, files []uintptr) (int, error)
 }
 
 // upgrader is what the supervisor needs of the wrapper's
@@ -69,6 +71,17 @@ type supervisor struct {
 	number   int      // children started so far
 	restarts int      // crash restarts
 	last     *child   // the latest child that ended while serving
+
+	// The canary window: the executable of the child the latest reload
+	// replaced stays open until fallbackUntil, so that a new child that
+	// dies meanwhile is replaced by the previous build at once, even if
+	// the file on disk is the new build by now.
+	fallback      *os.File
+	fallbackOf    int // the number of the child it ran
+	fallbackUntil time.Time
+	servingSince  time.Time // when the current child began to serve
+	lastRollback  string    // under mu, with canaryUntil
+	canaryUntil   time.Time // fallbackUntil, for status; zero without a fallback
 }
 
 // newSupervisor is a supervisor for cfg, ready to take reload requests
@@ -118,6 +131,7 @@ func (s *supervisor) run(ctx context.Context, deps supervisorDeps) error {
 	}
 	s.log.Info("serving", "child", first.pid, "ready", s.cfg.ready.String())
 
+	defer s.dropFallback()
 	backoff := restartBackoffMin
 	var restart <-chan time.Time
 	for {
@@ -126,14 +140,24 @@ func (s *supervisor) run(ctx context.Context, deps supervisorDeps) error {
 		if cur != nil {
 			exited = cur.done
 		}
+		var canaryEnd <-chan time.Time
+		if s.fallback != nil {
+			canaryEnd = time.After(time.Until(s.fallbackUntil))
+		}
 		select {
 		case <-ctx.Done():
 			s.upg.Stop() // no takeover or reload from here on
 			return s.stopCurrent("stopping")
 		case <-s.upg.Exit():
 			return s.stopCurrent("a new wrapper took over")
+		case <-canaryEnd:
+			s.log.Info("the new child lasted its canary window", "child", cur.pid, "window", s.cfg.canaryWindow)
+			s.dropFallback()
 		case <-exited:
 			s.ended(cur)
+			if s.rollBack(cur) {
+				break
+			}
 			if time.Since(cur.started) >= stableAfter {
 				backoff = restartBackoffMin
 			}
@@ -162,9 +186,22 @@ func (s *supervisor) run(ctx context.Context, deps supervisorDeps) error {
 	}
 }
 
-// start starts the next child.
+// start starts the next child from the executable at the command's path.
 func (s *supervisor) start() (*child, error) {
-	pid, err := s.spawn.start(s.cfg.path, s.cfg.argv, s.env, s.files)
+	exe, err := os.Open(s.cfg.path)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", s.cfg.path, err)
+	}
+	c, err := s.startFrom(exe)
+	if err != nil {
+		exe.Close()
+	}
+	return c, err
+}
+
+// startFrom starts the next child from exe, which the child then owns.
+func (s *supervisor) startFrom(exe *os.File) (*child, error) {
+	pid, err := s.spawn.start(exe, s.cfg.argv, s.env, s.files)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", s.cfg.path, err)
 	}
@@ -176,8 +213,65 @@ func (s *supervisor) start() (*child, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.exe = exe
 	s.log.Info("started child", "child", pid, "number", n)
 	return c, nil
+}
+
+// rollBack replaces cur, the serving child that has just exited, by a
+// child of the previous executable, if cur died within its canary window.
+// It reports whether it did.
+func (s *supervisor) rollBack(cur *child) bool {
+	if s.fallback == nil || time.Now().After(s.fallbackUntil) {
+		return false
+	}
+	exe, of := s.fallback, s.fallbackOf
+	s.fallback = nil
+	s.dropFallback() // the window is over: its executable is the new child's
+	reason := fmt.Sprintf("child pid %d (number %d) ended (%s) %s after it began to serve, within the canary window (%v); started the executable of child %d again",
+		cur.pid, cur.number, cur.describe(), time.Since(s.servingSince).Round(time.Millisecond), s.cfg.canaryWindow, of)
+	c, err := s.startFrom(exe)
+	if err != nil {
+		exe.Close()
+		s.log.Error("cannot roll back to the previous executable", "err", err)
+		return false
+	}
+	s.mu.Lock()
+	s.lastRollback = reason
+	s.mu.Unlock()
+	s.setCurrent(c)
+	s.log.Error("rolled back", "child", c.pid, "reason", reason)
+	return true
+}
+
+// keepFallback keeps old's executable for the canary window of the
+// child that replaced it.
+func (s *supervisor) keepFallback(old *child) {
+	s.dropFallback()
+	if s.cfg.canaryWindow <= 0 || old == nil || old.exe == nil {
+		return
+	}
+	s.fallback, s.fallbackOf, old.exe = old.exe, old.number, nil
+	s.extendFallback()
+}
+
+// extendFallback starts the canary window now.
+func (s *supervisor) extendFallback() {
+	s.fallbackUntil = time.Now().Add(s.cfg.canaryWindow)
+	s.mu.Lock()
+	s.canaryUntil = s.fallbackUntil
+	s.mu.Unlock()
+}
+
+// dropFallback closes the kept executable, if any.
+func (s *supervisor) dropFallback() {
+	if s.fallback != nil {
+		s.fallback.Close()
+		s.fallback = nil
+	}
+	s.mu.Lock()
+	s.canaryUntil = time.Time{}
+	s.mu.Unlock()
 }
 
 // waitReady waits until c is ready, up to the ready timeout; a child that
@@ -191,6 +285,7 @@ func (s *supervisor) waitReady(ctx context.Context, c *child) error {
 		return nil
 	}
 	c.kill()
+	c.closeExe()
 	s.forget(c.pid)
 	switch {
 	case errors.Is(err, errExited):
@@ -234,13 +329,18 @@ func (s *supervisor) reload(ctx, reqCtx context.Context, progress func(string)) 
 	if err != nil {
 		return s.rolledBack(old, err)
 	}
+	s.servingSince = time.Now()
 	s.announce(c)
+	s.keepFallback(old)
 	if old == nil {
 		progress(fmt.Sprintf("child pid %d is ready and serving", c.pid))
 		return nil
 	}
 	progress(fmt.Sprintf("child pid %d is ready; stopping pid %d with %s", c.pid, old.pid, unix.SignalName(s.cfg.stopSignal)))
 	s.stopChild(old, "replaced by pid "+fmt.Sprint(c.pid))
+	if s.fallback != nil { // the window counts from when the new child serves alone
+		s.extendFallback()
+	}
 	s.mu.Lock()
 	for i, o := range s.stopping {
 		if o == old {
@@ -274,6 +374,7 @@ func (s *supervisor) stopChild(c *child, why string) {
 	if killed {
 		s.log.Warn("child did not stop within the drain timeout; killed", "child", c.pid, "drain_timeout", s.cfg.drainTimeout)
 	}
+	c.closeExe()
 	s.log.Info("child stopped", "child", c.pid, "status", c.describe(), "took", time.Since(t0).Round(time.Millisecond))
 }
 
@@ -288,6 +389,7 @@ func (s *supervisor) stopCurrent(why string) error {
 
 // ended records that the serving child c has exited.
 func (s *supervisor) ended(c *child) {
+	c.closeExe()
 	s.forget(c.pid)
 	s.mu.Lock()
 	if s.current == c {
@@ -314,7 +416,7 @@ func (s *supervisor) currentChild() *child {
 func (s *supervisor) detail() any {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	d := statusDetail{Command: s.cfg.argv, Ready: s.cfg.ready.String(), Restarts: s.restarts, Children: []childStatus{}}
+	d := statusDetail{Command: s.cfg.argv, Ready: s.cfg.ready.String(), Restarts: s.restarts, Children: []childStatus{}, LastRollback: s.lastRollback, CanaryUntil: s.canaryUntil}
 	add := func(c *child, role string) {
 		if c != nil {
 			d.Children = append(d.Children, childStatus{PID: c.pid, Number: c.number, Role: role, Started: c.started})

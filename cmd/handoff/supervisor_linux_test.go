@@ -78,25 +78,28 @@ func (r scriptedReady) wait(ctx context.Context, c *child) error {
 }
 
 // roleStarter starts the test binary in roles[i] for the i-th start, and
-// fails a start whose role is "".
+// fails a start whose role is "". It records the executable each start
+// was given.
 type roleStarter struct {
 	sp    *spawner
 	self  string
 	mu    sync.Mutex
 	roles []string
+	exes  []*os.File
 }
 
-func (r *roleStarter) start(path string, argv, env []string, files []uintptr) (int, error) {
+func (r *roleStarter) start(exe *os.File, argv, env []string, files []uintptr) (int, error) {
 	r.mu.Lock()
 	role := "serve"
 	if len(r.roles) > 0 {
 		role, r.roles = r.roles[0], r.roles[1:]
 	}
+	r.exes = append(r.exes, exe)
 	r.mu.Unlock()
 	if role == "" {
 		return 0, errors.New("no such file")
 	}
-	return r.sp.start(r.self, []string{r.self}, append(env, envHelper+"="+role), files)
+	return r.sp.start(exe, []string{r.self}, append(env, envHelper+"="+role), files)
 }
 
 // testSupervisor is a running supervisor whose children play roles; it is
@@ -319,3 +322,62 @@ func TestSupervisorFirstChildFails(t *testing.T) {
 type readyFunc func(ctx context.Context, c *child) error
 
 func (f readyFunc) wait(ctx context.Context, c *child) error { return f(ctx, c) }
+
+// TestSupervisorCanaryRollback: a new child that a reload made serve and
+// that exits within the canary window is replaced at once, without the
+// crash backoff, by a child of the previous executable: the very file
+// the replaced child ran, kept open, whatever is on disk by then.
+func TestSupervisorCanaryRollback(t *testing.T) {
+	ts := startSupervisor(t, runConfig{canaryWindow: 10 * time.Second}, scriptedReady{1: true, 2: true, 3: true}, "serve", "exit2", "serve")
+	ts.serving(t, 1)
+	if _, err := ts.reload(t); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	third := ts.serving(t, 3)
+	if third.exited() {
+		t.Fatalf("the rolled-back child exited: %s", third.describe())
+	}
+	st := ts.spawn.(*roleStarter)
+	st.mu.Lock()
+	exes := append([]*os.File(nil), st.exes...)
+	st.mu.Unlock()
+	if len(exes) != 3 || exes[2] != exes[0] {
+		t.Fatalf("child 3 started from %v; want the executable child 1 ran (%v)", exes[len(exes)-1], exes[0])
+	}
+	d := ts.detail().(statusDetail)
+	if !strings.Contains(d.LastRollback, "ended (exit status 2)") || !strings.Contains(d.LastRollback, "executable of child 1") {
+		t.Fatalf("last rollback %q; want it to say child 2 ended with exit status 2 and child 1's executable runs", d.LastRollback)
+	}
+	if d.Restarts != 0 || !d.CanaryUntil.IsZero() {
+		t.Fatalf("restarts %d, canary until %v; want a rollback, not a crash restart, and no window left", d.Restarts, d.CanaryUntil)
+	}
+}
+
+// TestSupervisorCanaryPasses: once the window has passed, a child that
+// exits is restarted from the path, after the backoff, as any crash.
+func TestSupervisorCanaryPasses(t *testing.T) {
+	ts := startSupervisor(t, runConfig{canaryWindow: 200 * time.Millisecond}, scriptedReady{1: true, 2: true, 3: true}, "serve", "serve", "serve")
+	ts.serving(t, 1)
+	if _, err := ts.reload(t); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	second := ts.serving(t, 2)
+	if d := ts.detail().(statusDetail); d.CanaryUntil.IsZero() {
+		t.Fatal("no canary window after the reload")
+	}
+	waitUntil(t, "the canary window to end", func() bool { return ts.detail().(statusDetail).CanaryUntil.IsZero() })
+	if err := second.signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	ts.serving(t, 3)
+	d := ts.detail().(statusDetail)
+	if d.Restarts != 1 || d.LastRollback != "" {
+		t.Fatalf("restarts %d, last rollback %q; want a crash restart", d.Restarts, d.LastRollback)
+	}
+	st := ts.spawn.(*roleStarter)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.exes[2] == st.exes[0] || st.exes[2] == st.exes[1] {
+		t.Fatal("the crash restart reused a kept executable instead of the path")
+	}
+}

@@ -1,7 +1,8 @@
 // Package testenv names the environment variables through which a test
-// runs the handoff package's test binary as a helper process: the
-// package's own tests and the integration tests (chaos, hostile peers)
-// both start it, so both must spell them alike.
+// runs the handoff package's or cmd/handoff's test binary as a helper
+// process: the packages' own tests and the integration tests (chaos,
+// hostile peers, a broken build under the wrapper) both start them, so
+// both must spell them alike.
 package testenv
 
 const (
@@ -16,4 +17,7 @@ const (
 	Hostile = "HANDOFF_TEST_HOSTILE"
 	// Conns is how many connections the hostile-peer role opens.
 	Conns = "HANDOFF_TEST_CONNS"
+	// Role is the role cmd/handoff's test binary plays (a child of the
+	// wrapper) instead of running tests.
+	Role = "HANDOFF_TEST_ROLE"
 )
