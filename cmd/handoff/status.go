@@ -35,9 +35,14 @@ type childStatus struct {
 // printStatus writes st for a person.
 func printStatus(w io.Writer, st handoff.Status) {
 	fmt.Fprintf(w, "service:    %s\n", st.Service)
-	fmt.Fprintf(w, "wrapper:    pid %d, generation %d, %s, up %v\n", st.PID, st.Generation, st.State, time.Since(st.Started).Round(time.Second))
 	var d statusDetail
-	if len(st.Detail) > 0 && json.Unmarshal(st.Detail, &d) == nil {
+	wrapper := len(st.Detail) > 0 && json.Unmarshal(st.Detail, &d) == nil && d.Command != nil
+	label := "process:   " // a server that embeds the library
+	if wrapper {
+		label = "wrapper:   "
+	}
+	fmt.Fprintf(w, "%s pid %d, generation %d, %s, up %v\n", label, st.PID, st.Generation, st.State, time.Since(st.Started).Round(time.Second))
+	if wrapper {
 		fmt.Fprintf(w, "command:    %s\n", strings.Join(d.Command, " "))
 		fmt.Fprintf(w, "ready:      %s\n", d.Ready)
 		if len(d.Children) == 0 {
@@ -47,6 +52,12 @@ func printStatus(w io.Writer, st handoff.Status) {
 			fmt.Fprintf(w, "child:      pid %d (%s, child %d of this wrapper, up %v)\n", c.PID, c.Role, c.Number, time.Since(c.Started).Round(time.Second))
 		}
 		fmt.Fprintf(w, "restarts:   %d\n", d.Restarts)
+		if !d.CanaryUntil.IsZero() {
+			fmt.Fprintf(w, "canary:     until %s, the previous build stands by\n", d.CanaryUntil.Format(time.RFC3339))
+		}
+		if d.LastRollback != "" {
+			fmt.Fprintf(w, "rollback:   %s\n", d.LastRollback)
+		}
 	}
 	for _, s := range st.Sockets {
 		name := s.Name
@@ -57,7 +68,10 @@ func printStatus(w io.Writer, st handoff.Status) {
 	}
 	if r := st.LastReload; r != nil {
 		result := "ok"
-		if r.Error != "" {
+		switch {
+		case r.RolledBack:
+			result = r.Error // says it was rolled back, and why
+		case r.Error != "":
 			result = "failed: " + r.Error
 		}
 		fmt.Fprintf(w, "last reload: %s, took %v, %s\n", r.At.Format(time.RFC3339), r.Duration.Round(time.Millisecond), result)
