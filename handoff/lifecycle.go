@@ -369,6 +369,8 @@ func (u *Upgrader) close() {
 	if pred != nil {
 		pred.Close()
 	}
+	u.forwards.Lock() // wait for the forwards under way, each bounded by a step
+	u.forwards.Unlock()
 	if succ != nil {
 		succ.close()
 	}

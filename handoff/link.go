@@ -373,7 +373,12 @@ func (u *Upgrader) adoptConn(m wire.Conn, fd int) string {
 // anyway: nobody here can serve it.
 func (u *Upgrader) forwardConn(key string, c net.Conn, state []byte) error {
 	defer c.Close()
-	ctx, cancel := context.WithTimeout(u.ctx, u.cfg.StepTimeout)
+	// Close waits for forwards (u.forwards) rather than cut them: a
+	// connection on its way down the line is a client's, with nobody
+	// else to serve it. Each is bounded by a step.
+	u.forwards.RLock()
+	defer u.forwards.RUnlock()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(u.ctx), u.cfg.StepTimeout)
 	defer cancel()
 	sc, ok := c.(syscall.Conn)
 	if !ok {

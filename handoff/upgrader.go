@@ -44,6 +44,10 @@ type Upgrader struct {
 	ctx    context.Context // canceled by Close; bounds every session
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // goroutines this Upgrader started
+	// forwards is read-held by each connection being passed on to the
+	// successor; Close takes it to let them finish before it closes the
+	// link.
+	forwards sync.RWMutex
 	ready  chan struct{}  // closed once Ready has succeeded
 	exit   chan struct{}  // closed once a successor has taken over
 
