@@ -1,6 +1,7 @@
 package handoff
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -331,5 +332,54 @@ func TestPausedListener(t *testing.T) {
 	handed.Close()
 	l.Close()
 	for range accepted {
+	}
+}
+
+// TestHandedOverIdleOutlivesHeaderTimeout: a keep-alive connection handed
+// over while idle is served as idle, not as a new connection: it outlives
+// ReadHeaderTimeout (which a predecessor that stands by through its
+// canary window makes likely), and its next request is answered.
+func TestHandedOverIdleOutlivesHeaderTimeout(t *testing.T) {
+	u, ln := readyUpgrader(t, testConfig(t))
+	srv := &HTTPServer{Upgrader: u, Server: &http.Server{ReadHeaderTimeout: 200 * time.Millisecond,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") })}}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		srv.Server.Close()
+		recvWithin(t, served, "Serve to return")
+	})
+
+	// A connection from elsewhere, handed to the listener as a
+	// predecessor's would be.
+	other, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	client, err := net.Dial("tcp", other.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	handed, err := other.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ln.(*listener).inject(handed) {
+		t.Fatal("inject refused")
+	}
+	time.Sleep(600 * time.Millisecond) // idle past ReadHeaderTimeout: the test's subject
+	client.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprint(client, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(client), nil)
+	if err != nil {
+		t.Fatalf("request on the handed-over connection after %v idle: %v", 600*time.Millisecond, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
 	}
 }

@@ -212,6 +212,9 @@ func (s *HTTPServer) serve(ln net.Listener, handoff bool, serve func(net.Listene
 	if m := s.mover(); handoff && m != nil {
 		tl.key, _ = m.connKey(ln)
 	}
+	if hl, ok := ln.(*listener); ok && tl.key != "" {
+		hl.trackHanded() // so that Accept can tell a handed-over connection
+	}
 	s.mu.Lock()
 	if s.draining.Load() {
 		s.mu.Unlock()
@@ -345,5 +348,12 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 	if _, ok := c.(syscall.Conn); !ok {
 		return c, nil
 	}
-	return &httpConn{Conn: c, srv: l.srv, key: l.key, phase: http.StateNew}, nil
+	hc := &httpConn{Conn: c, srv: l.srv, key: l.key, phase: http.StateNew}
+	if hl, ok := l.Listener.(*listener); ok && hl.wasHandedOver(c) {
+		// An idle keep-alive connection from the predecessor: its next
+		// request may be a long way off, and net/http, which sees a new
+		// connection, would give it only ReadHeaderTimeout.
+		hc.awaitingFirst, hc.handedAt = true, time.Now()
+	}
+	return hc, nil
 }

@@ -37,6 +37,30 @@ type httpConn struct {
 	stolen        bool           // net/http was told EOF; Close hands the conn over
 	readDeadline  time.Time      // what net/http asked for
 	idleSince     time.Time      // when the last response was done
+	// awaitingFirst: a handed-over connection that has not sent a byte
+	// here yet. It is an idle keep-alive connection, not a new one: until
+	// its first byte it gets net/http's idle timeout, not the header
+	// deadline net/http set at accept (handedAt), which then counts
+	// from that first byte.
+	awaitingFirst bool
+	handedAt      time.Time
+}
+
+// kernelDeadlineLocked is the read deadline the kernel socket should
+// have: net/http's, except while a handed-over connection is idle.
+func (c *httpConn) kernelDeadlineLocked() time.Time {
+	if !c.awaitingFirst {
+		return c.readDeadline
+	}
+	srv := c.srv.Server
+	idle := srv.IdleTimeout
+	if idle == 0 {
+		idle = srv.ReadTimeout
+	}
+	if idle <= 0 {
+		return time.Time{}
+	}
+	return c.handedAt.Add(idle)
 }
 
 // Read passes reads through, except at a safe moment while release is
@@ -56,6 +80,16 @@ func (c *httpConn) Read(p []byte) (int, error) {
 	for {
 		n, err := c.Conn.Read(p)
 		c.mu.Lock()
+		if n > 0 && c.awaitingFirst {
+			// The request has begun: net/http's header budget starts now.
+			c.awaitingFirst = false
+			if !c.readDeadline.IsZero() {
+				c.readDeadline = time.Now().Add(c.readDeadline.Sub(c.handedAt))
+			}
+			if !c.stealing {
+				c.Conn.SetReadDeadline(c.readDeadline)
+			}
+		}
 		if n > 0 {
 			c.readSinceIdle = true
 			c.cancelStealLocked() // the request came first: serve it here
@@ -90,7 +124,7 @@ func (c *httpConn) cleanRead(p []byte) bool {
 func (c *httpConn) cancelStealLocked() {
 	if c.stealing {
 		c.stealing = false
-		c.Conn.SetReadDeadline(c.readDeadline)
+		c.Conn.SetReadDeadline(c.kernelDeadlineLocked())
 	}
 }
 
@@ -137,7 +171,7 @@ func (c *httpConn) SetReadDeadline(t time.Time) error {
 	if c.stealing {
 		return nil
 	}
-	return c.Conn.SetReadDeadline(t)
+	return c.Conn.SetReadDeadline(c.kernelDeadlineLocked())
 }
 
 func (c *httpConn) SetDeadline(t time.Time) error {

@@ -17,10 +17,11 @@ type listener struct {
 	key          string
 
 	mu       sync.Mutex
-	queue    []net.Conn    // handed-over connections not yet accepted
-	woken    bool          // the deadline was set in the past to wake Accept
-	paused   chan struct{} // while a canary window runs: closed by resume or Close
-	injected chan struct{} // wakes an Accept that waits while paused; room for one
+	queue    []net.Conn        // handed-over connections not yet accepted
+	woken    bool              // the deadline was set in the past to wake Accept
+	handed   map[net.Conn]bool // after trackHanded: handed-over connections Accept returned, until wasHandedOver asks
+	paused   chan struct{}     // while a canary window runs: closed by resume or Close
+	injected chan struct{}     // wakes an Accept that waits while paused; room for one
 	closed   bool
 }
 
@@ -51,6 +52,9 @@ func (l *listener) Accept() (net.Conn, error) {
 		if len(l.queue) > 0 {
 			c := l.queue[0]
 			l.queue = l.queue[1:]
+			if l.handed != nil {
+				l.handed[c] = true
+			}
 			l.mu.Unlock()
 			return c, nil
 		}
@@ -66,6 +70,26 @@ func (l *listener) Accept() (net.Conn, error) {
 		}
 		return c, err
 	}
+}
+
+// trackHanded makes Accept remember which connections it returned from
+// the handed-over ones, for wasHandedOver (HTTPServer asks of each).
+func (l *listener) trackHanded() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.handed == nil {
+		l.handed = make(map[net.Conn]bool)
+	}
+}
+
+// wasHandedOver reports whether Accept returned c from the handed-over
+// ones (an idle keep-alive connection, most likely), and forgets it.
+func (l *listener) wasHandedOver(c net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	handed := l.handed[c]
+	delete(l.handed, c)
+	return handed
 }
 
 // inject queues a handed-over connection for Accept and wakes it. It
