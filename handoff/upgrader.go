@@ -48,8 +48,8 @@ type Upgrader struct {
 	// successor; Close takes it to let them finish before it closes the
 	// link.
 	forwards sync.RWMutex
-	ready  chan struct{}  // closed once Ready has succeeded
-	exit   chan struct{}  // closed once a successor has taken over
+	ready    chan struct{} // closed once Ready has succeeded
+	exit     chan struct{} // closed once a successor has taken over
 
 	mu sync.Mutex
 	// Written only by the transitions in lifecycle.go.
