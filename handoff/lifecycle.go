@@ -369,11 +369,13 @@ func (u *Upgrader) close() {
 	if pred != nil {
 		pred.Close()
 	}
-	u.forwards.Lock() // wait for the forwards under way, each bounded by a step
-	u.forwards.Unlock()
+	// Wait for the forwards under way, each bounded by a step; one that
+	// starts later finds the link closed.
+	u.forwards.Lock()
 	if succ != nil {
 		succ.close()
 	}
+	u.forwards.Unlock()
 	u.wg.Wait()
 	u.reg.close(!handedOver)
 	u.conns.close()
