@@ -180,12 +180,19 @@ func (b *Builder) Build(tb TB, pkg string) string {
 	return b.build(tb, pkg, filepath.Base(pkg), "build")
 }
 
+// testBinaryName names pkg's test binary after its whole path
+// ("./cmd/handoff" → "cmd-handoff.test"), so that two packages with one
+// base name ("./handoff", "./cmd/handoff") get a binary each.
+func testBinaryName(pkg string) string {
+	return strings.ReplaceAll(strings.Trim(filepath.ToSlash(filepath.Clean(pkg)), "./"), "/", "-") + ".test"
+}
+
 // BuildTest builds the test binary of package pkg ("./handoff"), as
 // `go test -c` does, and returns its path: its helper roles can then play
 // peers of the real servers.
 func (b *Builder) BuildTest(tb TB, pkg string) string {
 	tb.Helper()
-	return b.build(tb, pkg, filepath.Base(pkg)+".test", "test", "-c")
+	return b.build(tb, pkg, testBinaryName(pkg), "test", "-c")
 }
 
 func (b *Builder) build(tb TB, pkg, name string, goArgs ...string) string {
