@@ -3,6 +3,7 @@
 // the process that served it.
 //
 //	httpserver -addr HOST:PORT -socket PATH [-pidfile PATH] [-delay DURATION]
+//	    [-canary-window DURATION]
 //
 // SIGHUP upgrades to a fresh copy of the binary (read from disk again).
 // Starting a second httpserver with the same -socket and -addr while one
@@ -38,16 +39,17 @@ func main() {
 	socket := flag.String("socket", "", "control socket path (default: derived from the service name)")
 	pidfile := flag.String("pidfile", "", "file to keep the serving process's pid in")
 	delay := flag.Duration("delay", 0, "wait this long before answering, to make in-flight requests visible")
+	canary := flag.Duration("canary-window", handoff.DefaultCanaryWindow, "after an upgrade, stand by this long to take the service back should the successor die (negative: off)")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if err := serve(log, *addr, *socket, *pidfile, *delay); err != nil {
+	if err := serve(log, *addr, *socket, *pidfile, *delay, *canary); err != nil {
 		log.Error("httpserver failed", "err", err)
 		os.Exit(1)
 	}
 }
 
-func serve(log *slog.Logger, addr, socket, pidfile string, delay time.Duration) error {
+func serve(log *slog.Logger, addr, socket, pidfile string, delay, canary time.Duration) error {
 	// Catch the signals before anything else: once this process is ready,
 	// a SIGHUP or SIGTERM may come at any moment.
 	hup := make(chan os.Signal, 1)
@@ -60,6 +62,7 @@ func serve(log *slog.Logger, addr, socket, pidfile string, delay time.Duration) 
 		Socket:       socket,
 		PIDFile:      pidfile,
 		ReadyTimeout: readyTimeout,
+		CanaryWindow: canary,
 		Logger:       log,
 	})
 	if err != nil {

@@ -17,10 +17,12 @@
 // machine), naive (stop, then start), reuseport (SO_REUSEPORT: start a
 // new process, then stop the old), tableflip (cloudflare/tableflip's HTTP
 // example, SIGHUP), handoff-embedded (examples/httpserver, SIGHUP),
+// handoff-nocanary (the same with its canary window off),
 // handoff-takeover (examples/httpserver, an independent new process),
 // handoff-wrapper (`handoff run` around examples/activated, which knows
-// nothing about handoff; SIGHUP). The peers live in the module
-// integration/bench.
+// nothing about handoff; SIGHUP), and tableflip-crash and handoff-crash
+// (restarts to a new process that dies 1 s after it is ready). The peers
+// live in the module integration/bench.
 package main
 
 import (
@@ -120,6 +122,7 @@ func scenarios(dir string, reaper *testbed.Reaper) []scenario {
 	httpserver := own.Build(prog, "./examples/httpserver")
 	wrapper := own.Build(prog, "./cmd/handoff")
 	activated := own.Build(prog, "./examples/activated")
+	tableflip := peers.Build(prog, "./cmd/tableflipserver")
 	plainArgs := func(s *testbed.Service, extra ...string) []string {
 		return append([]string{"-addr", s.Addr, "-pidfile", s.PIDFile}, extra...)
 	}
@@ -133,17 +136,26 @@ func scenarios(dir string, reaper *testbed.Reaper) []scenario {
 		{"reuseport", "start a new process on the same port (SO_REUSEPORT), then SIGTERM the old one", plain, func(s *testbed.Service) server {
 			return &pidServer{s: s, args: plainArgs(s, "-reuseport"), how: startThenStop(true)}
 		}},
-		{"tableflip", "SIGHUP: tableflip.Upgrade, then the old process runs http.Server.Shutdown", peers.Build(prog, "./cmd/tableflipserver"), func(s *testbed.Service) server {
+		{"tableflip", "SIGHUP: tableflip.Upgrade, then the old process runs http.Server.Shutdown", tableflip, func(s *testbed.Service) server {
 			return &pidServer{s: s, args: plainArgs(s), how: upgradeOnSignal}
 		}},
-		{"handoff-embedded", "SIGHUP: Upgrade to a fresh copy of examples/httpserver", httpserver, func(s *testbed.Service) server {
-			return &pidServer{s: s, args: s.DefaultArgs(), how: upgradeOnSignal}
+		{"handoff-embedded", "SIGHUP: Upgrade to a fresh copy of examples/httpserver (canary window on, 10 s: the old process stands by until the next restart releases it)", httpserver, func(s *testbed.Service) server {
+			return &pidServer{s: s, args: s.DefaultArgs(), how: upgradeOnSignal, canary: true}
+		}},
+		{"handoff-nocanary", "as handoff-embedded with the canary window off (-canary-window -1ns): what the window costs a good upgrade", httpserver, func(s *testbed.Service) server {
+			return &pidServer{s: s, args: append(s.DefaultArgs(), "-canary-window", "-1ns"), how: upgradeOnSignal}
 		}},
 		{"handoff-takeover", "start an independent examples/httpserver on the same control socket", httpserver, func(s *testbed.Service) server {
-			return &pidServer{s: s, args: s.DefaultArgs(), how: startThenStop(false)}
+			return &pidServer{s: s, args: s.DefaultArgs(), how: startThenStop(false), canary: true}
 		}},
 		{"handoff-wrapper", "SIGHUP to `handoff run` around examples/activated, which knows nothing about handoff", activated, func(s *testbed.Service) server {
 			return &wrapped{s: s, wrapper: wrapper, command: []string{activated}}
+		}},
+		{"tableflip-crash", "as tableflip, but the new process dies (SIGKILL) " + crashAfter.String() + " after it is ready, as a build that crashes then would; the benchmark then starts the server again at once, as the quickest supervisor would", tableflip, func(s *testbed.Service) server {
+			return &pidServer{s: s, args: plainArgs(s), how: crashAfterReady(false)}
+		}},
+		{"handoff-crash", "as handoff-embedded, but the new process dies (SIGKILL) " + crashAfter.String() + " after it is ready, within the canary window: the old process rolls back", httpserver, func(s *testbed.Service) server {
+			return &pidServer{s: s, args: s.DefaultArgs(), how: crashAfterReady(true)}
 		}},
 	}
 }

@@ -21,7 +21,7 @@ type row struct {
 	mode      loadgen.Mode
 	steady    *loadgen.Result // load without restarts
 	load      *loadgen.Result // load through the restarts
-	durations []time.Duration // each restart: trigger until a new process serves and the old one is gone
+	durations []time.Duration // each restart: trigger until a new process serves and the process it ends is gone
 	retried   int             // restarts that had to be triggered again
 }
 
@@ -143,7 +143,10 @@ latency; *outage*: the longest run of failed requests (none
 50 ms or more apart), from the first sent to the last (0 with no or one
 failure);
 *restart*: median time from the trigger until a new process serves and the
-old one is gone. Load modes: *keepalive* (requests on persistent
+process the restart ends is gone: the old one; with a canary window, the
+one that stood by for the old one, which this restart's handover
+releases (so each restart still waits for one drain); in the crash
+scenarios, until a process serves again. Load modes: *keepalive* (requests on persistent
 connections), *newconn* (a connection per request), *mixed* (half each).
 
 Scenarios:

@@ -44,6 +44,26 @@ type pidServer struct {
 	pid     int      // serving now
 	how     restartFunc
 	retries int // restarts signalled again after a refusal
+	// canary: the old process stands by for its canary window after a
+	// restart (handoff's default) and is released by the next restart's
+	// handover or by stop, so a restart waits for the one before the old
+	// one to be gone, standing, instead of the old one itself.
+	canary   bool
+	standing int
+}
+
+// retire waits, after a restart from old, until the process that this
+// restart ends is gone: old, or with a canary window the one that stood
+// by for old and was released by old's handover.
+func (p *pidServer) retire(old int) {
+	if !p.canary {
+		p.s.WaitExit(old, exitTimeout)
+		return
+	}
+	if p.standing != 0 {
+		p.s.WaitExit(p.standing, exitTimeout)
+	}
+	p.standing = old
 }
 
 func (p *pidServer) start() int {
@@ -54,6 +74,10 @@ func (p *pidServer) start() int {
 func (p *pidServer) stop() {
 	p.s.Signal(p.pid, syscall.SIGTERM)
 	p.s.WaitExit(p.pid, exitTimeout)
+	if p.standing != 0 { // released by the stop
+		p.s.WaitExit(p.standing, exitTimeout)
+		p.standing = 0
+	}
 }
 
 func (p *pidServer) restart() { p.pid = p.how(p) }
@@ -77,7 +101,7 @@ func startThenStop(stopOld bool) restartFunc {
 		if stopOld {
 			p.s.Signal(p.pid, syscall.SIGTERM)
 		}
-		p.s.WaitExit(p.pid, exitTimeout)
+		p.retire(p.pid)
 		return next
 	}
 }
@@ -109,7 +133,7 @@ func upgradeOnSignal(p *pidServer) int {
 		for !bytes.Contains(p.s.LogFrom(from), []byte("upgrade failed")) {
 			if next := p.s.PID(); next != 0 && next != p.pid {
 				p.s.Remember(next)
-				p.s.WaitExit(p.pid, exitTimeout)
+				p.retire(p.pid)
 				return next
 			}
 			if time.Now().After(deadline) {
