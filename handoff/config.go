@@ -159,7 +159,7 @@ func defaultSocketDir() (string, error) {
 	if rd := os.Getenv("RUNTIME_DIRECTORY"); rd != "" {
 		return strings.Split(rd, ":")[0], nil
 	}
-	dir := filepath.Join(os.TempDir(), fmt.Sprintf("handoff-%d", os.Getuid()))
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("handoff-%d", os.Geteuid()))
 	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
 		return "", err
 	}
@@ -170,42 +170,55 @@ func defaultSocketDir() (string, error) {
 }
 
 // checkSocketDir refuses a control socket whose directory others could
-// use to stand in for the service: one another user owns (not root), or
-// one others can write to, unless it is sticky and the socket file, if
-// there is one, is this user's.
+// use to stand in for the service: see checkPlace.
 func checkSocketDir(path string) error {
+	return checkPlace("control socket", path, "the default, or systemd's RuntimeDirectory=")
+}
+
+// checkPlace refuses a file of the service (what: its control socket,
+// its pid file) at path whose directory others could use to stand in for
+// it: a directory another user owns (not root), or one others can write
+// to, unless it is sticky and the file, if there is one, is this user's.
+// In a directory others could write to, another user could plant the
+// file: a socket to connect to, a pid file naming a process of theirs
+// for an operator's kill. hint says where the file belongs instead.
+func checkPlace(what, path, hint string) error {
 	dir, err := filepath.EvalSymlinks(filepath.Dir(path))
 	if err != nil {
-		return fmt.Errorf("handoff: control socket directory: %w", err)
+		return fmt.Errorf("handoff: %s directory: %w", what, err)
 	}
 	owner, mode, err := fileOwner(dir)
 	if err != nil {
-		return fmt.Errorf("handoff: control socket directory: %w", err)
+		return fmt.Errorf("handoff: %s directory: %w", what, err)
 	}
 	uid := os.Geteuid()
 	if owner != uid && owner != 0 {
-		return fmt.Errorf("handoff: control socket directory %s belongs to uid %d: only the service's user (uid %d) or root may own it", dir, owner, uid)
+		return fmt.Errorf("handoff: %s directory %s belongs to uid %d: only the service's user (uid %d) or root may own it", what, dir, owner, uid)
 	}
 	if mode&0o022 == 0 {
 		return nil
 	}
 	if mode&os.ModeSticky == 0 {
-		return fmt.Errorf("handoff: control socket directory %s (mode %v) can be written by other users, who could stand in for the service: use a directory only the service's user can write to (the default, or systemd's RuntimeDirectory=)", dir, mode.Perm())
+		return fmt.Errorf("handoff: %s directory %s (mode %v) can be written by other users, who could stand in for the service: use a directory only the service's user can write to (%s)", what, dir, mode.Perm(), hint)
 	}
-	if sockOwner, _, err := fileOwner(path); err == nil && sockOwner != uid {
-		return fmt.Errorf("handoff: control socket %s belongs to uid %d, not to this user (uid %d): remove it, or use a directory only the service's user can write to", path, sockOwner, uid)
+	if fileUID, _, err := fileOwner(path); err == nil && fileUID != uid {
+		return fmt.Errorf("handoff: %s %s belongs to uid %d, not to this user (uid %d): remove it, or use a directory only the service's user can write to (%s)", what, path, fileUID, uid, hint)
 	}
 	return nil
 }
 
-// checkPIDFile fails unless the pid file at path (if set) can be
-// written: a file created beside it, as writePIDFile does, and removed.
+// checkPIDFile fails unless the pid file at path (if set) is in a place
+// only the service controls (checkPlace) and can be written: a file
+// created beside it, as writePIDFile does, and removed.
 func checkPIDFile(path string) error {
 	if path == "" {
 		return nil
 	}
 	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
 		return fmt.Errorf("handoff: pid file %s is not a regular file", path)
+	}
+	if err := checkPlace("pid file", path, "such as systemd's RuntimeDirectory=, /run/NAME"); err != nil {
+		return err
 	}
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {

@@ -224,6 +224,48 @@ func TestSocketDirectoryRule(t *testing.T) {
 	}
 }
 
+// TestPIDFilePlace: New refuses a pid file in a directory others can
+// write to, unless it is sticky and the file, if there is one, is this
+// user's: another user could otherwise plant a pid file naming a process
+// of theirs for an operator's `kill $(cat …)`.
+func TestPIDFilePlace(t *testing.T) {
+	checkLeaks(t)
+	base := socketDir(t)
+	dir := func(name string, mode os.FileMode) string {
+		d := filepath.Join(base, name)
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(d, mode); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	open := dir("open", 0o777)
+	sticky := dir("sticky", 0o777|os.ModeSticky)
+	cfg := testConfig(t)
+	cfg.PIDFile = filepath.Join(open, "a.pid")
+	if _, err := New(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "pid file directory") || !strings.Contains(err.Error(), "can be written by other users") {
+		t.Fatalf("New with a pid file in %s = %v, want a refusal of the directory", open, err)
+	}
+	cfg.PIDFile = filepath.Join(sticky, "a.pid")
+	u := newUpgrader(t, cfg) // sticky, no file yet: fine
+	u.Close()
+	if os.Geteuid() == 0 {
+		theirs := filepath.Join(sticky, "theirs.pid")
+		if err := os.WriteFile(theirs, []byte("1\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Lchown(theirs, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		cfg.PIDFile = theirs
+		if _, err := New(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "pid file "+theirs+" belongs to uid 65534") {
+			t.Fatalf("New with another user's pid file = %v, want a refusal", err)
+		}
+	}
+}
+
 // TestUnlinkOnlyOwnSocketFile (case 1): a predecessor that names a file
 // as the address of a unix listener it passes cannot make the successor
 // remove that file: the successor removes only a socket file whose

@@ -19,8 +19,8 @@ func checkPrivateDir(dir string) error {
 	if !fi.IsDir() || !ok {
 		return fmt.Errorf("handoff: %s is not a directory", dir)
 	}
-	if int(st.Uid) != os.Getuid() || fi.Mode().Perm()&0o022 != 0 {
-		return fmt.Errorf("handoff: %s must be owned by uid %d and not writable by others (owner %d, mode %v)", dir, os.Getuid(), st.Uid, fi.Mode().Perm())
+	if int(st.Uid) != os.Geteuid() || fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("handoff: %s must be owned by uid %d and not writable by others (owner %d, mode %v)", dir, os.Geteuid(), st.Uid, fi.Mode().Perm())
 	}
 	return nil
 }
