@@ -178,7 +178,8 @@ func checkSocketDir(path string) error {
 // checkPlace refuses a file of the service (what: its control socket,
 // its pid file) at path whose directory others could use to stand in for
 // it: a directory another user owns (not root), or one others can write
-// to, unless it is sticky and the file, if there is one, is this user's.
+// to, unless it is sticky and the file, if there is one, is this user's;
+// or one inside a directory others could change.
 // In a directory others could write to, another user could plant the
 // file: a socket to connect to, a pid file naming a process of theirs
 // for an operator's kill. hint says where the file belongs instead.
@@ -194,6 +195,21 @@ func checkPlace(what, path, hint string) error {
 	uid := os.Geteuid()
 	if owner != uid && owner != 0 {
 		return fmt.Errorf("handoff: %s directory %s belongs to uid %d: only the service's user (uid %d) or root may own it", what, dir, owner, uid)
+	}
+	// Whoever can rename an ancestor can put a directory of their own in
+	// its place: every ancestor must be as safe, or sticky (where others
+	// cannot rename what is not theirs).
+	for a := filepath.Dir(dir); ; a = filepath.Dir(a) {
+		aOwner, aMode, err := fileOwner(a)
+		if err != nil {
+			return fmt.Errorf("handoff: %s directory: %w", what, err)
+		}
+		if aOwner != uid && aOwner != 0 || aMode&0o022 != 0 && aMode&os.ModeSticky == 0 {
+			return fmt.Errorf("handoff: %s directory %s is inside %s (uid %d, mode %v), which other users can change, and so stand in for the service: use a directory whose every parent only the service's user or root can write to (%s)", what, dir, a, aOwner, aMode.Perm(), hint)
+		}
+		if a == filepath.Dir(a) {
+			break
+		}
 	}
 	if mode&0o022 == 0 {
 		return nil

@@ -197,6 +197,17 @@ func TestSocketDirectoryRule(t *testing.T) {
 			t.Fatalf("New in %s = %v, want a refusal of the directory", filepath.Dir(path), err)
 		}
 	}
+	// A private directory inside one others can write to (not sticky):
+	// they could rename it and put their own in its place.
+	inner := filepath.Join(open, "private")
+	if err := os.Mkdir(inner, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg0 := testConfig(t)
+	cfg0.Socket = filepath.Join(inner, "a.sock")
+	if _, err := New(context.Background(), cfg0); err == nil || !strings.Contains(err.Error(), "which other users can change") {
+		t.Fatalf("New in %s = %v, want a refusal of its parent", inner, err)
+	}
 	// Sticky, no socket yet: fine, and the socket made there is ours.
 	cfg := testConfig(t)
 	cfg.Socket = filepath.Join(sticky, "a.sock")
