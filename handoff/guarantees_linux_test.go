@@ -89,10 +89,12 @@ func init() {
 		if err != nil {
 			return err
 		}
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// It drains as a program should (HTTPServer): http.Server.Shutdown
+		// alone drops a request it reads once it began (golang/go#75591).
+		srv := &HTTPServer{Server: &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			time.Sleep(300 * time.Millisecond) // the request's work
 			fmt.Fprint(w, "successor")
-		})}
+		})}, Upgrader: u}
 		go srv.Serve(ln)
 		wait, _ := time.ParseDuration(os.Getenv(envWait))
 		time.Sleep(wait) // a slow start-up: longer than the predecessor waits
