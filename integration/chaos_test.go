@@ -36,6 +36,10 @@ type chaosService struct {
 	peer      string // the handoff package's test binary
 	installed string // what SIGHUP starts
 	stepFile  string // where chaos-successor reads its step
+	// standing is the process upgrade handed over from, which stands by
+	// in its canary window until the next upgrade's handover or
+	// stopService releases it; both wait for it to exit.
+	standing int
 }
 
 func newChaosService(t *testing.T) *chaosService {
@@ -79,19 +83,33 @@ func (c *chaosService) fds(t *testing.T, pid int) int {
 }
 
 // upgrade upgrades old to a good build with SIGHUP under load: no request
-// fails, old exits 0, and the successor serves. It returns the successor.
+// fails, and the successor serves. It returns the successor. old stands
+// by in its canary window (the next upgrade or stopService waits for it
+// to exit 0); the process that stood by for old, released by this
+// handover, has exited 0 when upgrade returns.
 func (c *chaosService) upgrade(t *testing.T, old int) int {
 	t.Helper()
 	install(t, c.good, c.installed)
 	stop := testbed.RunLoad(c.Addr, loadgen.Mixed, 8)
 	c.Signal(old, syscall.SIGHUP)
 	next := c.WaitPID(0, old, 30*time.Second)
-	if ws := c.WaitExit(old, 60*time.Second); ws.ExitStatus() != 0 {
-		t.Errorf("old process %d exited with %v", old, ws)
-	}
 	testbed.WaitServing(t, c.Addr, next)
+	c.retire(t)
+	c.standing = old
 	requireNoFailures(t, stop())
 	return next
+}
+
+// retire waits for the process that stood by to exit 0.
+func (c *chaosService) retire(t *testing.T) {
+	t.Helper()
+	if c.standing == 0 {
+		return
+	}
+	if ws := c.WaitExit(c.standing, 60*time.Second); ws.ExitStatus() != 0 {
+		t.Errorf("old process %d exited with %v", c.standing, ws)
+	}
+	c.standing = 0
 }
 
 // stopService ends the service's last process with SIGTERM.
@@ -101,6 +119,7 @@ func (c *chaosService) stopService(t *testing.T, pid int) {
 	if ws := c.WaitExit(pid, 60*time.Second); ws.ExitStatus() != 0 {
 		t.Errorf("process %d exited with %v after SIGTERM", pid, ws)
 	}
+	c.retire(t) // released by the stop
 }
 
 // killedBy reports whether ws is a death by SIGKILL.
