@@ -8,7 +8,7 @@ import (
 )
 
 // readmeHeading is the README.md section whose Go block is main.go.
-const readmeHeading = "## The library in ten lines"
+const readmeHeading = "## Embed it in a Go server"
 
 // TestReadmeShowsThisProgram fails when the Go block under readmeHeading in
 // README.md is not main.go, so that README shows a program that compiles.
