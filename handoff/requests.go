@@ -20,13 +20,19 @@ import (
 
 // Status describes a serving process, as `handoff status` shows it.
 type Status struct {
-	PID        int            `json:"pid"`
-	Service    string         `json:"service"`
-	Generation int            `json:"generation"`
-	State      string         `json:"state"` // starting, serving, upgrading, canary, handed-over, closed
-	Started    time.Time      `json:"started"`
-	Sockets    []SocketStatus `json:"sockets"`
-	LastReload *ReloadResult  `json:"last_reload,omitempty"`
+	PID        int       `json:"pid"`
+	Service    string    `json:"service"`
+	Generation int       `json:"generation"`
+	State      string    `json:"state"` // starting, serving, upgrading, canary, handed-over, closed
+	Started    time.Time `json:"started"`
+	// Build is the build this process runs.
+	Build Build `json:"build"`
+	// PredecessorBuild is the build of the process this one took over
+	// from, as it said in its welcome (nil for a fresh start; empty
+	// fields: a predecessor that predates them).
+	PredecessorBuild *Build         `json:"predecessor_build,omitempty"`
+	Sockets          []SocketStatus `json:"sockets"`
+	LastReload       *ReloadResult  `json:"last_reload,omitempty"`
 	// Dropped lists the sockets the predecessor passed that this
 	// process did not claim (a port its config no longer has): it closed
 	// them once it served.
@@ -48,7 +54,10 @@ type ReloadResult struct {
 	At        time.Time     `json:"at"`
 	Duration  time.Duration `json:"duration_ns"`
 	Successor int           `json:"successor,omitempty"` // pid, for an upgrade
-	Error     string        `json:"error,omitempty"`     // "" when it succeeded
+	// SuccessorBuild is the successor's build, as it said in its hello
+	// (empty fields: a successor that predates them).
+	SuccessorBuild *Build `json:"successor_build,omitempty"`
+	Error          string `json:"error,omitempty"` // "" when it succeeded
 	// RolledBack: the successor became ready, then died within the
 	// canary window, and this process serves again (Error says how).
 	RolledBack bool `json:"rolled_back,omitempty"`
@@ -58,13 +67,15 @@ type ReloadResult struct {
 func (u *Upgrader) Status() Status {
 	u.mu.Lock()
 	st := Status{
-		PID:        u.pid,
-		Service:    u.cfg.Name,
-		Generation: int(u.generation),
-		State:      u.state.String(),
-		Started:    u.started,
-		LastReload: u.lastReload,
-		Dropped:    u.dropped,
+		PID:              u.pid,
+		Service:          u.cfg.Name,
+		Generation:       int(u.generation),
+		State:            u.state.String(),
+		Started:          u.started,
+		Build:            speaks.build,
+		PredecessorBuild: u.predBuild,
+		LastReload:       u.lastReload,
+		Dropped:          u.dropped,
 	}
 	detail := u.wrapper.StatusDetail
 	u.mu.Unlock()
@@ -79,9 +90,10 @@ func (u *Upgrader) Status() Status {
 	return st
 }
 
-// recordUpgrade keeps the outcome of a reload for Status.
-func (u *Upgrader) recordUpgrade(start time.Time, successor int, err error) {
-	r := &ReloadResult{At: start, Duration: time.Since(start), Successor: successor}
+// recordUpgrade keeps the outcome of a reload for Status: successor is
+// the pid of the successor, if there was one, and build its build.
+func (u *Upgrader) recordUpgrade(start time.Time, successor int, build *Build, err error) {
+	r := &ReloadResult{At: start, Duration: time.Since(start), Successor: successor, SuccessorBuild: build}
 	if err != nil {
 		r.Error = err.Error()
 	}
@@ -125,7 +137,7 @@ func (u *Upgrader) reload(ctx context.Context, progress func(string)) error {
 	start := time.Now()
 	u.notify(reloading(), u.status("reloading", ""))
 	err := own(ctx, progress)
-	u.recordUpgrade(start, 0, err)
+	u.recordUpgrade(start, 0, nil, err)
 	u.release(err)
 	return err
 }

@@ -68,6 +68,7 @@ type Upgrader struct {
 	// Written by Ready and by each upgrade, for Status.
 	dropped    []SocketStatus
 	lastReload *ReloadResult
+	predBuild  *Build // written by the takeover
 	// Set once, before Ready, by the wrapper (hooks.Wrap).
 	wrapper hooks.Wrapper
 }
