@@ -55,6 +55,7 @@ func init() {
 	// successor: take over, serve its pid on the test's address, and run
 	// until told to stop.
 	registerHelper("successor", func() error {
+		speakAs(os.Getenv(envSpeaks)) // compat_linux_test.go
 		u, err := New(context.Background(), helperConfig())
 		if err != nil {
 			return err
