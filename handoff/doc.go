@@ -30,8 +30,8 @@
 // container that shares the socket's directory. Only one upgrade is in
 // flight at a time; a concurrent attempt gets ErrInProgress.
 //
-// Any program of the service's user can ask the serving process to upgrade
-// (as `handoff reload` does) or for its Status: see package
+// A program run by the service's user (or root) can ask the serving process
+// to upgrade (as `handoff reload` does) or for its Status: see package
 // github.com/handoffd/handoff/handoff/control.
 //
 // # Security
