@@ -102,7 +102,7 @@ func (u *Upgrader) waitCanary() {
 func (u *Upgrader) recordRollbackLocked(c *canary, reason string) {
 	r := &ReloadResult{At: c.readyAt, Successor: c.pid, Error: reason, RolledBack: true}
 	if last := u.lastReload; last != nil && last.Successor == c.pid {
-		r.At, r.Duration = last.At, last.Duration
+		r.At, r.Duration, r.SuccessorBuild = last.At, last.Duration, last.SuccessorBuild
 	}
 	u.lastReload = r
 }

@@ -197,7 +197,7 @@ func TestCanaryRollback(t *testing.T) {
 			})
 			// A later upgrade can be tried at once, through the control
 			// socket the old process serves again.
-			if _, err := RequestStatus(context.Background(), old.cfg.Socket); err != nil {
+			if _, err := askStatus(context.Background(), old.cfg.Socket); err != nil {
 				t.Fatalf("status request after the rollback: %v", err)
 			}
 			if err := old.Upgrade(context.Background()); err != nil {

@@ -1,7 +1,6 @@
 package handoff
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -85,22 +84,11 @@ type Config struct {
 
 	// Logger receives the package's log records. Nil means silence.
 	Logger *slog.Logger
-
-	// Reload is what Upgrader.Reload runs, and with it a reload request
-	// on the control socket (`handoff reload`). It reports steps through
-	// progress. Nil means Upgrade. (The wrapper sets it to restart its
-	// child.)
-	Reload func(ctx context.Context, progress func(line string)) error
-
-	// StatusDetail, when set, adds to Status (and `handoff status`)
-	// whatever it returns, marshaled as JSON.
-	StatusDetail func() any
 }
 
-// SocketPath returns the control socket that a Config with this Name and
-// no Socket uses, so that a client (`handoff reload -name NAME`) finds the
-// socket the service serves without being told its path.
-func SocketPath(name string) (string, error) {
+// socketPath returns the control socket that a Config with this Name and
+// no Socket uses (control.SocketPath).
+func socketPath(name string) (string, error) {
 	c, err := Config{Name: name}.withDefaults()
 	return c.Socket, err
 }

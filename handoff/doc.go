@@ -30,6 +30,10 @@
 // container that shares the socket's directory. Only one upgrade is in
 // flight at a time; a concurrent attempt gets ErrInProgress.
 //
+// A program run by the service's user (or root) can ask the serving process
+// to upgrade (as `handoff reload` does) or for its Status: see package
+// github.com/handoffd/handoff/handoff/control.
+//
 // # Security
 //
 // The control socket is created with mode 0600. A peer is accepted only if
@@ -48,8 +52,7 @@
 // the main process, so NotifyAccess=main (the default) suffices; READY=1
 // from the old process if the upgrade fails, which leaves it the main
 // process; STOPPING=1 on Stop; and STATUS= lines naming generation, pid
-// and sockets, to which SetStatus adds the program's own words. With a
-// custom Config.Reload, RELOADING=1 and READY=1 frame each reload.
+// and sockets.
 //
 // Under a service manager Upgrade starts the successor as a child of the
 // manager (CLONE_PARENT) rather than of this process, so that the

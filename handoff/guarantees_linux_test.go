@@ -144,8 +144,8 @@ func startNobodyListener(t *testing.T, path string) *lineReader {
 
 // TestSuccessorChecksPredecessor (case 1): a control socket that a
 // process of another user listens on is not trusted: New fails with
-// ErrPeerRejected before sending it a byte, and so do RequestStatus and
-// RequestReload.
+// ErrPeerRejected before sending it a byte, and so do control.Status and
+// control.Reload (askStatus, askReload).
 func TestSuccessorChecksPredecessor(t *testing.T) {
 	asNobody(t)
 	checkLeaks(t)
@@ -160,8 +160,8 @@ func TestSuccessorChecksPredecessor(t *testing.T) {
 		t.Fatalf("the fake predecessor %s, want 0 bytes", l)
 	}
 	for name, call := range map[string]func() error{
-		"status": func() error { _, err := RequestStatus(context.Background(), cfg.Socket); return err },
-		"reload": func() error { return RequestReload(context.Background(), cfg.Socket, nil) },
+		"status": func() error { _, err := askStatus(context.Background(), cfg.Socket); return err },
+		"reload": func() error { return askReload(context.Background(), cfg.Socket, nil) },
 	} {
 		if err := call(); !errors.Is(err, ErrPeerRejected) {
 			t.Fatalf("%s = %v, want ErrPeerRejected", name, err)
@@ -685,7 +685,7 @@ func TestMistakesSayWhat(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		start := time.Now()
-		err := RequestReload(ctx, cfg.Socket, nil)
+		err := askReload(ctx, cfg.Socket, nil)
 		if !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), "has not called Ready") {
 			t.Fatalf("reload = %v, want ErrNotReady saying Ready was not called", err)
 		}

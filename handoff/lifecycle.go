@@ -147,7 +147,7 @@ func (u *Upgrader) reserve() error {
 }
 
 // release gives the upgrade slot back after an upgrade that failed, or
-// after a reload this process ran itself (Config.Reload): upgrading →
+// after a reload this process ran itself (the wrapper's): upgrading →
 // serving. systemd hears READY=1, which ends what RELOADING=1 began.
 func (u *Upgrader) release(cause error) {
 	u.mu.Lock()

@@ -55,6 +55,7 @@ func init() {
 	// successor: take over, serve its pid on the test's address, and run
 	// until told to stop.
 	registerHelper("successor", func() error {
+		speakAs(os.Getenv(envSpeaks)) // compat_linux_test.go
 		u, err := New(context.Background(), helperConfig())
 		if err != nil {
 			return err
@@ -105,7 +106,7 @@ func init() {
 			return fmt.Errorf("hello not refused: %v", err)
 		}
 		fmt.Println(int(refused.Code))
-		_, err = RequestStatus(context.Background(), os.Getenv(envSocket))
+		_, err = askStatus(context.Background(), os.Getenv(envSocket))
 		if !errors.As(err, &refused) {
 			return fmt.Errorf("request not refused: %v", err)
 		}
@@ -200,13 +201,13 @@ func TestUpgradeStartsSuccessor(t *testing.T) {
 	}
 }
 
-// TestRequestReloadUpgrades: without Config.Reload, a reload request on
+// TestRequestReloadUpgrades: outside the wrapper, a reload request on
 // the control socket (handoff reload) upgrades, and reports the new pid.
 func TestRequestReloadUpgrades(t *testing.T) {
 	checkLeaks(t)
 	old, cfg, addr := upgradeSetup(t, "successor", 10*time.Second)
 	var lines []string
-	if err := RequestReload(context.Background(), cfg.Socket, func(l string) { lines = append(lines, l) }); err != nil {
+	if err := askReload(context.Background(), cfg.Socket, func(l string) { lines = append(lines, l) }); err != nil {
 		t.Fatalf("reload: %v", err)
 	}
 	recvWithin(t, old.Exit(), "Exit once the successor is ready")
@@ -233,7 +234,7 @@ func TestRequestReloadAnsweredAtExit(t *testing.T) {
 			<-old.Exit()
 			old.Close()
 		}()
-		err := RequestReload(context.Background(), cfg.Socket, nil)
+		err := askReload(context.Background(), cfg.Socket, nil)
 		recvWithin(t, old.Exit(), "Exit once the successor is ready")
 		recvWithin(t, closed, "the old Upgrader to close at Exit")
 		stopChild(t, successorPID(t, addr))

@@ -8,28 +8,37 @@ import (
 	"time"
 
 	"github.com/handoffd/handoff/internal/ctl"
+	"github.com/handoffd/handoff/internal/hooks"
 	"github.com/handoffd/handoff/internal/wire"
 )
 
 // Besides successors, the control socket serves requests: a client sends
 // one request message instead of a hello, and gets progress replies then
 // a final one. `handoff reload` and `handoff status` are such clients;
-// RequestReload and RequestStatus are their library form.
+// package handoff/control is their library form, which reaches roundTrip
+// through internal/hooks (hooks.go).
 
 // Status describes a serving process, as `handoff status` shows it.
 type Status struct {
-	PID        int            `json:"pid"`
-	Service    string         `json:"service"`
-	Generation int            `json:"generation"`
-	State      string         `json:"state"` // starting, serving, upgrading, canary, handed-over, closed
-	Started    time.Time      `json:"started"`
-	Sockets    []SocketStatus `json:"sockets"`
-	LastReload *ReloadResult  `json:"last_reload,omitempty"`
+	PID        int       `json:"pid"`
+	Service    string    `json:"service"`
+	Generation int       `json:"generation"`
+	State      string    `json:"state"` // starting, serving, upgrading, canary, handed-over, closed
+	Started    time.Time `json:"started"`
+	// Build is the build this process runs.
+	Build Build `json:"build"`
+	// PredecessorBuild is the build of the process this one took over
+	// from, as it said in its welcome (nil for a fresh start; empty
+	// fields: a predecessor that predates them).
+	PredecessorBuild *Build         `json:"predecessor_build,omitempty"`
+	Sockets          []SocketStatus `json:"sockets"`
+	LastReload       *ReloadResult  `json:"last_reload,omitempty"`
 	// Dropped lists the sockets the predecessor passed that this
 	// process did not claim (a port its config no longer has): it closed
 	// them once it served.
 	Dropped []SocketStatus `json:"dropped,omitempty"`
-	// Detail is what Config.StatusDetail adds (the wrapper: its children).
+	// Detail is what the wrapper (`handoff run`) adds: its command and
+	// children. It is empty for a program's own Upgrader.
 	Detail json.RawMessage `json:"detail,omitempty"`
 }
 
@@ -45,7 +54,10 @@ type ReloadResult struct {
 	At        time.Time     `json:"at"`
 	Duration  time.Duration `json:"duration_ns"`
 	Successor int           `json:"successor,omitempty"` // pid, for an upgrade
-	Error     string        `json:"error,omitempty"`     // "" when it succeeded
+	// SuccessorBuild is the successor's build, as it said in its hello
+	// (empty fields: a successor that predates them).
+	SuccessorBuild *Build `json:"successor_build,omitempty"`
+	Error          string `json:"error,omitempty"` // "" when it succeeded
 	// RolledBack: the successor became ready, then died within the
 	// canary window, and this process serves again (Error says how).
 	RolledBack bool `json:"rolled_back,omitempty"`
@@ -55,29 +67,33 @@ type ReloadResult struct {
 func (u *Upgrader) Status() Status {
 	u.mu.Lock()
 	st := Status{
-		PID:        u.pid,
-		Service:    u.cfg.Name,
-		Generation: int(u.generation),
-		State:      u.state.String(),
-		Started:    u.started,
-		LastReload: u.lastReload,
-		Dropped:    u.dropped,
+		PID:              u.pid,
+		Service:          u.cfg.Name,
+		Generation:       int(u.generation),
+		State:            u.state.String(),
+		Started:          u.started,
+		Build:            speaks.build,
+		PredecessorBuild: u.predBuild,
+		LastReload:       u.lastReload,
+		Dropped:          u.dropped,
 	}
+	detail := u.wrapper.StatusDetail
 	u.mu.Unlock()
 	for _, s := range u.reg.inventory() {
 		st.Sockets = append(st.Sockets, SocketStatus{Name: s.Name, Network: s.Network, Address: s.boundAddress()})
 	}
-	if u.cfg.StatusDetail != nil {
-		if b, err := json.Marshal(u.cfg.StatusDetail()); err == nil {
+	if detail != nil {
+		if b, err := json.Marshal(detail()); err == nil {
 			st.Detail = b
 		}
 	}
 	return st
 }
 
-// recordUpgrade keeps the outcome of a reload for Status.
-func (u *Upgrader) recordUpgrade(start time.Time, successor int, err error) {
-	r := &ReloadResult{At: start, Duration: time.Since(start), Successor: successor}
+// recordUpgrade keeps the outcome of a reload for Status: successor is
+// the pid of the successor, if there was one, and build its build.
+func (u *Upgrader) recordUpgrade(start time.Time, successor int, build *Build, err error) {
+	r := &ReloadResult{At: start, Duration: time.Since(start), Successor: successor, SuccessorBuild: build}
 	if err != nil {
 		r.Error = err.Error()
 	}
@@ -94,16 +110,15 @@ func (u *Upgrader) recordUpgrade(start time.Time, successor int, err error) {
 	u.lastReload = r
 }
 
-// Reload runs Config.Reload, or Upgrade when that is nil, and records the
-// outcome for Status. A program's SIGHUP handler and the control socket's
-// reload requests both end up here. As with Upgrade, one reload or
-// upgrade runs at a time; another gets ErrInProgress.
-func (u *Upgrader) Reload(ctx context.Context) error {
-	return u.reload(ctx, func(string) {})
-}
-
+// reload is what a reload request on the control socket runs: Upgrade,
+// or, in the wrapper, its own reload (hooks.Wrapper.Reload), whose
+// outcome it records for Status. As with Upgrade, one reload or upgrade
+// runs at a time; another gets ErrInProgress.
 func (u *Upgrader) reload(ctx context.Context, progress func(string)) error {
-	if u.cfg.Reload == nil {
+	u.mu.Lock()
+	own := u.wrapper.Reload
+	u.mu.Unlock()
+	if own == nil {
 		progress("starting a fresh copy of " + u.image.path)
 		if err := u.Upgrade(ctx); err != nil {
 			return err
@@ -121,17 +136,11 @@ func (u *Upgrader) reload(ctx context.Context, progress func(string)) error {
 	}
 	start := time.Now()
 	u.notify(reloading(), u.status("reloading", ""))
-	err := u.cfg.Reload(ctx, progress)
-	u.recordUpgrade(start, 0, err)
+	err := own(ctx, progress)
+	u.recordUpgrade(start, 0, nil, err)
 	u.release(err)
 	return err
 }
-
-// Request names.
-const (
-	requestReload = "reload"
-	requestStatus = "status"
-)
 
 // serveRequest answers a client's request: progress replies and a final
 // one on success, a refusal with the reason on failure.
@@ -139,12 +148,12 @@ func (u *Upgrader) serveRequest(ctx context.Context, cc *ctl.Conn, req wire.Requ
 	step := func() time.Time { return time.Now().Add(u.cfg.StepTimeout) }
 	var err error
 	switch req.Name {
-	case requestStatus:
+	case hooks.StatusRequest:
 		var b []byte
 		if b, err = json.Marshal(u.Status()); err == nil {
 			return cc.Send(wire.Reply{Final: true, Text: "ok", Data: b}, nil, step())
 		}
-	case requestReload:
+	case hooks.ReloadRequest:
 		// A process that is not ready cannot be upgraded yet, and a
 		// client waiting for it would learn nothing: say so at once.
 		if state, _ := u.snapshot(); state == stateStarting {
@@ -163,46 +172,13 @@ func (u *Upgrader) serveRequest(ctx context.Context, cc *ctl.Conn, req wire.Requ
 	return err
 }
 
-// RequestReload asks the process serving the control socket at path to
-// reload (see Upgrader.Reload). It passes each progress line to progress,
-// and returns nil once the reload has succeeded, or why it failed: the
-// process then still serves as before. errors.Is(err, ErrInProgress)
-// tells that another reload was under way.
-func RequestReload(ctx context.Context, path string, progress func(line string)) error {
-	_, err := roundTrip(ctx, path, requestReload, progress)
-	return err
-}
-
-// RequestStatus asks the process serving the control socket at path for
-// its Status.
-func RequestStatus(ctx context.Context, path string) (Status, error) {
-	var st Status
-	r, err := roundTrip(ctx, path, requestStatus, nil)
-	if err != nil {
-		return st, err
-	}
-	if err := json.Unmarshal(r.Data, &st); err != nil {
-		return st, fmt.Errorf("%w: status: %w", ErrProtocol, err)
-	}
-	return st, nil
-}
-
-// DefaultRequestTimeout bounds RequestReload and RequestStatus when their
-// context has no deadline.
-const DefaultRequestTimeout = 5 * time.Minute
-
 // roundTrip sends one request and returns the final reply. ctx bounds it
-// all (DefaultRequestTimeout when it has no deadline): a reload may take
-// as long as the successor needs to get ready. A control socket served by
-// another user is not trusted: nothing is sent to it.
+// all: a reload may take as long as the successor needs to get ready. A
+// control socket served by another user is not trusted: nothing is sent
+// to it.
 func roundTrip(ctx context.Context, path, name string, progress func(string)) (reply wire.Reply, err error) {
 	if err := ctl.Supported(); err != nil {
 		return reply, err
-	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, DefaultRequestTimeout)
-		defer cancel()
 	}
 	defer func() {
 		if err != nil {

@@ -2,19 +2,22 @@ package handoff
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/handoffd/handoff/internal/hooks"
 )
 
 func TestRequestStatus(t *testing.T) {
 	checkLeaks(t)
 	cfg := testConfig(t)
-	cfg.StatusDetail = func() any { return map[string]int{"children": 2} }
 	u := newUpgrader(t, cfg)
+	u.wrap(hooks.Wrapper{StatusDetail: func() any { return map[string]int{"children": 2} }})
 	ln, err := u.ListenNamed("web", "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -22,7 +25,7 @@ func TestRequestStatus(t *testing.T) {
 	if err := u.Ready(); err != nil {
 		t.Fatal(err)
 	}
-	st, err := RequestStatus(context.Background(), cfg.Socket)
+	st, err := askStatus(context.Background(), cfg.Socket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,13 +40,13 @@ func TestRequestStatus(t *testing.T) {
 	}
 }
 
-// TestRequestReload: a reload request runs Config.Reload, passes its
+// TestRequestReload: a reload request runs the wrapper's reload, passes its
 // progress on, and reports its outcome; only one runs at a time.
 func TestRequestReload(t *testing.T) {
 	checkLeaks(t)
 	cfg := testConfig(t)
 	entered, release := make(chan struct{}), make(chan error)
-	cfg.Reload = func(ctx context.Context, progress func(string)) error {
+	own := func(ctx context.Context, progress func(string)) error {
 		progress("step one")
 		select {
 		case entered <- struct{}{}:
@@ -58,6 +61,7 @@ func TestRequestReload(t *testing.T) {
 		}
 	}
 	u := newUpgrader(t, cfg)
+	w := u.wrap(hooks.Wrapper{Reload: own})
 	if err := u.Ready(); err != nil {
 		t.Fatal(err)
 	}
@@ -68,17 +72,17 @@ func TestRequestReload(t *testing.T) {
 		)
 		done := make(chan error, 1)
 		go func() {
-			done <- RequestReload(context.Background(), cfg.Socket, func(l string) {
+			done <- askReload(context.Background(), cfg.Socket, func(l string) {
 				mu.Lock()
 				lines = append(lines, l)
 				mu.Unlock()
 			})
 		}()
 		recvWithin(t, entered, "the reload to start")
-		if err := RequestReload(context.Background(), cfg.Socket, nil); !errors.Is(err, ErrInProgress) {
+		if err := askReload(context.Background(), cfg.Socket, nil); !errors.Is(err, ErrInProgress) {
 			t.Fatalf("concurrent reload = %v, want ErrInProgress", err)
 		}
-		if err := u.Reload(context.Background()); !errors.Is(err, ErrInProgress) {
+		if err := w.Reload(context.Background()); !errors.Is(err, ErrInProgress) {
 			t.Fatalf("concurrent Reload = %v, want ErrInProgress", err)
 		}
 		release <- outcome
@@ -113,7 +117,7 @@ func TestRequestErrors(t *testing.T) {
 		t.Errorf("unknown request = %v, want ErrProtocol", err)
 	}
 	u.Close()
-	if _, err := RequestStatus(context.Background(), cfg.Socket); err == nil {
+	if _, err := askStatus(context.Background(), cfg.Socket); err == nil {
 		t.Error("status with nobody serving succeeded")
 	}
 }
@@ -125,12 +129,12 @@ func TestRequestContextDone(t *testing.T) {
 	checkLeaks(t)
 	cfg := testConfig(t)
 	var reloads atomic.Int32
-	cfg.Reload = func(context.Context, func(string)) error { reloads.Add(1); return nil }
 	u := newUpgrader(t, cfg)
+	u.wrap(hooks.Wrapper{Reload: func(context.Context, func(string)) error { reloads.Add(1); return nil }})
 	if err := u.Ready(); err != nil {
 		t.Fatal(err)
 	}
-	if err := RequestReload(context.Background(), cfg.Socket, nil); err != nil || reloads.Load() != 1 {
+	if err := askReload(context.Background(), cfg.Socket, nil); err != nil || reloads.Load() != 1 {
 		t.Fatalf("reload with a live context = %v after %d reloads, want it to run once", err, reloads.Load())
 	}
 
@@ -146,17 +150,33 @@ func TestRequestContextDone(t *testing.T) {
 		{"an expired", expired, context.DeadlineExceeded},
 		{"a canceled", canceled, context.Canceled},
 	} {
-		if err := RequestReload(tt.ctx, cfg.Socket, nil); !errors.Is(err, tt.want) {
+		if err := askReload(tt.ctx, cfg.Socket, nil); !errors.Is(err, tt.want) {
 			t.Errorf("reload with %s context = %v, want %v", tt.name, err, tt.want)
 		}
-		if _, err := RequestStatus(tt.ctx, cfg.Socket); !errors.Is(err, tt.want) {
+		if _, err := askStatus(tt.ctx, cfg.Socket); !errors.Is(err, tt.want) {
 			t.Errorf("status with %s context = %v, want %v", tt.name, err, tt.want)
 		}
 	}
 	if n := reloads.Load(); n != 1 {
 		t.Errorf("%d reloads ran, want only the one with a live context", n)
 	}
-	if st, err := RequestStatus(context.Background(), cfg.Socket); err != nil || st.State != "serving" {
+	if st, err := askStatus(context.Background(), cfg.Socket); err != nil || st.State != "serving" {
 		t.Errorf("status afterwards = %+v, %v; want serving", st, err)
 	}
+}
+
+// askStatus and askReload are control.Status and control.Reload, which
+// this package's tests cannot import.
+func askStatus(ctx context.Context, socket string) (Status, error) {
+	var st Status
+	r, err := roundTrip(ctx, socket, hooks.StatusRequest, nil)
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal(r.Data, &st)
+}
+
+func askReload(ctx context.Context, socket string, progress func(string)) error {
+	_, err := roundTrip(ctx, socket, hooks.ReloadRequest, progress)
+	return err
 }

@@ -134,7 +134,7 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 	if err != nil {
 		err = fmt.Errorf("handoff: start successor: %w", err)
 		u.release(err)
-		u.recordUpgrade(start, 0, err)
+		u.recordUpgrade(start, 0, nil, err)
 		return err
 	}
 	if !u.track(cc) {
@@ -179,9 +179,10 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctl.Conn, child *successorPr
 	if child != nil {
 		succPID = child.pid()
 	}
+	var succBuild *Build // as the successor said in hello
 	defer func() {
 		if err == nil {
-			u.recordUpgrade(start, succPID, nil)
+			u.recordUpgrade(start, succPID, succBuild, nil)
 			return
 		}
 		err = ctxErr(ctx, err)
@@ -192,7 +193,7 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctl.Conn, child *successorPr
 		if reserved {
 			u.release(err)
 			err = fmt.Errorf("%w: %w", ErrSuccessorFailed, err)
-			u.recordUpgrade(start, succPID, err)
+			u.recordUpgrade(start, succPID, succBuild, err)
 		}
 	}()
 
@@ -213,6 +214,9 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctl.Conn, child *successorPr
 	if succPID, err = u.checkSuccessor(cc, h, child); err != nil {
 		return nil, err
 	}
+	succBuild = &Build{Version: h.Build.Version, Revision: h.Build.Revision}
+	version, _ := speaks.choose(h.MinVersion, h.MaxVersion) // checkSuccessor checked it
+	caps := h.Caps & speaks.caps                            // in effect only when both have them
 	if !reserved {
 		if err := u.reserve(); err != nil {
 			if errors.Is(err, ErrNotReady) {
@@ -233,7 +237,8 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctl.Conn, child *successorPr
 
 	items := u.handoverItems()
 	_, gen := u.snapshot()
-	if err := cc.Send(wire.Welcome{Version: wire.Version, Caps: wire.SupportedCaps, PID: uint32(u.pid), Generation: gen, Sockets: uint32(len(items))}, nil, step()); err != nil {
+	welcome := wire.Welcome{Version: version, Caps: speaks.caps, PID: uint32(u.pid), Generation: gen, Sockets: uint32(len(items)), Build: speaks.build.wire()}
+	if err := cc.Send(welcome, nil, step()); err != nil {
 		return nil, err
 	}
 	if err := sendSockets(cc, items, u.cfg.StepTimeout); err != nil {
@@ -257,7 +262,7 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctl.Conn, child *successorPr
 	if !stop() {
 		return nil, ctx.Err()
 	}
-	if link, err = u.commit(cc, child, succPID, inUnit, r, h.Caps); err != nil {
+	if link, err = u.commit(cc, child, succPID, inUnit, r, caps); err != nil {
 		return nil, err
 	}
 	log.Info("successor is ready; stopped accepting", "took", time.Since(start).Round(time.Millisecond))
@@ -268,8 +273,8 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctl.Conn, child *successorPr
 // version and belongs to the same service. (Its user was checked when it
 // connected.) It returns the successor's pid as this process sees it.
 func (u *Upgrader) checkSuccessor(cc *ctl.Conn, h wire.Hello, child *successorProcess) (int, error) {
-	if h.MinVersion > wire.Version || h.MaxVersion < wire.Version {
-		return 0, deny(RefusedVersion, "peer speaks protocol versions %d to %d, this process %d", h.MinVersion, h.MaxVersion, wire.Version)
+	if _, ok := speaks.choose(h.MinVersion, h.MaxVersion); !ok {
+		return 0, deny(RefusedVersion, "peer speaks protocol versions %d to %d, this process %d to %d", h.MinVersion, h.MaxVersion, speaks.minVersion, speaks.maxVersion)
 	}
 	if h.Name != u.cfg.Name {
 		return 0, deny(RefusedName, "peer is service %q, this is %q", h.Name, u.cfg.Name)

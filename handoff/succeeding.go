@@ -93,7 +93,7 @@ func (u *Upgrader) takeOver(ctx context.Context, cc *ctl.Conn) error {
 	stop := cc.Bind(ctx)
 	defer stop()
 	step := func() time.Time { return time.Now().Add(u.cfg.StepTimeout) }
-	h := wire.Hello{MinVersion: wire.Version, MaxVersion: wire.Version, Caps: wire.SupportedCaps, PID: uint32(u.pid), Name: u.cfg.Name}
+	h := wire.Hello{MinVersion: speaks.minVersion, MaxVersion: speaks.maxVersion, Caps: speaks.caps, PID: uint32(u.pid), Name: u.cfg.Name, Build: speaks.build.wire()}
 	if err := cc.Send(h, nil, step()); err != nil {
 		return fmt.Errorf("handoff: take over: %w", ctxErr(ctx, err))
 	}
@@ -101,10 +101,13 @@ func (u *Upgrader) takeOver(ctx context.Context, cc *ctl.Conn) error {
 	if err != nil {
 		return fmt.Errorf("handoff: take over: %w", ctxErr(ctx, err))
 	}
-	if w.Version != wire.Version {
+	if w.Version < speaks.minVersion || w.Version > speaks.maxVersion {
 		return fmt.Errorf("handoff: take over: %w: predecessor chose version %d", ErrProtocol, w.Version)
 	}
-	u.succeed(cc, w.Generation, int(w.PID), w.Caps)
+	u.mu.Lock()
+	u.predBuild = &Build{Version: w.Build.Version, Revision: w.Build.Revision}
+	u.mu.Unlock()
+	u.succeed(cc, w.Generation, int(w.PID), w.Caps&speaks.caps) // in effect only when both have them
 	inherit := func(e wire.Entry, fd int) { u.reg.inherit(e, fd, fromPredecessor) }
 	if err := receiveSockets(cc, w.Sockets, u.cfg.StepTimeout, inherit); err != nil {
 		return fmt.Errorf("handoff: take over: receive sockets: %w", ctxErr(ctx, err))

@@ -36,7 +36,7 @@ type systemdState struct {
 	// untilProven holds, for a successor whose predecessor says when the
 	// handover is final, the sockets dropped at Ready, for the fd store.
 	untilProven []inheritedFD
-	// text is the program's own part of the STATUS= line (SetStatus).
+	// text is the wrapper's part of the STATUS= line (setStatus).
 	text string
 }
 
@@ -264,7 +264,7 @@ func (u *Upgrader) announceRollback(reason string) {
 }
 
 // announceReloaded tells systemd that a reload this process ran itself
-// (Config.Reload), or an upgrade that failed (err), is over and this
+// (the wrapper's), or an upgrade that failed (err), is over and this
 // process serves: READY=1 ends what RELOADING=1 began.
 func (u *Upgrader) announceReloaded(err error) {
 	note := ""
@@ -274,22 +274,22 @@ func (u *Upgrader) announceReloaded(err error) {
 	u.notify(daemon.SdNotifyReady, u.status("serving", note))
 }
 
-// SetStatus sets the program's own part of the status line the Upgrader
-// keeps up to date with systemd (STATUS=, which `systemctl status` shows)
-// and sends the line at once. The wrapper uses it for its child's pid.
-func (u *Upgrader) SetStatus(text string) {
+// setStatus sets the wrapper's part of the status line the Upgrader keeps
+// up to date with systemd (STATUS=, which `systemctl status` shows) and
+// sends the line at once (hooks.Wrapped.SetStatus: the child's pid).
+func (u *Upgrader) setStatus(text string) {
 	u.mu.Lock()
 	u.sd.text = text
 	doing := u.state.String()
-	if u.state == stateUpgrading && u.cfg.Reload != nil {
-		doing = "reloading" // Config.Reload's, in this process
+	if u.state == stateUpgrading && u.wrapper.Reload != nil {
+		doing = "reloading" // the wrapper's, in this process
 	}
 	u.mu.Unlock()
 	u.notify(u.status(doing, ""))
 }
 
 // status is a STATUS= line about this process: what it is doing, its
-// generation and pid, the program's words (SetStatus), its sockets, and
+// generation and pid, the wrapper's words (setStatus), its sockets, and
 // a note, if any.
 func (u *Upgrader) status(doing, note string) string {
 	return u.statusOf(doing, note, u.Generation(), u.pid)

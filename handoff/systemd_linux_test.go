@@ -235,7 +235,7 @@ func TestSystemdNotifyLifecycle(t *testing.T) {
 	want := fmt.Sprintf("serving: generation 1, pid %d; tcp %s, dns=udp %s", pid, ln.Addr(), pc.LocalAddr())
 	r.expect(t, pid, map[string]string{"READY": "1", "STATUS": want})
 
-	u.SetStatus("child 3 (pid 42)")
+	u.setStatus("child 3 (pid 42)")
 	want = fmt.Sprintf("serving: generation 1, pid %d; child 3 (pid 42); tcp %s, dns=udp %s", pid, ln.Addr(), pc.LocalAddr())
 	r.expect(t, pid, map[string]string{"STATUS": want})
 

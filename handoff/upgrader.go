@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/handoffd/handoff/internal/ctl"
+	"github.com/handoffd/handoff/internal/hooks"
 	"github.com/handoffd/handoff/internal/wire"
 )
 
@@ -67,6 +68,9 @@ type Upgrader struct {
 	// Written by Ready and by each upgrade, for Status.
 	dropped    []SocketStatus
 	lastReload *ReloadResult
+	predBuild  *Build // written by the takeover
+	// Set once, before Ready, by the wrapper (hooks.Wrap).
+	wrapper hooks.Wrapper
 }
 
 // New returns an Upgrader for the service cfg describes. When a process

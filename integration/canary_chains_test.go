@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/handoffd/handoff/handoff"
+	"github.com/handoffd/handoff/handoff/control"
 	"github.com/handoffd/handoff/internal/loadgen"
 	"github.com/handoffd/handoff/internal/testbed"
 )
@@ -152,7 +153,7 @@ func status(t *testing.T, socket string) handoff.Status {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := handoff.RequestStatus(ctx, socket)
+	st, err := control.Status(ctx, socket)
 	if err != nil {
 		t.Fatalf("status: %v", err)
 	}

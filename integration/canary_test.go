@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoffd/handoff/handoff"
+	"github.com/handoffd/handoff/handoff/control"
 	"github.com/handoffd/handoff/internal/loadgen"
 	"github.com/handoffd/handoff/internal/testbed"
 )
@@ -64,7 +64,7 @@ func TestCanaryRollbackUnderLoad(t *testing.T) {
 			t.Fatalf("%s: pid file says %d after the rollback, want %d", step, pid, old)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		st, err := handoff.RequestStatus(ctx, c.Socket)
+		st, err := control.Status(ctx, c.Socket)
 		cancel()
 		if err != nil {
 			t.Fatalf("%s: status: %v", step, err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/handoffd/handoff/handoff"
+	"github.com/handoffd/handoff/handoff/control"
 	"github.com/handoffd/handoff/internal/loadgen"
 	"github.com/handoffd/handoff/internal/testbed"
 	"github.com/handoffd/handoff/internal/testenv"
@@ -333,7 +334,7 @@ func TestConcurrentUpgradeRequests(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			results <- handoff.RequestReload(ctx, c.Socket, nil)
+			results <- control.Reload(ctx, c.Socket, nil)
 		}()
 	}
 	close(start)

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoffd/handoff/handoff"
+	"github.com/handoffd/handoff/handoff/control"
 	"github.com/handoffd/handoff/internal/loadgen"
 	"github.com/handoffd/handoff/internal/testbed"
 	"golang.org/x/sys/unix"
@@ -164,7 +164,7 @@ func (s *sdService) reload(old int, overControlSocket bool) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), unitTimeout)
 	defer cancel()
-	if err := handoff.RequestReload(ctx, s.controlSocket(), nil); err != nil {
+	if err := control.Reload(ctx, s.controlSocket(), nil); err != nil {
 		s.t.Fatalf("reload over the control socket: %v", err)
 	}
 	return s.waitSuccessor(old).mainPID()

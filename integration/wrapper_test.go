@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/handoffd/handoff/handoff"
+	"github.com/handoffd/handoff/handoff/control"
 	"github.com/handoffd/handoff/internal/loadgen"
 	"github.com/handoffd/handoff/internal/testbed"
 )
@@ -45,7 +46,7 @@ func wrapperStatus(t testing.TB, s *testbed.Service) (handoff.Status, wrapperDet
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := handoff.RequestStatus(ctx, s.Socket)
+	st, err := control.Status(ctx, s.Socket)
 	if err != nil {
 		t.Fatalf("status: %v", err)
 	}
@@ -356,7 +357,7 @@ func switchableCommand(t testing.TB, s *testbed.Service) string {
 func requestReload(s *testbed.Service) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	return handoff.RequestReload(ctx, s.Socket, nil)
+	return control.Reload(ctx, s.Socket, nil)
 }
 
 // TestWrapperRollback: under load, reloads to a child that exits at once
@@ -598,7 +599,7 @@ func TestWrapperInheritsListenFDs(t *testing.T) {
 	innerStatus := func() wrapperDetail {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		st, err := handoff.RequestStatus(ctx, inner)
+		st, err := control.Status(ctx, inner)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -613,7 +614,7 @@ func TestWrapperInheritsListenFDs(t *testing.T) {
 	stopLoad := testbed.RunLoad(s.Addr, loadgen.Mixed, 8)
 	for range 5 {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		err := handoff.RequestReload(ctx, inner, nil)
+		err := control.Reload(ctx, inner, nil)
 		cancel()
 		if err != nil {
 			t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/handoffd/handoff/handoff"
+	"github.com/handoffd/handoff/handoff/control"
 )
 
 // noWrapper rewords the failure to reach a control socket that nobody
@@ -32,7 +33,7 @@ const clientTimeout = 10 * time.Second
 func clientFlags(cmd string, args []string, help io.Writer, extra func(*flag.FlagSet)) (string, error) {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	socket := fs.String("socket", "", "control socket `PATH` of the wrapper or service (its directory must be writable only by the service's user); the request gives up after handoff.DefaultRequestTimeout (5m)")
+	socket := fs.String("socket", "", "control socket `PATH` of the wrapper or service (its directory must be writable only by the service's user); the request gives up after control.DefaultTimeout (5m)")
 	name := fs.String("name", "", "service `NAME`: the wrapper's default control socket for it")
 	if extra != nil {
 		extra(fs)
@@ -54,7 +55,7 @@ func clientFlags(cmd string, args []string, help io.Writer, extra func(*flag.Fla
 	case *socket != "":
 		return *socket, nil
 	case *name != "":
-		return handoff.SocketPath(*name)
+		return control.SocketPath(*name)
 	}
 	return "", usageErrorf("which wrapper? give -socket PATH or -name NAME")
 }
@@ -70,7 +71,7 @@ func cmdReload(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return report(stderr, "reload", err)
 	}
-	err = handoff.RequestReload(context.Background(), socket, func(line string) { fmt.Fprintln(stdout, line) })
+	err = control.Reload(context.Background(), socket, func(line string) { fmt.Fprintln(stdout, line) })
 	var refused *handoff.RefusedError
 	if errors.As(err, &refused) {
 		err = errors.New(refused.Reason) // the wrapper's own words: why it rolled back
@@ -96,7 +97,7 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), clientTimeout)
 	defer cancel()
-	st, err := handoff.RequestStatus(ctx, socket)
+	st, err := control.Status(ctx, socket)
 	if err != nil {
 		return report(stderr, "status", noWrapper(socket, err))
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/handoffd/handoff/handoff"
 	"github.com/handoffd/handoff/internal/ctl"
+	"github.com/handoffd/handoff/internal/hooks"
 	"github.com/oklog/run"
 )
 
@@ -57,13 +58,13 @@ func runWrapper(cfg runConfig, stderr io.Writer) (int, error) {
 		PIDFile:      cfg.pidfile,
 		ReadyTimeout: cfg.readyTimeout + takeoverSlack,
 		Logger:       log,
-		Reload:       sup.requestReload,
-		StatusDetail: sup.detail,
 	})
 	if err != nil {
 		return 0, err
 	}
 	defer upg.Close()
+	// Before Ready: a reload restarts the child, and the status lists it.
+	wrapped := hooks.Wrap(upg, hooks.Wrapper{Reload: sup.requestReload, StatusDetail: sup.detail})
 	log = log.With("generation", upg.Generation())
 
 	shared, err := openShared(upg, cfg.listen)
@@ -85,13 +86,13 @@ func runWrapper(cfg runConfig, stderr io.Writer) (int, error) {
 	}
 	sp := newSpawner()
 	defer sp.close() // after every child is reaped: run returns only then
-	deps := supervisorDeps{log: log, upg: upg, ready: ready, spawn: sp,
+	deps := supervisorDeps{log: log, upg: wrappedUpgrader{upg, wrapped.SetStatus}, ready: ready, spawn: sp,
 		env: childEnv(shared, ready.notify), files: shared.fds(), forget: forget}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	g.Add(func() error { return sup.run(ctx, deps) }, func(error) { cancel() })
-	g.Add(func() error { return signalActor(ctx, sigs, log, upg, sup) }, func(error) { cancel() })
+	g.Add(func() error { return signalActor(ctx, sigs, log, wrapped.Reload, sup) }, func(error) { cancel() })
 	err = g.Run()
 	var stop *stopError
 	switch {
@@ -105,6 +106,16 @@ func runWrapper(cfg runConfig, stderr io.Writer) (int, error) {
 	}
 	return exitOK, nil // a new wrapper took over
 }
+
+// wrappedUpgrader is the wrapper's Upgrader with the status line that
+// hooks.Wrap gives it, for the supervisor.
+type wrappedUpgrader struct {
+	*handoff.Upgrader
+	setStatus func(text string)
+}
+
+// SetStatus is hooks.Wrapped.SetStatus.
+func (w wrappedUpgrader) SetStatus(text string) { w.setStatus(text) }
 
 // wrapperOnlyEnv are the variables meant for the wrapper itself, never
 // for a child.

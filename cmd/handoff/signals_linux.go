@@ -35,7 +35,7 @@ func (e *stopError) Error() string { return "stopped by " + e.sig.String() }
 // goroutine, so that a second SIGHUP meanwhile is told "in progress"),
 // SIGTERM and SIGINT end it with a *stopError, the others go to the
 // serving child. It waits for the reloads it started before returning.
-func signalActor(ctx context.Context, sigs <-chan os.Signal, log *slog.Logger, upg *handoff.Upgrader, sup *supervisor) error {
+func signalActor(ctx context.Context, sigs <-chan os.Signal, log *slog.Logger, reload func(context.Context) error, sup *supervisor) error {
 	var reloads sync.WaitGroup
 	defer reloads.Wait()
 	for {
@@ -49,7 +49,7 @@ func signalActor(ctx context.Context, sigs <-chan os.Signal, log *slog.Logger, u
 				go func() {
 					defer reloads.Done()
 					log.Info("SIGHUP: reloading")
-					if err := upg.Reload(ctx); err != nil {
+					if err := reload(ctx); err != nil {
 						if errors.Is(err, handoff.ErrInProgress) {
 							log.Warn("SIGHUP ignored: a reload is in progress")
 							return

@@ -42,6 +42,10 @@ func printStatus(w io.Writer, st handoff.Status) {
 		label = "wrapper:   "
 	}
 	fmt.Fprintf(w, "%s pid %d, generation %d, %s, up %v\n", label, st.PID, st.Generation, st.State, time.Since(st.Started).Round(time.Second))
+	fmt.Fprintf(w, "build:      %s\n", buildText(&st.Build))
+	if st.PredecessorBuild != nil {
+		fmt.Fprintf(w, "took over:  from build %s\n", buildText(st.PredecessorBuild))
+	}
 	if wrapper {
 		fmt.Fprintf(w, "command:    %s\n", strings.Join(d.Command, " "))
 		fmt.Fprintf(w, "ready:      %s\n", d.Ready)
@@ -74,8 +78,31 @@ func printStatus(w io.Writer, st handoff.Status) {
 		case r.Error != "":
 			result = "failed: " + r.Error
 		}
+		if r.SuccessorBuild != nil {
+			result += ", successor build " + buildText(r.SuccessorBuild)
+		}
 		fmt.Fprintf(w, "last reload: %s, took %v, %s\n", r.At.Format(time.RFC3339), r.Duration.Round(time.Millisecond), result)
 	} else {
 		fmt.Fprintf(w, "last reload: none\n")
 	}
+}
+
+// buildText is b for a person: "v0.1.0, rev 380d2cc1a2b3".
+func buildText(b *handoff.Build) string {
+	text := b.Version
+	if text == "" {
+		text = "(unknown version)"
+	}
+	if rev := b.Revision; rev != "" {
+		dirty := strings.HasSuffix(rev, "+dirty")
+		rev = strings.TrimSuffix(rev, "+dirty")
+		if len(rev) > 12 {
+			rev = rev[:12]
+		}
+		text += ", rev " + rev
+		if dirty {
+			text += "+dirty"
+		}
+	}
+	return text
 }

@@ -10,15 +10,20 @@ import (
 )
 
 // TestPrintStatus: an embedded server is labelled a process, not a
-// wrapper; a wrapper's canary window and last rollback are shown, and a
-// rolled-back upgrade says so once.
+// wrapper; its build and its predecessor's and successor's are shown; a
+// wrapper's canary window and last rollback are shown, and a rolled-back
+// upgrade says so once.
 func TestPrintStatus(t *testing.T) {
 	now := time.Now()
 	var out strings.Builder
 	printStatus(&out, handoff.Status{PID: 7, Service: "api", Generation: 3, State: "serving", Started: now,
-		LastReload: &handoff.ReloadResult{At: now, Successor: 9, RolledBack: true, Error: "successor pid 9 ended (exit status 2) 1s after it was ready; rolled back"}})
+		Build:            handoff.Build{Version: "v0.2.0", Revision: "380d2cc1a2b3c4d5e6f708192a3b4c5d6e7f8091+dirty"},
+		PredecessorBuild: &handoff.Build{},
+		LastReload: &handoff.ReloadResult{At: now, Successor: 9, RolledBack: true, Error: "successor pid 9 ended (exit status 2) 1s after it was ready; rolled back",
+			SuccessorBuild: &handoff.Build{Version: "v0.3.0"}}})
 	got := out.String()
-	for _, want := range []string{"process:    pid 7, generation 3, serving", "last reload: " + now.Format(time.RFC3339) + ", took 0s, successor pid 9 ended (exit status 2) 1s after it was ready; rolled back\n"} {
+	for _, want := range []string{"process:    pid 7, generation 3, serving", "build:      v0.2.0, rev 380d2cc1a2b3+dirty\n", "took over:  from build (unknown version)\n",
+		"last reload: " + now.Format(time.RFC3339) + ", took 0s, successor pid 9 ended (exit status 2) 1s after it was ready; rolled back, successor build v0.3.0\n"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("embedded status lacks %q:\n%s", want, got)
 		}

@@ -29,7 +29,7 @@ type starter interface {
 }
 
 // upgrader is what the supervisor needs of the wrapper's
-// *handoff.Upgrader.
+// *handoff.Upgrader (wrappedUpgrader).
 type upgrader interface {
 	Ready() error
 	Exit() <-chan struct{}
@@ -96,8 +96,9 @@ type reloadRequest struct {
 	reply    chan error
 }
 
-// requestReload is Config.Reload: the upgrader calls it for SIGHUP (via
-// Upgrader.Reload) and for `handoff reload`, one at a time.
+// requestReload is the wrapper's reload (hooks.Wrapper.Reload): the
+// upgrader calls it for SIGHUP (via hooks.Wrapped.Reload) and for
+// `handoff reload`, one at a time.
 func (s *supervisor) requestReload(ctx context.Context, progress func(string)) error {
 	req := reloadRequest{ctx: ctx, progress: progress, reply: make(chan error, 1)}
 	select {
@@ -412,7 +413,7 @@ func (s *supervisor) currentChild() *child {
 	return s.current
 }
 
-// detail is Config.StatusDetail.
+// detail is hooks.Wrapper.StatusDetail.
 func (s *supervisor) detail() any {
 	s.mu.Lock()
 	defer s.mu.Unlock()

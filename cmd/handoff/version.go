@@ -3,6 +3,8 @@ package main
 import (
 	"runtime"
 	"runtime/debug"
+
+	"github.com/handoffd/handoff/internal/buildinfo"
 )
 
 // version is the release this binary was built as, set at release time by
@@ -24,23 +26,12 @@ func versionLine() string {
 // versionLineOf is versionLine for release version v (empty: none) and
 // build information bi (nil: none).
 func versionLineOf(v string, bi *debug.BuildInfo) string {
-	if v == "" && bi != nil {
-		v = bi.Main.Version
+	mv, rev, dirty := buildinfo.Of(bi)
+	if v == "" {
+		v = mv
 	}
 	if v == "" {
 		v = "(unknown)"
-	}
-	var rev string
-	dirty := false
-	if bi != nil {
-		for _, s := range bi.Settings {
-			switch s.Key {
-			case "vcs.revision":
-				rev = s.Value
-			case "vcs.modified":
-				dirty = s.Value == "true"
-			}
-		}
 	}
 	details := ""
 	if rev != "" {

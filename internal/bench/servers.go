@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/handoffd/handoff/handoff"
+	"github.com/handoffd/handoff/handoff/control"
 	"github.com/handoffd/handoff/internal/testbed"
 )
 
@@ -182,7 +182,7 @@ func (w *wrapped) servingChild(old int) int {
 	deadline := time.Now().Add(startTimeout)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		st, err := handoff.RequestStatus(ctx, w.s.Socket)
+		st, err := control.Status(ctx, w.s.Socket)
 		cancel()
 		var d struct {
 			Children []struct {

@@ -129,6 +129,7 @@ type Hello struct {
 	Caps       uint64
 	PID        uint32
 	Name       string // the service's name
+	Build      Build  // appended; see Build
 }
 
 // Welcome accepts a Hello: the batches of sockets follow.
@@ -138,6 +139,33 @@ type Welcome struct {
 	PID        uint32
 	Generation uint32
 	Sockets    uint32 // total number of entries (and fds) in the batches that follow
+	Build      Build  // appended; see Build
+}
+
+// Build names the build a peer runs: its main module's version and VCS
+// revision, as Go stamped them. It is appended to hello and welcome after
+// the fields of the first release, and only when not empty (or when a
+// later field follows it): a peer that predates it sends none (the zero
+// Build), and a receiver that predates it ignores it, as it ignores every
+// field it does not know.
+type Build struct {
+	Version  string
+	Revision string
+}
+
+func (b Build) appendTo(p []byte) []byte {
+	if b == (Build{}) {
+		return p
+	}
+	return appendString(appendString(p, b.Version), b.Revision)
+}
+
+// build reads a Build if the body goes on.
+func (r *reader) build() Build {
+	if r.err != nil || len(r.b) == 0 {
+		return Build{}
+	}
+	return Build{Version: r.str(), Revision: r.str()}
 }
 
 // Refusal says no, and why; its sender closes the connection next.
@@ -250,7 +278,8 @@ func (m Hello) appendBody(b []byte) []byte {
 	b = binary.BigEndian.AppendUint16(b, m.MaxVersion)
 	b = binary.BigEndian.AppendUint64(b, m.Caps)
 	b = binary.BigEndian.AppendUint32(b, m.PID)
-	return appendString(b, m.Name)
+	b = appendString(b, m.Name)
+	return m.Build.appendTo(b)
 }
 
 func (m Welcome) appendBody(b []byte) []byte {
@@ -258,7 +287,8 @@ func (m Welcome) appendBody(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, m.Caps)
 	b = binary.BigEndian.AppendUint32(b, m.PID)
 	b = binary.BigEndian.AppendUint32(b, m.Generation)
-	return binary.BigEndian.AppendUint32(b, m.Sockets)
+	b = binary.BigEndian.AppendUint32(b, m.Sockets)
+	return m.Build.appendTo(b)
 }
 
 func (m Refusal) appendBody(b []byte) []byte {
@@ -365,7 +395,9 @@ func checkLimits(m Message) error {
 	var strs []string
 	switch m := m.(type) {
 	case Hello:
-		strs = []string{m.Name}
+		strs = []string{m.Name, m.Build.Version, m.Build.Revision}
+	case Welcome:
+		strs = []string{m.Build.Version, m.Build.Revision}
 	case Refusal:
 		strs = []string{m.Reason}
 	case FDBatch:
@@ -421,9 +453,9 @@ func Decode(b []byte) (Message, error) {
 	var m Message
 	switch typ {
 	case TypeHello:
-		m = Hello{MinVersion: r.u16(), MaxVersion: r.u16(), Caps: r.u64(), PID: r.u32(), Name: r.str()}
+		m = Hello{MinVersion: r.u16(), MaxVersion: r.u16(), Caps: r.u64(), PID: r.u32(), Name: r.str(), Build: r.build()}
 	case TypeWelcome:
-		m = Welcome{Version: r.u16(), Caps: r.u64(), PID: r.u32(), Generation: r.u32(), Sockets: r.u32()}
+		m = Welcome{Version: r.u16(), Caps: r.u64(), PID: r.u32(), Generation: r.u32(), Sockets: r.u32(), Build: r.build()}
 	case TypeRefuse:
 		m = Refusal{Code: r.u16(), Reason: r.str()}
 	case TypeFDs:

@@ -20,6 +20,8 @@ func wireSamples() []Message {
 		Hello{MinVersion: 1, MaxVersion: 1, Caps: CapConns, PID: 4242, Name: "api"},
 		Hello{MinVersion: 0, MaxVersion: 65535, Caps: ^uint64(0), PID: ^uint32(0), Name: strings.Repeat("x", MaxStringLen)},
 		Welcome{Version: 1, Caps: CapConns, PID: 1, Generation: 7, Sockets: 10000},
+		Hello{MinVersion: 1, MaxVersion: 1, Caps: SupportedCaps, PID: 4242, Name: "api", Build: Build{Version: "v0.1.0", Revision: "380d2cc1a2b3+dirty"}},
+		Welcome{Version: 1, Caps: SupportedCaps, PID: 1, Generation: 7, Sockets: 3, Build: Build{Revision: "380d2cc"}},
 		Refusal{Code: 1, Reason: "upgrade in progress"},
 		Refusal{Code: 999, Reason: ""},
 		FDBatch{Seq: 3, Entries: []Entry{{Kind: KindPacket, Network: "udp", Address: "[::1]:53", Name: "dns"}, {Kind: KindControl, Network: "unixpacket", Address: "/run/a.sock"}}},
@@ -96,6 +98,15 @@ func TestWireGolden(t *testing.T) {
 	if got := hex.EncodeToString(b); got != want {
 		t.Fatalf("hello encodes as\n%s\nwant\n%s", got, want)
 	}
+	b, err = Encode(Hello{MinVersion: 1, MaxVersion: 1, Caps: 1, PID: 42, Name: "api", Build: Build{Version: "v1", Revision: "ab"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const withBuild = "484f4646" + "0001" + "0001" + "0000001d" + // 29 bytes: the build appended
+		"0001" + "0001" + "0000000000000001" + "0000002a" + "0003" + "617069" + "0002" + "7631" + "0002" + "6162"
+	if got := hex.EncodeToString(b); got != withBuild {
+		t.Fatalf("hello with a build encodes as\n%s\nwant\n%s", got, withBuild)
+	}
 }
 
 func header(version, typ uint16, length uint32) []byte {
@@ -140,9 +151,9 @@ func TestWireDecodeErrors(t *testing.T) {
 }
 
 // TestWireHelloEvolves: hello keeps its layout in every version, and a
-// later version may append fields that this one ignores.
+// later version may append fields (after the build) that this one ignores.
 func TestWireHelloEvolves(t *testing.T) {
-	b, err := Encode(Hello{MinVersion: 2, MaxVersion: 5, PID: 7, Name: "api"})
+	b, err := Encode(Hello{MinVersion: 2, MaxVersion: 5, PID: 7, Name: "api", Build: Build{Version: "v9"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +164,7 @@ func TestWireHelloEvolves(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h := m.(Hello); h.MinVersion != 2 || h.MaxVersion != 5 || h.Name != "api" {
+	if h := m.(Hello); h.MinVersion != 2 || h.MaxVersion != 5 || h.Name != "api" || h.Build.Version != "v9" {
 		t.Fatalf("decoded %#v", h)
 	}
 }
@@ -161,6 +172,7 @@ func TestWireHelloEvolves(t *testing.T) {
 func TestWireEncodeLimits(t *testing.T) {
 	for _, m := range []Message{
 		Hello{Name: strings.Repeat("x", MaxStringLen+1)},
+		Welcome{Build: Build{Revision: strings.Repeat("x", MaxStringLen+1)}},
 		FDBatch{Entries: make([]Entry, MaxFDs+1)},
 		Conn{State: make([]byte, MaxMessageSize)},
 	} {

@@ -1,0 +1,63 @@
+// Package hooks gives the rest of this module what it needs of package
+// handoff beyond handoff's exported API, so that the API a program uses
+// holds only what a program needs: handoff/control (the control-socket
+// client) sends requests through Request and finds sockets with
+// SocketPath; cmd/handoff (the wrapper) gives its Upgrader its own
+// reload and status with Wrap.
+//
+// Package handoff sets every variable in its init; whoever imports
+// package handoff (directly or, as handoff/control, through its own
+// imports) may call them. Being internal, none of it is part of the
+// module's compatibility promise.
+package hooks
+
+import "context"
+
+// Wrapper is what the wrapper adds to an Upgrader.
+type Wrapper struct {
+	// Reload is what a reload runs instead of Upgrade: SIGHUP (through
+	// Wrapped.Reload) and a reload request on the control socket
+	// (`handoff reload`). The wrapper restarts its child. It reports its
+	// steps through progress.
+	Reload func(ctx context.Context, progress func(line string)) error
+	// StatusDetail's result, marshaled as JSON, is the Upgrader's
+	// Status.Detail (the wrapper's children).
+	StatusDetail func() any
+}
+
+// Wrapped is what the wrapper calls on its Upgrader once Wrap has given it
+// the Wrapper.
+type Wrapped struct {
+	// Reload runs Wrapper.Reload as a reload of the Upgrader: one reload
+	// or upgrade at a time (another gets handoff.ErrInProgress),
+	// RELOADING=1 and READY=1 to systemd around it, the outcome in
+	// Status.LastReload.
+	Reload func(ctx context.Context) error
+	// SetStatus sets the wrapper's part of the STATUS= line the Upgrader
+	// keeps up to date with systemd (its child's pid) and sends the line
+	// at once.
+	SetStatus func(text string)
+}
+
+// The requests a client of the control socket can send, for Request.
+const (
+	ReloadRequest = "reload"
+	StatusRequest = "status"
+)
+
+// Set by package handoff.
+var (
+	// Wrap gives upg, a *handoff.Upgrader fresh from handoff.New and not
+	// ready yet, the wrapper's reload and status detail.
+	Wrap func(upg any, w Wrapper) Wrapped
+
+	// Request sends the request name (ReloadRequest, StatusRequest) to the
+	// control socket at socket, passes each progress reply to progress
+	// (when not nil), and returns the final reply's data. A refusal is a
+	// *handoff.RefusedError. ctx bounds it all.
+	Request func(ctx context.Context, socket, name string, progress func(line string)) ([]byte, error)
+
+	// SocketPath is the control socket of a handoff.Config with this
+	// Name and no Socket.
+	SocketPath func(name string) (string, error)
+)
