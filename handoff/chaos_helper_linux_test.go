@@ -214,7 +214,15 @@ func chaosReadyThenDie(step, socket, name string) error {
 	if err != nil {
 		return err
 	}
+	if err := u.Ready(); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "chaos-successor pid %d: ready\n", os.Getpid())
 	if step == stepReadyThenPanic {
+		// Accept only after ready: a connection accepted before it
+		// would make this a successor that fails before ready, which
+		// the old process handles without a rollback (another test's
+		// subject).
 		for _, ln := range lns {
 			go func() {
 				if _, err := ln.Accept(); err == nil {
@@ -222,12 +230,6 @@ func chaosReadyThenDie(step, socket, name string) error {
 				}
 			}()
 		}
-	}
-	if err := u.Ready(); err != nil {
-		return err
-	}
-	fmt.Fprintf(os.Stderr, "chaos-successor pid %d: ready\n", os.Getpid())
-	if step == stepReadyThenPanic {
 		select {} // until the panic
 	}
 	after, err := time.ParseDuration(strings.TrimPrefix(step, stepReadyThenDie))
