@@ -1,0 +1,285 @@
+//go:build linux
+
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/handoffd/handoff/internal/testbed"
+)
+
+// TestWebSocketsAcrossRestarts: WS_CLIENTS clients (200) each send a
+// message every WS_INTERVAL_MS (10 ms) across WS_RESTARTS (20) SIGHUP
+// upgrades. Every message is answered exactly once and in order, on the
+// same connection, with no close frame; every connection is answered by
+// every generation, and its counter runs on from process to process. A
+// stop at the end closes each with 1001 going away.
+func TestWebSocketsAcrossRestarts(t *testing.T) {
+	nClients := envInt(t, "WS_CLIENTS", 200)
+	restarts := envInt(t, "WS_RESTARTS", 20)
+	interval := time.Duration(envInt(t, "WS_INTERVAL_MS", 10)) * time.Millisecond
+	s, pid := startService(t)
+
+	clients := make([]*loadClient, nClients)
+	for i := range clients {
+		clients[i] = &loadClient{wsClient: dialWS(t, s.Addr), id: i, stop: make(chan struct{}), done: make(chan struct{})}
+	}
+	var wg sync.WaitGroup
+	for _, c := range clients {
+		wg.Add(2)
+		go func() { defer wg.Done(); c.sendLoop(interval) }()
+		go func() { defer wg.Done(); c.readLoop() }()
+	}
+	stopped := false
+	stopAll := func() {
+		if !stopped {
+			stopped = true
+			for _, c := range clients {
+				close(c.stop)
+			}
+		}
+	}
+	defer func() { stopAll(); wg.Wait() }()
+
+	answeredBy := func(pid int) func() bool {
+		return func() bool {
+			for _, c := range clients {
+				if c.failure() != nil || int(c.lastPID.Load()) != pid {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	eventually(t, time.Minute, "every client answered by the first process", answeredBy(pid))
+	pids := []int{pid}
+	var took []time.Duration
+	for r := range restarts {
+		start := time.Now()
+		pid = upgrade(t, s, pid)
+		took = append(took, time.Since(start))
+		pids = append(pids, pid)
+		eventually(t, time.Minute, fmt.Sprintf("every client answered by process %d after restart %d", pid, r+1), answeredBy(pid))
+		failIfAny(t, clients)
+	}
+	stopAll()
+	for _, c := range clients {
+		if err := c.waitAnswered(time.Minute); err != nil {
+			t.Fatalf("client %d: %v", c.id, err)
+		}
+	}
+	var total uint64
+	for _, c := range clients {
+		if got := c.gens.Load(); got != int64(len(pids)) {
+			t.Errorf("client %d was answered by %d processes in turn, want %d", c.id, got, len(pids))
+		}
+		total += c.answered.Load()
+	}
+	t.Logf("%d clients, one message each every %v, %d restarts: %d messages, every one answered once and in order, by %d processes in turn; SIGHUP to the old process's exit: median %v, max %v",
+		nClients, interval, restarts, total, len(pids), testbed.Median(took), maxOf(took))
+
+	// A stop with no successor: each WebSocket gets 1001, nothing else.
+	s.Signal(pid, syscall.SIGTERM)
+	for _, c := range clients {
+		_, err := c.read(30 * time.Second)
+		var ce *errClosed
+		if !errors.As(err, &ce) || ce.code != ws.StatusGoingAway {
+			t.Fatalf("client %d after SIGTERM: %v, want a close frame 1001", c.id, err)
+		}
+	}
+	if st := s.WaitExit(pid, time.Minute); st.ExitStatus() != 0 {
+		t.Fatalf("the last process exited with %v", st)
+	}
+}
+
+// loadClient sends numbered messages on one WebSocket and checks that
+// each is answered once, in order, with the counter one up.
+type loadClient struct {
+	*wsClient
+	id   int
+	stop chan struct{} // closed: send no more
+	done chan struct{} // closed when readLoop returns
+
+	sent     atomic.Uint64 // messages sent
+	answered atomic.Uint64 // answers read, each the next expected
+	lastPID  atomic.Int64  // the process that sent the last answer
+	gens     atomic.Int64  // how many times the answering pid changed, plus one
+	mu       sync.Mutex
+	err      error
+}
+
+func (c *loadClient) fail(err error) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.mu.Unlock()
+}
+
+func (c *loadClient) failure() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// sendLoop sends "c<id> <k>" every interval until stop. Every seventh
+// message goes in two writes, cut inside the frame, and every eleventh
+// in two fragments: restarts catch them half sent.
+func (c *loadClient) sendLoop(interval time.Duration) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for k := uint64(0); ; k++ {
+		select {
+		case <-c.stop:
+			return
+		case <-c.done:
+			return
+		case <-tick.C:
+		}
+		msg := fmt.Sprintf("c%d %d", c.id, k)
+		var err error
+		switch {
+		case k%11 == 10:
+			if err = c.sendFrame(ws.OpText, false, msg[:3]); err == nil {
+				err = c.sendFrame(ws.OpContinuation, true, msg[3:])
+			}
+		case k%7 == 6:
+			var b []byte
+			if b, err = c.frame(ws.OpText, true, msg); err == nil {
+				if _, err = c.conn.Write(b[:len(b)/2]); err == nil {
+					_, err = c.conn.Write(b[len(b)/2:])
+				}
+			}
+		default:
+			err = c.send(msg)
+		}
+		if err != nil {
+			c.fail(fmt.Errorf("sending message %d: %w", k, err))
+			return
+		}
+		c.sent.Add(1)
+	}
+}
+
+// readLoop reads answers until an error: the expected close at the end,
+// or a failure.
+func (c *loadClient) readLoop() {
+	defer close(c.done)
+	for {
+		s, err := c.read(30 * time.Second)
+		if err != nil {
+			select {
+			case <-c.stop:
+				if c.answered.Load() == c.sent.Load() {
+					return // the test has read what it waited for
+				}
+			default:
+			}
+			c.fail(fmt.Errorf("after %d answers: %w", c.answered.Load(), err))
+			return
+		}
+		a, err := parseAnswer(s)
+		k := c.answered.Load()
+		if err == nil && (a.msg != fmt.Sprintf("c%d %d", c.id, k) || a.count != k+1) {
+			err = fmt.Errorf("answer %d is %q, want message %d with count %d", k, s, k, k+1)
+		}
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		if int64(a.pid) != c.lastPID.Load() {
+			c.lastPID.Store(int64(a.pid))
+			c.gens.Add(1)
+		}
+		c.answered.Add(1)
+	}
+}
+
+// waitAnswered waits, once sending has stopped, until every message sent
+// is answered, and stops the reader.
+func (c *loadClient) waitAnswered(bound time.Duration) error {
+	deadline := time.Now().Add(bound)
+	for c.answered.Load() != c.sent.Load() {
+		if err := c.failure(); err != nil {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d messages answered after %v", c.answered.Load(), c.sent.Load(), bound)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return c.failure()
+}
+
+func failIfAny(t *testing.T, clients []*loadClient) {
+	t.Helper()
+	var errs []string
+	for _, c := range clients {
+		if err := c.failure(); err != nil {
+			errs = append(errs, fmt.Sprintf("client %d: %v", c.id, err))
+		}
+	}
+	if len(errs) > 0 {
+		t.Fatalf("%d clients failed:\n%s", len(errs), strings.Join(errs, "\n"))
+	}
+}
+
+func maxOf(ds []time.Duration) time.Duration {
+	var m time.Duration
+	for _, d := range ds {
+		m = max(m, d)
+	}
+	return m
+}
+
+// TestHalfMessageMoves: a message the client is in the middle of sending
+// when the process hands over (half a frame, the first fragment of two,
+// or a fragment and half the next) is finished after the restart and
+// answered, once, by the successor, with the counter continued.
+func TestHalfMessageMoves(t *testing.T) {
+	s, pid := startService(t)
+	c := dialWS(t, s.Addr)
+	frame := func(op ws.OpCode, fin bool, payload string) []byte {
+		b, err := c.frame(op, fin, payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	halves := func(b []byte) ([]byte, []byte) { return b[:len(b)/2], b[len(b)/2:] }
+	frameA, frameB := halves(frame(ws.OpText, true, "half a frame"))
+	contA, contB := halves(frame(ws.OpContinuation, true, "in two"))
+	for r, tt := range []struct {
+		name          string
+		before, after []byte
+		want          string
+	}{
+		{"half a frame", frameA, frameB, "half a frame"},
+		{"one fragment of two", frame(ws.OpText, false, "fragmented "), frame(ws.OpContinuation, true, "message"), "fragmented message"},
+		{"a fragment and half the next", append(frame(ws.OpText, false, "split "), contA...), contB, "split in two"},
+	} {
+		count := uint64(2 * r)
+		if a, err := c.ask("before"); err != nil || a.pid != pid || a.count != count+1 {
+			t.Fatalf("%s: answer before the restart %+v, %v", tt.name, a, err)
+		}
+		if _, err := c.conn.Write(tt.before); err != nil {
+			t.Fatal(err)
+		}
+		pid = upgrade(t, s, pid)
+		if _, err := c.conn.Write(tt.after); err != nil {
+			t.Fatal(err)
+		}
+		got, err := c.read(30 * time.Second)
+		if want := fmt.Sprintf("%d %s #%d", pid, tt.want, count+2); err != nil || got != want {
+			t.Fatalf("%s: answered %q, %v; want %q", tt.name, got, err, want)
+		}
+	}
+}
