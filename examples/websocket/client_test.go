@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -69,8 +70,15 @@ func (e *errClosed) Error() string { return fmt.Sprintf("close frame %d %q", e.c
 // read reads the next message from the server, within bound.
 func (c *wsClient) read(bound time.Duration) (string, error) {
 	c.conn.SetReadDeadline(time.Now().Add(bound))
-	f, err := ws.ReadFrame(c.br)
+	h, err := ws.ReadHeader(c.br)
 	if err != nil {
+		return "", err
+	}
+	if h.Length > 1<<20 {
+		return "", fmt.Errorf("a frame of %d bytes", h.Length)
+	}
+	f := ws.Frame{Header: h, Payload: make([]byte, h.Length)}
+	if _, err := io.ReadFull(c.br, f.Payload); err != nil {
 		return "", err
 	}
 	if f.Header.Masked {

@@ -236,7 +236,7 @@ func (s *sessions) goAway(sess *session) {
 	if sess.midMessage() {
 		s.log.Warn("closing a WebSocket in the middle of a message the client never finished")
 	}
-	sess.closeWith(ws.StatusGoingAway, "server restarting")
+	sess.closeWith(ws.StatusGoingAway, "going away")
 }
 
 // end closes sess after answerBuffered failed with err.
