@@ -5,6 +5,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -83,8 +84,20 @@ func TestWebSocketsAcrossRestarts(t *testing.T) {
 		}
 		total += c.answered.Load()
 	}
-	t.Logf("%d clients, one message each every %v, %d restarts: %d messages, every one answered once and in order, by %d processes in turn; SIGHUP to the old process's exit: median %v, max %v",
-		nClients, interval, restarts, total, len(pids), testbed.Median(took), maxOf(took))
+	moves := drainsInLog(t, s)
+	if len(moves) != restarts {
+		t.Fatalf("%d drains in the log after %d restarts", len(moves), restarts)
+	}
+	var moveTook []time.Duration
+	for i, d := range moves {
+		if d.moved != nClients || d.closed != 0 {
+			t.Errorf("drain %d moved %d WebSockets and closed %d; want %d moved", i+1, d.moved, d.closed, nClients)
+		}
+		moveTook = append(moveTook, d.took)
+	}
+	t.Logf("%d clients, one message each every %v, %d restarts: %d messages, every one answered once and in order, by %d processes in turn; "+
+		"SIGHUP to the old process's exit: median %v, max %v; successor ready to every WebSocket moved: median %v, max %v",
+		nClients, interval, restarts, total, len(pids), testbed.Median(took), maxOf(took), testbed.Median(moveTook), maxOf(moveTook))
 
 	// A stop with no successor: each WebSocket gets 1001, nothing else.
 	s.Signal(pid, syscall.SIGTERM)
@@ -102,6 +115,43 @@ func TestWebSocketsAcrossRestarts(t *testing.T) {
 	if st := s.WaitExit(pid, time.Minute); st.ExitStatus() != 0 {
 		t.Fatalf("the last process exited with %v", st)
 	}
+}
+
+// drain is what a process's log says of its drain: how many WebSockets it
+// moved and closed, and how long from its start to the last one gone.
+type drain struct {
+	moved, closed int
+	took          time.Duration
+}
+
+// drainsInLog reads every drain from the service's log, in order.
+func drainsInLog(t *testing.T, s *testbed.Service) []drain {
+	t.Helper()
+	var ds []drain
+	for _, line := range strings.Split(string(s.LogFrom(0)), "\n") {
+		if !strings.Contains(line, `msg="every WebSocket is gone"`) {
+			continue
+		}
+		var d drain
+		var took string
+		for _, f := range strings.Fields(line) {
+			k, v, _ := strings.Cut(f, "=")
+			switch k {
+			case "moved":
+				d.moved, _ = strconv.Atoi(v)
+			case "closed":
+				d.closed, _ = strconv.Atoi(v)
+			case "took":
+				took = v
+			}
+		}
+		var err error
+		if d.took, err = time.ParseDuration(took); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		ds = append(ds, d)
+	}
+	return ds
 }
 
 // loadClient sends numbered messages on one WebSocket and checks that

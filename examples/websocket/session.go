@@ -16,8 +16,11 @@ const (
 	// readSize is how much one Read asks for.
 	readSize = 32 << 10
 	// maxMessage bounds a message, fragments and all; a larger one is
-	// refused with 1009.
-	maxMessage = 1 << 20
+	// refused with 1009. At a frame boundary a session holds at most the
+	// fragments of one message and the start of one frame, so that its
+	// state stays under 2*maxMessage and fits the 256 KiB a conn message
+	// of the handoff protocol carries (PROTOCOL.md).
+	maxMessage = 64 << 10
 	// writeTimeout bounds one answer's write: a client that reads
 	// nothing for this long is cut off.
 	writeTimeout = 10 * time.Second

@@ -46,11 +46,14 @@ type sessions struct {
 	log *slog.Logger
 	pid int
 
-	mu       sync.Mutex
-	open     map[*session]struct{}
-	mode     mode
-	wg       sync.WaitGroup // session goroutines
-	predGone chan struct{}  // closed once the predecessor sends no more sessions
+	mu         sync.Mutex
+	open       map[*session]struct{}
+	mode       mode
+	drainStart time.Time      // when drain began
+	moved      int            // sessions handed to the successor
+	closed     int            // sessions closed with 1001
+	wg         sync.WaitGroup // session goroutines
+	predGone   chan struct{}  // closed once the predecessor sends no more sessions
 }
 
 func newSessions(upg *handoff.Upgrader, log *slog.Logger) *sessions {
@@ -118,6 +121,7 @@ func (s *sessions) drain(handOver bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.mode = closing
+	s.drainStart = time.Now()
 	if handOver {
 		s.mode = handingOver
 	}
@@ -132,7 +136,6 @@ func (s *sessions) drain(handOver bool) {
 // wait waits until the predecessor sends no more sessions and every
 // session has left; when ctx ends first, it closes what is left.
 func (s *sessions) wait(ctx context.Context) {
-	start := time.Now()
 	select {
 	case <-s.predGone:
 	case <-ctx.Done():
@@ -154,7 +157,20 @@ func (s *sessions) wait(ctx context.Context) {
 		s.mu.Unlock()
 		<-done // each session returns once its connection is closed
 	}
-	s.log.Info("every WebSocket is gone", "took", time.Since(start))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.log.Info("every WebSocket is gone", "moved", s.moved, "closed", s.closed, "took", time.Since(s.drainStart))
+}
+
+// count notes how a session left during the drain.
+func (s *sessions) count(moved bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if moved {
+		s.moved++
+	} else {
+		s.closed++
+	}
 }
 
 func (s *sessions) currentMode() mode {
@@ -191,9 +207,11 @@ func (s *sessions) serve(sess *session) {
 			return
 		}
 		if s.currentMode() == handingOver && s.move(sess) {
+			s.count(true)
 			return
 		}
 		s.goAway(sess)
+		s.count(false)
 		return
 	}
 }
@@ -220,9 +238,9 @@ func (s *sessions) move(sess *session) bool {
 // goAway closes sess with 1001 going away, after answering the message the
 // client is in the middle of sending, if any.
 func (s *sessions) goAway(sess *session) {
+	buf := make([]byte, readSize)
 	for sess.midMessage() {
 		sess.conn.SetReadDeadline(time.Now().Add(inFlightTimeout))
-		buf := make([]byte, readSize)
 		n, err := sess.conn.Read(buf)
 		sess.in = append(sess.in, buf[:n]...)
 		if err := sess.answerBuffered(s.pid); err != nil {
