@@ -5,6 +5,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -27,9 +28,20 @@ type wsClient struct {
 
 func dialWS(t testing.TB, addr string) *wsClient {
 	t.Helper()
+	return dial(t, ws.Dialer{}, "ws://"+addr+"/ws")
+}
+
+// dialWSS dials over TLS, trusting any certificate.
+func dialWSS(t testing.TB, addr string) *wsClient {
+	t.Helper()
+	return dial(t, ws.Dialer{TLSConfig: &tls.Config{InsecureSkipVerify: true}}, "wss://"+addr+"/ws")
+}
+
+func dial(t testing.TB, d ws.Dialer, url string) *wsClient {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, br, _, err := ws.Dial(ctx, "ws://"+addr+"/ws")
+	conn, br, _, err := d.Dial(ctx, url)
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}

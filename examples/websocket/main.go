@@ -6,6 +6,7 @@
 // WebSocket and shows the answers live.
 //
 //	websocket -addr HOST:PORT -socket PATH [-pidfile PATH] [-canary-window DURATION]
+//	    [-tls-cert FILE -tls-key FILE]
 //
 // SIGHUP upgrades to a fresh copy of the binary (read from disk again).
 // Once the successor has taken over, each WebSocket is handed to it between
@@ -13,7 +14,9 @@
 // counter in the state blob (Upgrader.SendConn); the successor resumes it
 // (Upgrader.AcceptConn). The client sees no close frame, no reset, no gap.
 // A connection that cannot move is closed with 1001 "going away" after its
-// in-flight message. SIGTERM or SIGINT closes every WebSocket that way
+// in-flight message: with -tls-cert and -tls-key it serves wss:// and
+// https://, and a TLS connection cannot move (its session keys cannot
+// leave the process). SIGTERM or SIGINT closes every WebSocket that way
 // and exits 0. docs/websocket.md explains it.
 package main
 
@@ -44,16 +47,23 @@ func main() {
 	socket := flag.String("socket", "", "control socket path (default: derived from the service name)")
 	pidfile := flag.String("pidfile", "", "file to keep the serving process's pid in")
 	canary := flag.Duration("canary-window", handoff.DefaultCanaryWindow, "after an upgrade, stand by this long to take the service back should the successor die (negative: off)")
+	var tlsFiles tlsFiles
+	flag.StringVar(&tlsFiles.cert, "tls-cert", "", "serve TLS with this certificate (PEM); WebSockets over TLS are closed with 1001 at a restart, not moved")
+	flag.StringVar(&tlsFiles.key, "tls-key", "", "the key of -tls-cert (PEM)")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if err := serve(log, *addr, *socket, *pidfile, *canary); err != nil {
+	if err := serve(log, *addr, *socket, *pidfile, *canary, tlsFiles); err != nil {
 		log.Error("websocket failed", "err", err)
 		os.Exit(1)
 	}
 }
 
-func serve(log *slog.Logger, addr, socket, pidfile string, canary time.Duration) error {
+// tlsFiles are the certificate and key to serve TLS with; none for plain
+// HTTP.
+type tlsFiles struct{ cert, key string }
+
+func serve(log *slog.Logger, addr, socket, pidfile string, canary time.Duration, tlsFiles tlsFiles) error {
 	// Catch the signals before anything else: once this process is ready,
 	// a SIGHUP or SIGTERM may come at any moment.
 	hup := make(chan os.Signal, 1)
@@ -90,7 +100,13 @@ func serve(log *slog.Logger, addr, socket, pidfile string, canary time.Duration)
 	ctx, cancel := context.WithCancel(context.Background())
 	var g run.Group
 	g.Add(func() error { // serve HTTP until the drain is over
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if tlsFiles.cert != "" || tlsFiles.key != "" {
+			err = srv.ServeTLS(ln, tlsFiles.cert, tlsFiles.key)
+		} else {
+			err = srv.Serve(ln)
+		}
+		if !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		<-ctx.Done()

@@ -39,19 +39,15 @@ func TestMain(m *testing.M) {
 }
 
 // startService builds the example and starts its first process, with no
-// canary window (each upgrade hands the WebSockets over at once), and
-// returns the service and the pid.
-func startService(t *testing.T) (*testbed.Service, int) {
+// canary window (each upgrade hands the WebSockets over at once) and the
+// flags in extra, and returns the service and the pid.
+func startService(t *testing.T, extra ...string) (*testbed.Service, int) {
 	t.Helper()
 	testbed.CheckNoChildren(t, reaper)
 	s := testbed.NewService(t, reaper, builder.Build(t, "../websocket"))
-	pid := s.Start(serviceArgs(s)...)
+	pid := s.Start(append(s.DefaultArgs(), append([]string{"-canary-window=-1s"}, extra...)...)...)
 	s.WaitPID(pid, 0, 30*time.Second)
 	return s, pid
-}
-
-func serviceArgs(s *testbed.Service) []string {
-	return append(s.DefaultArgs(), "-canary-window=-1s")
 }
 
 // upgrade sends pid SIGHUP and waits until its successor serves and pid
