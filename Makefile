@@ -35,7 +35,7 @@ test: ## unit tests, with the race detector
 integration: deps ## integration tests: real binaries, processes, sockets and load
 	$(GO) test -race -count=1 -timeout 25m ./integration/...
 
-websocket: deps ## examples/websocket's tests: 200 clients and headless Chromium across restarts (WS_CLIENTS, WS_RESTARTS, WS_INTERVAL_MS, WS_BROWSER_RESTARTS size them; WS_SCREENSHOT=$$PWD/docs/websocket.png remakes the screenshot)
+websocket: deps ## examples/websocket's tests: 200 clients and headless Chromium across restarts (WS_CLIENTS, WS_RESTARTS, WS_INTERVAL_MS, WS_BROWSER_RESTARTS size them; WS_SCREENSHOT=../../docs/websocket.png remakes the screenshot)
 	cd examples/websocket && $(GO) test -race -count=1 -timeout 10m ./...
 
 oldgo: ## go.mod's go line is still MINGO and go vet holds the code to it; OLDGO_TOOLCHAIN=1 also vets and unit-tests with that Go

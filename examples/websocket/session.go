@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 )
@@ -153,6 +154,9 @@ func (sess *session) handle(pid int, h ws.Header, payload []byte) error {
 // answer answers message X with "PID X #N", N counting the messages
 // answered on this WebSocket.
 func (sess *session) answer(pid int, op ws.OpCode, msg []byte) error {
+	if op == ws.OpText && !utf8.Valid(msg) {
+		return &protocolError{ws.StatusInvalidFramePayloadData, "text message not UTF-8"}
+	}
 	sess.count++
 	out := make([]byte, 0, len(msg)+32)
 	out = strconv.AppendInt(out, int64(pid), 10)
