@@ -53,6 +53,7 @@ type sessions struct {
 	moved      int            // sessions handed to the successor
 	closed     int            // sessions closed with 1001
 	wg         sync.WaitGroup // session goroutines
+	handshakes sync.WaitGroup // upgrade handlers: each may start a session
 	predGone   chan struct{}  // closed once the predecessor sends no more sessions
 }
 
@@ -62,6 +63,10 @@ func newSessions(upg *handoff.Upgrader, log *slog.Logger) *sessions {
 
 // upgrade is the handler of GET /ws: the handshake, then the session.
 func (s *sessions) upgrade(w http.ResponseWriter, r *http.Request) {
+	// net/http's Shutdown stops waiting for this request once it is
+	// hijacked, before start has counted the session: wait counts it here.
+	s.handshakes.Add(1)
+	defer s.handshakes.Done()
 	conn, rw, _, err := wsUpgrader.Upgrade(r, w)
 	if err != nil {
 		// The upgrader has answered the client with the reason.
@@ -134,8 +139,10 @@ func (s *sessions) drain(handOver bool) {
 }
 
 // wait waits until the predecessor sends no more sessions and every
-// session has left; when ctx ends first, it closes what is left.
+// session has left; when ctx ends first, it closes what is left. Call it
+// once the HTTP server has shut down: no handshake begins after that.
 func (s *sessions) wait(ctx context.Context) {
+	s.handshakes.Wait() // the last ones are past start
 	select {
 	case <-s.predGone:
 	case <-ctx.Done():
