@@ -47,7 +47,7 @@ func TestStateRefused(t *testing.T) {
 // TestNextFrameWaitsForWholeFrame: cut anywhere, a frame is whole only
 // with its last byte; the bytes after it stay for the next.
 func TestNextFrameWaitsForWholeFrame(t *testing.T) {
-	for _, size := range []int{0, 5, 125, 126, 300, 70000} {
+	for _, size := range []int{0, 5, 125, 126, 300, maxMessage} {
 		f, err := ws.CompileFrame(ws.MaskFrame(ws.NewTextFrame(bytes.Repeat([]byte("x"), size))))
 		if err != nil {
 			t.Fatal(err)
