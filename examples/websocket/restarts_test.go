@@ -362,3 +362,39 @@ func TestStopAnswersInFlightThenGoesAway(t *testing.T) {
 		t.Fatalf("exited with %v", st)
 	}
 }
+
+// TestWebSocketsWaitOutCanaryWindow: with a canary window, a WebSocket
+// stays with the old process, which may yet take the service back, until
+// the window ends, then moves; two upgrades within one window pass it down
+// the chain. Its client sees one connection throughout.
+func TestWebSocketsWaitOutCanaryWindow(t *testing.T) {
+	s, first := startService(t, "-canary-window=3s")
+	c := dialWS(t, s.Addr)
+	count := uint64(0)
+	ask := func(what string) answer {
+		t.Helper()
+		count++
+		a, err := c.ask(what)
+		if err != nil || a.count != count {
+			t.Fatalf("%s: %+v, %v; want count %d", what, a, err, count)
+		}
+		return a
+	}
+	ask("before")
+	s.Signal(first, syscall.SIGHUP)
+	second := s.WaitPID(0, first, 30*time.Second)
+	// The first process is in its window: it still has the WebSocket.
+	if a := ask("in the window"); a.pid != first {
+		t.Logf("answered by %d, not %d: the window passed before the question", a.pid, first)
+	}
+	s.Signal(second, syscall.SIGHUP) // within the window: the first is released
+	third := s.WaitPID(0, second, 30*time.Second)
+	for _, pid := range []int{first, second} {
+		if st := s.WaitExit(pid, time.Minute); st.ExitStatus() != 0 {
+			t.Fatalf("process %d exited with %v", pid, st)
+		}
+	}
+	if a := ask("after both windows"); a.pid != third {
+		t.Fatalf("answered by %d; want the last process %d", a.pid, third)
+	}
+}
