@@ -16,13 +16,14 @@ UNIT_PKGS = $$($(GO) list ./... | grep -v /integration)
 MINGO := 1.24.0
 OLDGO_TOOLCHAIN ?= 1
 
-.PHONY: help build release demo test integration check fuzz fuzz-ci lint cover bench deps oldgo
+.PHONY: help build release demo test integration websocket check fuzz fuzz-ci lint cover bench deps oldgo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## build every binary into bin/
 	$(GO) build -o bin/ ./cmd/... ./examples/...
+	cd examples/websocket && $(GO) build -o ../../bin/ .
 
 release: ## static handoff binaries for linux/amd64 and linux/arm64 in dist/, with SHA256SUMS (VERSION= overrides git describe)
 	GO=$(GO) ./scripts/release.sh
@@ -35,6 +36,9 @@ test: ## unit tests, with the race detector
 
 integration: deps ## integration tests: real binaries, processes, sockets and load
 	$(GO) test -race -count=1 -timeout 25m ./integration/...
+
+websocket: deps ## examples/websocket's tests: 200 clients and headless Chromium across restarts (WS_CLIENTS, WS_RESTARTS, WS_INTERVAL_MS, WS_BROWSER_RESTARTS size them; WS_SCREENSHOT=../../docs/websocket.png remakes the screenshot)
+	cd examples/websocket && $(GO) test -race -count=1 -timeout 10m ./...
 
 oldgo: ## go.mod's go line is still MINGO, and go vet and the unit tests pass with the go$(MINGO) toolchain itself (OLDGO_TOOLCHAIN= skips that part)
 	@test "$$($(GO) list -m -f '{{.GoVersion}}')" = $(MINGO) || { echo "go.mod's go line is $$($(GO) list -m -f '{{.GoVersion}}'), not MINGO=$(MINGO): a dependency or an edit raised it; lower it again, or raise MINGO and say why"; exit 1; }
@@ -49,7 +53,7 @@ oldgo: ## go.mod's go line is still MINGO, and go vet and the unit tests pass wi
 		echo "not tested with the go$(MINGO) toolchain itself (OLDGO_TOOLCHAIN is empty)"; \
 	fi
 
-check: lint release test oldgo fuzz-ci integration ## everything CI runs (README's test command)
+check: lint release test oldgo fuzz-ci integration websocket ## everything CI runs (README's test command)
 
 fuzz: ## fuzz the wire decoder for FUZZTIME executions (default 1000000x, about a minute)
 	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME) -fuzzminimizetime=100x ./internal/wire
@@ -62,6 +66,7 @@ lint: ## gofmt, go vet (here and for CROSS_OS) and staticcheck
 	$(GO) vet ./...
 	@for os in $(CROSS_OS); do echo "GOOS=$$os go build ./... && go vet ./..."; GOOS=$$os $(GO) build ./... && GOOS=$$os $(GO) vet ./... || exit 1; done
 	cd integration/bench && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
+	cd examples/websocket && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 	$(GO) run $(STATICCHECK) ./...
 
 cover: ## unit test coverage, in cover.html

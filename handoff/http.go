@@ -39,7 +39,9 @@ var busyWindow = 10 * time.Millisecond
 //   - answers the next request on any other HTTP/1 connection (TLS, or no
 //     successor) with "Connection: close", and closes it only after that
 //     response;
-//   - closes nothing under a request in flight;
+//   - closes nothing under a request in flight; a connection a handler
+//     hijacks (a WebSocket) is the handler's: HTTPServer neither waits for
+//     nor closes it, and it can be handed over with Upgrader.SendConn;
 //   - sends HTTP/2 connections GOAWAY, once the HTTP/1 ones are done or
 //     half the time is up, and lets their streams finish;
 //   - closes whatever is left when ctx ends, or, when ctx has no deadline,
