@@ -130,6 +130,7 @@ func startSupervisor(t *testing.T, cfg runConfig, ready scriptedReady, roles ...
 	deps := supervisorDeps{
 		log: slog.New(slog.DiscardHandler), upg: ts.upg, ready: ready,
 		spawn: &roleStarter{sp: sp, self: self, roles: roles}, env: os.Environ(), forget: func(int) {},
+		sockets: newWrapperSockets(modeShared, false, slog.New(slog.DiscardHandler)),
 	}
 	go func() { ts.done <- ts.run(ctx, deps) }()
 	t.Cleanup(func() {
@@ -308,7 +309,8 @@ func TestSupervisorFirstChildFails(t *testing.T) {
 		var started *child
 		ready := readyFunc(func(ctx context.Context, c *child) error { started = c; return nil })
 		err := sup.run(context.Background(), supervisorDeps{log: slog.New(slog.DiscardHandler), upg: upg, ready: ready,
-			spawn: &roleStarter{sp: sp, self: self}, env: os.Environ(), forget: func(int) {}})
+			spawn: &roleStarter{sp: sp, self: self}, env: os.Environ(), forget: func(int) {},
+			sockets: newWrapperSockets(modeShared, false, slog.New(slog.DiscardHandler))})
 		if err == nil || err.Error() != "another instance" {
 			t.Fatalf("run: %v", err)
 		}

@@ -1,0 +1,218 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A reuseGroup is the SO_REUSEPORT group of one -listen address: the
+// anchor (the Upgrader's socket, which no child accepts from) and a
+// socket per child generation, bound to the same address. A classic BPF
+// program on the group (SO_ATTACH_REUSEPORT_CBPF) returns the index of
+// the socket that gets each new connection or datagram: the current
+// generation's. The kernel numbers a group's sockets in the order they
+// joined, and when one closes it moves the last into its slot; members
+// mirrors that order, and the program is attached anew after every
+// change.
+type reuseGroup struct {
+	stream  bool
+	anchor  int   // the wrapper's duplicate of the Upgrader's socket; owned by wrapperSockets
+	members []int // the kernel's order: members[0] is the anchor
+	target  int   // the socket new connections go to: a member
+}
+
+// newReuseGroup makes a group of anchor, a duplicate of a socket bound
+// with SO_REUSEPORT; the caller keeps owning anchor. It fails, and the
+// socket must then be shared, if anchor is not in a reuseport group or
+// the kernel refuses the program.
+func newReuseGroup(anchor int, stream bool) (*reuseGroup, error) {
+	on, err := unix.GetsockoptInt(anchor, unix.SOL_SOCKET, unix.SO_REUSEPORT)
+	if err != nil {
+		return nil, os.NewSyscallError("getsockopt SO_REUSEPORT", err)
+	}
+	if on == 0 {
+		return nil, errors.New("the socket was bound without SO_REUSEPORT")
+	}
+	g := &reuseGroup{stream: stream, anchor: anchor, members: []int{anchor}, target: anchor}
+	if err := g.attach(); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// attach steers the group to target.
+func (g *reuseGroup) attach() error {
+	index := -1
+	for i, fd := range g.members {
+		if fd == g.target {
+			index = i
+		}
+	}
+	if index < 0 {
+		return fmt.Errorf("steering target fd %d is not in the group", g.target)
+	}
+	prog := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: uint32(index)}}
+	err := unix.SetsockoptSockFprog(g.anchor, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &unix.SockFprog{Len: 1, Filter: &prog[0]})
+	return os.NewSyscallError("setsockopt SO_ATTACH_REUSEPORT_CBPF", err)
+}
+
+// join opens a socket of the same type, bound to the anchor's address
+// with SO_REUSEPORT, listening if a stream socket, and adds it to the
+// group, last. New connections still go to the target. The socket is
+// blocking; the caller owns it and gives it back with leave.
+func (g *reuseGroup) join() (int, error) {
+	sa, err := unix.Getsockname(g.anchor)
+	if err != nil {
+		return -1, os.NewSyscallError("getsockname", err)
+	}
+	domain, err := unix.GetsockoptInt(g.anchor, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return -1, os.NewSyscallError("getsockopt SO_DOMAIN", err)
+	}
+	typ := unix.SOCK_DGRAM
+	if g.stream {
+		typ = unix.SOCK_STREAM
+	}
+	fd, err := unix.Socket(domain, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	if err := g.bind(fd, domain, sa); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	g.members = append(g.members, fd)
+	return fd, nil
+}
+
+// bind binds fd beside the anchor and, for a stream socket, listens.
+func (g *reuseGroup) bind(fd, domain int, sa unix.Sockaddr) error {
+	if g.stream { // as Go's net.Listen, so that TIME_WAIT does not stop it
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return os.NewSyscallError("setsockopt SO_REUSEADDR", err)
+		}
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+		return os.NewSyscallError("setsockopt SO_REUSEPORT", err)
+	}
+	if domain == unix.AF_INET6 { // the anchor's: [::] with or without IPv4
+		v6only, err := unix.GetsockoptInt(g.anchor, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+		if err != nil {
+			return os.NewSyscallError("getsockopt IPV6_V6ONLY", err)
+		}
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, v6only); err != nil {
+			return os.NewSyscallError("setsockopt IPV6_V6ONLY", err)
+		}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return os.NewSyscallError("bind", err)
+	}
+	if g.stream {
+		if err := unix.Listen(fd, listenBacklog()); err != nil {
+			return os.NewSyscallError("listen", err)
+		}
+	}
+	return nil
+}
+
+// steer sends every new connection to fd, a member, from now on.
+func (g *reuseGroup) steer(fd int) error {
+	old := g.target
+	g.target = fd
+	if err := g.attach(); err != nil {
+		g.target = old
+		return err
+	}
+	return nil
+}
+
+// leave closes fd, a member other than the anchor, and steers the group
+// anew: the kernel has moved its last socket into fd's slot. A target
+// that leaves is replaced by the anchor.
+func (g *reuseGroup) leave(fd int) error {
+	for i, m := range g.members {
+		if m == fd && i > 0 {
+			unix.Close(fd)
+			last := len(g.members) - 1
+			g.members[i] = g.members[last]
+			g.members = g.members[:last]
+			if g.target == fd {
+				g.target = g.anchor
+			}
+			return g.attach()
+		}
+	}
+	return fmt.Errorf("fd %d is not a generation socket of the group", fd)
+}
+
+// queued is how much waits on fd, a member, to be accepted or read: for
+// a listening socket its accept queue (TCP_INFO's tcpi_unacked is the
+// accept backlog of a listener), for a datagram socket the size of the
+// next datagram (SIOCINQ; 0 when none waits).
+func (g *reuseGroup) queued(fd int) (int, error) {
+	if g.stream {
+		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			return 0, os.NewSyscallError("getsockopt TCP_INFO", err)
+		}
+		return int(info.Unacked), nil
+	}
+	n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+	return n, os.NewSyscallError("ioctl SIOCINQ", err)
+}
+
+// drainQuiet is how long the sockets of a generation that no longer gets
+// connections must stay empty before its child is stopped: a handshake
+// begun before the steering changed completes into the old queue within
+// a round trip.
+const drainQuiet = 50 * time.Millisecond
+
+// drainPoll is how often drained looks.
+const drainPoll = 5 * time.Millisecond
+
+// waitDrained returns once queued reports nothing for every socket of
+// the slice for drainQuiet, or ctx's error.
+func waitDrained(ctx context.Context, queued func() (int, error)) error {
+	tick := time.NewTicker(drainPoll)
+	defer tick.Stop()
+	var quietSince time.Time
+	for {
+		n, err := queued()
+		if err != nil {
+			return err
+		}
+		switch {
+		case n > 0:
+			quietSince = time.Time{}
+		case quietSince.IsZero():
+			quietSince = time.Now()
+		case time.Since(quietSince) >= drainQuiet:
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d still queued: %w", n, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// listenBacklog is the kernel's limit, as Go's net.Listen uses.
+func listenBacklog() int {
+	b, err := os.ReadFile("/proc/sys/net/core/somaxconn")
+	if err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n > 0 {
+			return min(n, 1<<16-1)
+		}
+	}
+	return unix.SOMAXCONN
+}
