@@ -244,6 +244,9 @@ func (s *socket) fromFD(fd int) error {
 // is replaced; a live one is not.
 func (s *socket) create(ctx context.Context, control func(network, address string, c syscall.RawConn) error) error {
 	lc := net.ListenConfig{Control: control}
+	if control != nil {
+		lc.SetMultipathTCP(false) // see hooks.Wrapper.SocketControl
+	}
 	open := func() error {
 		if s.Kind == wire.KindPacket {
 			pc, err := lc.ListenPacket(ctx, s.Network, s.Address)

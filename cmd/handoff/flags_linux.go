@@ -33,8 +33,8 @@ type runConfig struct {
 	drainTimeout time.Duration
 	canaryWindow time.Duration // 0: off
 	stopSignal   syscall.Signal
-	socketMode   string // modeAuto or modeShared
-	nonblocking  bool   // the children's sockets have O_NONBLOCK set
+	socketMode   string   // modeAuto or modeShared
+	nonblocking  bool     // the children's sockets have O_NONBLOCK set
 	path         string   // COMMAND, found in PATH
 	argv         []string // COMMAND and its ARGS, as given
 }

@@ -65,7 +65,11 @@ func runWrapper(cfg runConfig, stderr io.Writer) (int, error) {
 	}
 	defer upg.Close()
 	// Before Ready: a reload restarts the child, and the status lists it.
-	wrapped := hooks.Wrap(upg, hooks.Wrapper{Reload: sup.requestReload, StatusDetail: sup.detail, SocketControl: socks.control})
+	hw := hooks.Wrapper{Reload: sup.requestReload, StatusDetail: sup.detail}
+	if cfg.socketMode == modeAuto {
+		hw.SocketControl = socks.control
+	}
+	wrapped := hooks.Wrap(upg, hw)
 	log = log.With("generation", upg.Generation())
 	socks.log = log
 

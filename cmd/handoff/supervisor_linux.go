@@ -46,10 +46,10 @@ type readyChecker interface {
 // only once the Upgrader does, which needs the supervisor's requestReload
 // and detail first; so run takes them, and its loop is their only user.
 type supervisorDeps struct {
-	log    *slog.Logger
-	upg    upgrader
-	ready  readyChecker
-	spawn  starter
+	log     *slog.Logger
+	upg     upgrader
+	ready   readyChecker
+	spawn   starter
 	env     []string        // the children's environment
 	sockets *wrapperSockets // the children's fds 3...
 	forget  func(pid int)

@@ -31,6 +31,9 @@ type Wrapper struct {
 	// from systemd) before it is bound, as net.ListenConfig.Control is:
 	// the wrapper sets SO_REUSEPORT there, so that it can bind a socket
 	// per child generation beside it. An error fails the Listen call.
+	// Such a TCP socket is plain TCP, not MPTCP (which Go's ListenConfig
+	// would choose, and whose SOL_SOCKET options exclude
+	// SO_ATTACH_REUSEPORT_CBPF).
 	SocketControl func(network, address string, c syscall.RawConn) error
 }
 

@@ -1,0 +1,263 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func init() {
+	// nonblock: exits 0 if fd 3's O_NONBLOCK is as WANT_NONBLOCK says.
+	helpers["nonblock"] = func() int {
+		fl, err := unix.FcntlInt(3, unix.F_GETFL, 0)
+		if err != nil {
+			return 1
+		}
+		if strconv.FormatBool(fl&unix.O_NONBLOCK != 0) != os.Getenv("WANT_NONBLOCK") {
+			fmt.Fprintf(os.Stderr, "fd 3 O_NONBLOCK %v, want %s\n", fl&unix.O_NONBLOCK != 0, os.Getenv("WANT_NONBLOCK"))
+			return 1
+		}
+		return 0
+	}
+}
+
+// testGroupSockets is wrapperSockets with one socket per generation on
+// network (tcp or udp) at 127.0.0.1, its anchor made as the Upgrader
+// makes one (through control); all closed at cleanup.
+func testGroupSockets(t *testing.T, network string, nonblocking bool) *wrapperSockets {
+	t.Helper()
+	w := newWrapperSockets(modeAuto, nonblocking, slog.New(slog.DiscardHandler))
+	lc := net.ListenConfig{Control: w.control}
+	lc.SetMultipathTCP(false) // as the Upgrader makes it
+	var (
+		sc   syscall.Conn
+		addr net.Addr
+	)
+	if network == "udp" {
+		pc, err := lc.ListenPacket(context.Background(), network, "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pc.Close() })
+		sc, addr = pc.(syscall.Conn), pc.LocalAddr()
+	} else {
+		ln, err := lc.Listen(context.Background(), network, "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		sc, addr = ln.(syscall.Conn), ln.Addr()
+	}
+	if !w.created {
+		t.Fatal("control did not run")
+	}
+	rc, _ := sc.SyscallConn()
+	var fd int
+	var derr error
+	rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
+	if derr != nil {
+		t.Fatal(derr)
+	}
+	spec := listenSpec{network: network, address: addr.String()}
+	group, err := newReuseGroup(fd, spec.stream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.socks = []*listenSocket{{spec: spec, fd: fd, addr: addr, group: group}}
+	t.Cleanup(w.close)
+	return w
+}
+
+// arrivals sends n connections (or datagrams) to w's address and
+// returns how many each of the fds received, the anchor's first.
+func arrivals(t *testing.T, w *wrapperSockets, n int, gens ...*generation) []int {
+	t.Helper()
+	s := w.socks[0]
+	fds := []int{s.fd}
+	for _, g := range gens {
+		fds = append(fds, g.fds[0])
+	}
+	for _, fd := range fds {
+		unix.SetNonblock(fd, true)
+	}
+	if s.spec.stream() {
+		var conns []net.Conn
+		for range n {
+			c, err := net.DialTimeout("tcp", s.addr.String(), 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, c)
+		}
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+	} else {
+		c, err := net.Dial("udp", s.addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		for i := range n {
+			if _, err := c.Write([]byte(strconv.Itoa(i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	got := make([]int, len(fds))
+	take := func() int { // what arrived by now, taken
+		total := 0
+		for i, fd := range fds {
+			for {
+				var err error
+				if s.spec.stream() {
+					var nfd int
+					nfd, _, err = unix.Accept4(fd, unix.SOCK_CLOEXEC)
+					if err == nil {
+						unix.Close(nfd)
+					}
+				} else {
+					_, _, err = unix.Recvfrom(fd, make([]byte, 64), unix.MSG_DONTWAIT)
+				}
+				if err != nil {
+					break
+				}
+				got[i]++
+			}
+			total += got[i]
+		}
+		return total
+	}
+	waitUntil(t, fmt.Sprintf("%d connections or datagrams arrive", n), func() bool { return take() == n })
+	return got
+}
+
+// TestSteering: new connections (datagrams) go only to the socket of the
+// generation steered to, never to the anchor or an older generation,
+// also after sockets closed and the kernel renumbered the group.
+func TestSteering(t *testing.T) {
+	for _, network := range []string{"tcp", "udp"} {
+		t.Run(network, func(t *testing.T) {
+			w := testGroupSockets(t, network, false)
+			const n = 20
+			want := func(step string, got []int, to int) {
+				t.Helper()
+				for i, k := range got {
+					if (i == to && k != n) || (i != to && k != 0) {
+						t.Fatalf("%s: arrivals per socket (anchor, generations...) %v; want all %d at index %d", step, got, n, to)
+					}
+				}
+			}
+			g1, err := w.newGeneration()
+			if err != nil {
+				t.Fatal(err)
+			}
+			want("first generation", arrivals(t, w, n, g1), 1)
+			g2, err := w.newGeneration()
+			if err != nil {
+				t.Fatal(err)
+			}
+			want("second generation opened, not steered to", arrivals(t, w, n, g1, g2), 1)
+			if err := w.steer(g2); err != nil {
+				t.Fatal(err)
+			}
+			want("steered to the second generation", arrivals(t, w, n, g1, g2), 2)
+			w.release(g1) // g2 moves into g1's slot
+			want("first generation closed", arrivals(t, w, n, g2), 1)
+			g3, err := w.newGeneration()
+			if err != nil {
+				t.Fatal(err)
+			}
+			g4, err := w.newGeneration()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := w.steer(g3); err != nil {
+				t.Fatal(err)
+			}
+			w.release(g2) // the last, g4, moves into g2's slot: g3's index stays
+			want("a generation before the target closed", arrivals(t, w, n, g3, g4), 1)
+			w.release(g4)
+			if err := w.steer(nil); err != nil {
+				t.Fatal(err)
+			}
+			want("steered to the anchor (a takeover)", arrivals(t, w, n, g3), 0)
+		})
+	}
+}
+
+// TestGenerationBlocking: a child gets its own sockets blocking, as
+// systemd passes them, also a child restarted on sockets that its
+// predecessor made non-blocking; with -nonblocking, non-blocking.
+func TestGenerationBlocking(t *testing.T) {
+	for _, nonblocking := range []bool{false, true} {
+		t.Run("nonblocking="+strconv.FormatBool(nonblocking), func(t *testing.T) {
+			w := testGroupSockets(t, "tcp", nonblocking)
+			g, err := w.newGeneration()
+			if err != nil {
+				t.Fatal(err)
+			}
+			sp := newTestSpawner(t)
+			for _, before := range []bool{true, false} { // a child may have changed it
+				if err := unix.SetNonblock(g.fds[0], before); err != nil {
+					t.Fatal(err)
+				}
+				if err := w.prepare(g); err != nil {
+					t.Fatal(err)
+				}
+				c := startHelper(t, sp, "nonblock", []string{"WANT_NONBLOCK=" + strconv.FormatBool(nonblocking)}, g.fds[0])
+				waitExit(t, c)
+				if c.status.ExitStatus() != 0 {
+					t.Fatalf("the child saw the wrong O_NONBLOCK (set to %v before prepare): %s", before, c.describe())
+				}
+			}
+		})
+	}
+}
+
+// TestDrain: drain waits while connections queue on a generation's
+// socket, and returns once they have been accepted.
+func TestDrain(t *testing.T) {
+	w := testGroupSockets(t, "tcp", false)
+	g, err := w.newGeneration()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		c, err := net.DialTimeout("tcp", w.socks[0].addr.String(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := w.drain(ctx, g); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("drain with 3 queued: %v; want a deadline error", err)
+	}
+	for range 3 {
+		fd, _, err := unix.Accept4(g.fds[0], unix.SOCK_CLOEXEC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fd)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := w.drain(ctx, g); err != nil {
+		t.Fatalf("drain of an empty queue: %v", err)
+	}
+}
