@@ -180,10 +180,7 @@ func (w *wrapperSockets) open(upg *handoff.Upgrader, specs []listenSpec) error {
 func (w *wrapperSockets) close() {
 	for _, s := range w.socks {
 		if s.group != nil {
-			for _, fd := range s.group.members[1:] {
-				unix.Close(fd)
-			}
-			s.group.members = s.group.members[:1]
+			s.group.close()
 		}
 		unix.Close(s.fd)
 	}
@@ -194,10 +191,12 @@ func (w *wrapperSockets) close() {
 
 // generation is the sockets one child generation gets as fds 3..: its
 // own socket for each -listen in per-generation mode, the shared
-// duplicate for the others. The wrapperSockets that made it closes its
-// own sockets in release.
+// duplicate for the others. Its own sockets are one of each group's two
+// generation sockets (slot), which the wrapperSockets owns and the
+// generation after next gets again.
 type generation struct {
 	number int
+	slot   int
 	fds    []int
 	own    []bool // fds[i] is this generation's own socket
 }
@@ -229,26 +228,28 @@ func (g *generation) inodes() map[uint64]bool {
 	return m
 }
 
-// newGeneration makes the sockets of a new child generation. The first
-// generation gets the connections at once; a later one only once commit
-// steers them to it.
-func (w *wrapperSockets) newGeneration() (*generation, error) {
+// newGeneration makes the sockets of a new child generation beside
+// serving's (nil: none serves), on the generation sockets serving does
+// not have. The first generation gets the connections at once; a later
+// one only once steer sends them to it.
+func (w *wrapperSockets) newGeneration(serving *generation) (*generation, error) {
 	w.number++
 	g := &generation{number: w.number}
+	if serving != nil {
+		g.slot = (serving.slot + 1) % generationSockets
+	}
 	for _, s := range w.socks {
 		if s.group == nil {
 			g.fds, g.own = append(g.fds, s.fd), append(g.own, false)
 			continue
 		}
-		fd, err := s.group.join()
+		fd, err := s.group.slot(g.slot)
 		if err != nil {
-			w.release(g)
 			return nil, fmt.Errorf("a socket for child generation %d on %s: %w", g.number, s.addr, err)
 		}
 		g.fds, g.own = append(g.fds, fd), append(g.own, true)
 		if s.group.target == s.group.anchor { // nobody serves it yet
 			if err := s.group.steer(fd); err != nil {
-				w.release(g)
 				return nil, err
 			}
 		}
@@ -317,21 +318,6 @@ func (w *wrapperSockets) drain(ctx context.Context, g *generation) error {
 	})
 }
 
-// release closes g's own sockets; what waits in them is lost, so call
-// it only once its child is gone and no new child takes them.
-func (w *wrapperSockets) release(g *generation) {
-	if g == nil {
-		return
-	}
-	for i, s := range w.socks {
-		if i < len(g.own) && g.own[i] {
-			if err := s.group.leave(g.fds[i]); err != nil {
-				w.log.Error("cannot steer after closing a generation socket", "socket", s.spec.String(), "err", err)
-			}
-		}
-	}
-	g.fds, g.own = nil, nil
-}
 
 // perGeneration reports whether any socket is per generation.
 func (w *wrapperSockets) perGeneration() bool {

@@ -15,19 +15,37 @@ import (
 )
 
 // A reuseGroup is the SO_REUSEPORT group of one -listen address: the
-// anchor (the Upgrader's socket, which no child accepts from) and a
-// socket per child generation, bound to the same address. A classic BPF
+// anchor (the Upgrader's socket, which no child accepts from) and two
+// generation sockets bound to the same address, which child generations
+// take in turn: the serving one's, and the next one's. A classic BPF
 // program on the group (SO_ATTACH_REUSEPORT_CBPF) returns the index of
-// the socket that gets each new connection or datagram: the current
+// the socket that gets each new connection or datagram: the serving
 // generation's. The kernel numbers a group's sockets in the order they
-// joined, and when one closes it moves the last into its slot; members
-// mirrors that order, and the program is attached anew after every
-// change.
+// joined, and when one closes it moves the last into its slot, so for a
+// moment the program would name a wrong index (one out of range falls
+// back to a hash over every socket, the anchor too, where a connection
+// would wait for ever); generation sockets are therefore never closed
+// while the wrapper runs, and members is the kernel's order.
 type reuseGroup struct {
 	stream  bool
 	anchor  int   // the wrapper's duplicate of the Upgrader's socket; owned by wrapperSockets
-	members []int // the kernel's order: members[0] is the anchor
+	members []int // the kernel's order: members[0] is the anchor, then the generation sockets
 	target  int   // the socket new connections go to: a member
+}
+
+// generationSockets is how many generation sockets a group has: one
+// serves, the next child starts on the other.
+const generationSockets = 2
+
+// slot returns generation socket i (0 or 1), joining the group for it
+// the first time.
+func (g *reuseGroup) slot(i int) (int, error) {
+	for len(g.members) <= i+1 {
+		if _, err := g.join(); err != nil {
+			return -1, err
+		}
+	}
+	return g.members[i+1], nil
 }
 
 // newReuseGroup makes a group of anchor, a duplicate of a socket bound
@@ -68,7 +86,7 @@ func (g *reuseGroup) attach() error {
 // join opens a socket of the same type, bound to the anchor's address
 // with SO_REUSEPORT, listening if a stream socket, and adds it to the
 // group, last. New connections still go to the target. The socket is
-// blocking; the caller owns it and gives it back with leave.
+// blocking; the group owns it (close).
 func (g *reuseGroup) join() (int, error) {
 	sa, err := unix.Getsockname(g.anchor)
 	if err != nil {
@@ -135,23 +153,12 @@ func (g *reuseGroup) steer(fd int) error {
 	return nil
 }
 
-// leave closes fd, a member other than the anchor, and steers the group
-// anew: the kernel has moved its last socket into fd's slot. A target
-// that leaves is replaced by the anchor.
-func (g *reuseGroup) leave(fd int) error {
-	for i, m := range g.members {
-		if m == fd && i > 0 {
-			unix.Close(fd)
-			last := len(g.members) - 1
-			g.members[i] = g.members[last]
-			g.members = g.members[:last]
-			if g.target == fd {
-				g.target = g.anchor
-			}
-			return g.attach()
-		}
+// close closes the generation sockets; the anchor is the caller's.
+func (g *reuseGroup) close() {
+	for _, fd := range g.members[1:] {
+		unix.Close(fd)
 	}
-	return fmt.Errorf("fd %d is not a generation socket of the group", fd)
+	g.members = g.members[:1]
 }
 
 // queued is how much waits on fd, a member, to be accepted or read: for

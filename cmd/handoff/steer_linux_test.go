@@ -146,8 +146,10 @@ func arrivals(t *testing.T, w *wrapperSockets, n int, gens ...*generation) []int
 }
 
 // TestSteering: new connections (datagrams) go only to the socket of the
-// generation steered to, never to the anchor or an older generation,
-// also after sockets closed and the kernel renumbered the group.
+// generation steered to, never to the anchor or another generation's:
+// the first generation at once, a new one only once steered to, through
+// generations that take the two generation sockets in turn, and to the
+// anchors for a wrapper that takes over.
 func TestSteering(t *testing.T) {
 	for _, network := range []string{"tcp", "udp"} {
 		t.Run(network, func(t *testing.T) {
@@ -161,40 +163,38 @@ func TestSteering(t *testing.T) {
 					}
 				}
 			}
-			g1, err := w.newGeneration()
-			if err != nil {
-				t.Fatal(err)
+			next := func(serving *generation) *generation {
+				t.Helper()
+				g, err := w.newGeneration(serving)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return g
 			}
+			g1 := next(nil)
 			want("first generation", arrivals(t, w, n, g1), 1)
-			g2, err := w.newGeneration()
-			if err != nil {
-				t.Fatal(err)
+			g2 := next(g1)
+			if g2.fds[0] == g1.fds[0] {
+				t.Fatal("the second generation got the first one's socket")
 			}
-			want("second generation opened, not steered to", arrivals(t, w, n, g1, g2), 1)
+			want("second generation started, not steered to", arrivals(t, w, n, g1, g2), 1)
 			if err := w.steer(g2); err != nil {
 				t.Fatal(err)
 			}
 			want("steered to the second generation", arrivals(t, w, n, g1, g2), 2)
-			w.release(g1) // g2 moves into g1's slot
-			want("first generation closed", arrivals(t, w, n, g2), 1)
-			g3, err := w.newGeneration()
-			if err != nil {
-				t.Fatal(err)
+			g3 := next(g2) // the first one's socket again
+			if g3.fds[0] != g1.fds[0] {
+				t.Fatal("the third generation did not get the first one's socket")
 			}
-			g4, err := w.newGeneration()
-			if err != nil {
-				t.Fatal(err)
-			}
+			want("third generation started, not steered to", arrivals(t, w, n, g3, g2), 2)
 			if err := w.steer(g3); err != nil {
 				t.Fatal(err)
 			}
-			w.release(g2) // the last, g4, moves into g2's slot: g3's index stays
-			want("a generation before the target closed", arrivals(t, w, n, g3, g4), 1)
-			w.release(g4)
+			want("steered to the third generation", arrivals(t, w, n, g3, g2), 1)
 			if err := w.steer(nil); err != nil {
 				t.Fatal(err)
 			}
-			want("steered to the anchor (a takeover)", arrivals(t, w, n, g3), 0)
+			want("steered to the anchor (a takeover)", arrivals(t, w, n, g3, g2), 0)
 		})
 	}
 }
@@ -206,7 +206,7 @@ func TestGenerationBlocking(t *testing.T) {
 	for _, nonblocking := range []bool{false, true} {
 		t.Run("nonblocking="+strconv.FormatBool(nonblocking), func(t *testing.T) {
 			w := testGroupSockets(t, "tcp", nonblocking)
-			g, err := w.newGeneration()
+			g, err := w.newGeneration(nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -232,7 +232,7 @@ func TestGenerationBlocking(t *testing.T) {
 // socket, and returns once they have been accepted.
 func TestDrain(t *testing.T) {
 	w := testGroupSockets(t, "tcp", false)
-	g, err := w.newGeneration()
+	g, err := w.newGeneration(nil)
 	if err != nil {
 		t.Fatal(err)
 	}

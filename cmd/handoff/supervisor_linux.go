@@ -128,7 +128,6 @@ func (s *supervisor) run(ctx context.Context, deps supervisorDeps) error {
 	if err != nil {
 		return err
 	}
-	defer func() { s.sockets.release(s.gen) }()
 	if err := s.waitReady(ctx, first); err != nil {
 		return err
 	}
@@ -210,21 +209,16 @@ func (s *supervisor) start(gen *generation) (*child, error) {
 }
 
 // startFrom starts the next child from exe, which the child then owns,
-// with the sockets gen (nil: a new generation's, which the child then
-// holds: whoever ends it releases them).
+// with the sockets gen (nil: a new generation's, beside the serving one).
 func (s *supervisor) startFrom(exe *os.File, gen *generation) (*child, error) {
-	fresh := gen == nil
-	if fresh {
+	if gen == nil {
 		var err error
-		if gen, err = s.sockets.newGeneration(); err != nil {
+		if gen, err = s.sockets.newGeneration(s.gen); err != nil {
 			return nil, err
 		}
 	}
 	pid, err := s.spawnWith(exe, gen)
 	if err != nil {
-		if fresh {
-			s.sockets.release(gen)
-		}
 		return nil, fmt.Errorf("start %s: %w", s.cfg.path, err)
 	}
 	s.mu.Lock()
@@ -317,7 +311,6 @@ func (s *supervisor) waitReady(ctx context.Context, c *child) error {
 	c.kill()
 	c.closeExe()
 	s.forget(c.pid)
-	s.sockets.release(c.gen) // never steered to: nothing waits in them
 	switch {
 	case errors.Is(err, errExited):
 		return fmt.Errorf("child pid %d exited before it was ready (%s)", c.pid, c.describe())
@@ -336,7 +329,13 @@ func (s *supervisor) waitReady(ctx context.Context, c *child) error {
 // request's) ends.
 func (s *supervisor) reload(ctx, reqCtx context.Context, progress func(string)) error {
 	old := s.currentChild()
-	c, err := s.start(nil)
+	var gen *generation // a new generation's, beside old's
+	if old == nil {
+		// The serving child crashed, its restart pending: the new one
+		// takes its sockets, and what queued there meanwhile.
+		gen = s.gen
+	}
+	c, err := s.start(gen)
 	if err != nil {
 		return s.rolledBack(old, err)
 	}
@@ -353,7 +352,6 @@ func (s *supervisor) reload(ctx, reqCtx context.Context, progress func(string)) 
 	}
 	s.mu.Lock()
 	s.starting = nil
-	prevGen := s.gen
 	if err == nil {
 		s.current, s.gen = c, c.gen
 		if old != nil {
@@ -363,11 +361,6 @@ func (s *supervisor) reload(ctx, reqCtx context.Context, progress func(string)) 
 	s.mu.Unlock()
 	if err != nil {
 		return s.rolledBack(old, err)
-	}
-	if old == nil || old.gen != prevGen {
-		// No child serves prevGen's sockets (it crashed, its restart
-		// pending): what queued there is lost.
-		s.sockets.release(prevGen)
 	}
 	s.servingSince = time.Now()
 	s.announce(c)
@@ -379,7 +372,6 @@ func (s *supervisor) reload(ctx, reqCtx context.Context, progress func(string)) 
 	s.drainOld(ctx, old, progress)
 	progress(fmt.Sprintf("child pid %d is ready; stopping pid %d with %s", c.pid, old.pid, unix.SignalName(s.cfg.stopSignal)))
 	s.stopChild(old, "replaced by pid "+fmt.Sprint(c.pid))
-	s.sockets.release(old.gen)
 	if s.fallback != nil { // the window counts from when the new child serves alone
 		s.extendFallback()
 	}
@@ -396,14 +388,13 @@ func (s *supervisor) reload(ctx, reqCtx context.Context, progress func(string)) 
 }
 
 // steerTo sends new connections to c, ready, from now on; on error
-// (the kernel refused the program) c is stopped and its sockets closed.
+// (the kernel refused the program) c is stopped.
 func (s *supervisor) steerTo(c *child) error {
 	err := s.sockets.steer(c.gen)
 	if err == nil {
 		return nil
 	}
 	s.stopChild(c, "new connections cannot be steered to it")
-	s.sockets.release(c.gen)
 	if serr := s.sockets.steer(s.gen); serr != nil {
 		s.log.Error("cannot steer back to the serving child", "err", serr)
 	}
