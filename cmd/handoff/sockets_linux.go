@@ -318,7 +318,6 @@ func (w *wrapperSockets) drain(ctx context.Context, g *generation) error {
 	})
 }
 
-
 // perGeneration reports whether any socket is per generation.
 func (w *wrapperSockets) perGeneration() bool {
 	for _, s := range w.socks {
