@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -366,17 +365,4 @@ func parseSocketMode(s string) (string, error) {
 		return s, nil
 	}
 	return "", usageErrorf("-socket-mode: %q is not auto or shared", s)
-}
-
-// describeGeneration names g's sockets for the log: "3 (own), 4 (shared)".
-func describeGeneration(g *generation) string {
-	parts := make([]string, len(g.fds))
-	for i := range g.fds {
-		kind := "shared"
-		if g.own[i] {
-			kind = "own"
-		}
-		parts[i] = strconv.Itoa(3+i) + " " + kind
-	}
-	return strings.Join(parts, ", ")
 }
