@@ -57,12 +57,13 @@ type wrapperSockets struct {
 	mu      sync.Mutex
 	socks   []*listenSocket
 	created bool // the Upgrader created the socket being opened (control ran)
+	first   int  // the first generation socket control bound before it; -1: none
 }
 
 // newWrapperSockets is the sockets of a wrapper run with -socket-mode
 // mode; open opens them.
 func newWrapperSockets(mode string, nonblocking bool, log *slog.Logger) *wrapperSockets {
-	return &wrapperSockets{mode: mode, nonblocking: nonblocking, log: log}
+	return &wrapperSockets{mode: mode, nonblocking: nonblocking, log: log, first: -1}
 }
 
 // control is hooks.Wrapper.SocketControl: in auto mode it binds a TCP or
@@ -70,29 +71,80 @@ func newWrapperSockets(mode string, nonblocking bool, log *slog.Logger) *wrapper
 // generation sockets can join it. SO_REUSEPORT would let a bind beside a
 // socket that another process of the same user holds succeed, so an
 // address with a fixed port is first bound without it: in use, the
-// Listen fails as it would without the wrapper.
+// Listen fails as it would without the wrapper. Then, for a fixed port,
+// it binds the first generation socket, steered to, before the
+// Upgrader's socket exists: no connection can reach the one socket that
+// nobody accepts from. (With port 0 the port is not known yet; nobody
+// can connect before the wrapper says which it is.)
 func (w *wrapperSockets) control(network, address string, rc syscall.RawConn) error {
 	if w.mode != modeAuto || !reusable(network) {
 		return nil
 	}
-	if _, port, err := net.SplitHostPort(address); err == nil && port != "0" {
-		if err := probeFree(network, address); err != nil {
-			return err
-		}
-	}
+	var domain, v6only int
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
+		if domain, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN); serr != nil {
+			return
+		}
+		if domain == unix.AF_INET6 {
+			if v6only, serr = unix.GetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY); serr != nil {
+				return
+			}
+		}
 		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
 	}); err != nil {
 		return err
 	}
 	if serr != nil {
-		return os.NewSyscallError("setsockopt SO_REUSEPORT", serr)
+		return os.NewSyscallError("setsockopt", serr)
+	}
+	first := -1
+	if _, port, err := net.SplitHostPort(address); err == nil && port != "0" {
+		if err := probeFree(network, address); err != nil {
+			return err
+		}
+		first = w.bindFirst(network, address, domain, v6only)
 	}
 	w.mu.Lock()
-	w.created = true
+	w.created, w.first = true, first
 	w.mu.Unlock()
 	return nil
+}
+
+// bindFirst binds the first generation socket at address and steers its
+// new group to it; -1 if it cannot (open then falls back to binding it
+// after the Upgrader's socket, or to a shared socket).
+func (w *wrapperSockets) bindFirst(network, address string, domain, v6only int) int {
+	sa, err := sockaddrOf(domain, address)
+	if err != nil {
+		return -1
+	}
+	fd, err := openMember(domain, v6only, sa, !strings.HasPrefix(network, "udp"))
+	if err != nil {
+		w.log.Warn("cannot bind the first generation socket before the wrapper's", "address", address, "err", err)
+		return -1
+	}
+	if err := attachIndex(fd, 0); err != nil {
+		unix.Close(fd)
+		return -1
+	}
+	return fd
+}
+
+// takeFirst returns and forgets the socket control bound first, if any.
+func (w *wrapperSockets) takeFirst() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	fd := w.first
+	w.first = -1
+	return fd
+}
+
+// closeFD closes fd unless it is -1.
+func closeFD(fd int) {
+	if fd >= 0 {
+		unix.Close(fd)
+	}
 }
 
 // reusable reports whether network's sockets can have SO_REUSEPORT.
@@ -132,6 +184,7 @@ func (w *wrapperSockets) open(upg *handoff.Upgrader, specs []listenSpec) error {
 		if spec.stream() {
 			ln, err := upg.ListenNamed(spec.name, spec.network, spec.address)
 			if err != nil {
+				closeFD(w.takeFirst())
 				w.close()
 				return err
 			}
@@ -139,13 +192,16 @@ func (w *wrapperSockets) open(upg *handoff.Upgrader, specs []listenSpec) error {
 		} else {
 			pc, err := upg.ListenPacketNamed(spec.name, spec.network, spec.address)
 			if err != nil {
+				closeFD(w.takeFirst())
 				w.close()
 				return err
 			}
 			sc, addr = pc.(syscall.Conn), pc.LocalAddr()
 		}
+		first := w.takeFirst()
 		fd, err := ctl.DupFD(sc)
 		if err != nil {
+			closeFD(first)
 			w.close()
 			return fmt.Errorf("%s: %w", spec, err)
 		}
@@ -162,10 +218,13 @@ func (w *wrapperSockets) open(upg *handoff.Upgrader, specs []listenSpec) error {
 		case !created:
 			s.shared = "inherited (from systemd, its fd store, or a wrapper this one took over from): its reuseport group, if any, is not this wrapper's"
 		default:
-			if s.group, err = newReuseGroup(fd, spec.stream()); err != nil {
+			if s.group, err = newReuseGroup(fd, spec.stream(), first); err != nil {
 				s.shared = "no steering: " + err.Error()
+			} else {
+				first = -1 // the group's
 			}
 		}
+		closeFD(first) // a shared socket's group is the anchor alone
 		if s.group != nil {
 			w.log.Info("socket per child generation", "socket", spec.String(), "address", addr.String())
 		} else {

@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -26,10 +28,15 @@ import (
 // back to a hash over every socket, the anchor too, where a connection
 // would wait for ever); generation sockets are therefore never closed
 // while the wrapper runs, and members is the kernel's order.
+//
+// Where the port is fixed the first generation socket is bound before
+// the anchor, with the program already attached, so that no connection
+// reaches the anchor between its listen and the steering.
 type reuseGroup struct {
 	stream  bool
 	anchor  int   // the wrapper's duplicate of the Upgrader's socket; owned by wrapperSockets
-	members []int // the kernel's order: members[0] is the anchor, then the generation sockets
+	members []int // the kernel's order: the anchor and the generation sockets
+	gens    []int // the generation sockets, by slot; the group owns them
 	target  int   // the socket new connections go to: a member
 }
 
@@ -40,19 +47,20 @@ const generationSockets = 2
 // slot returns generation socket i (0 or 1), joining the group for it
 // the first time.
 func (g *reuseGroup) slot(i int) (int, error) {
-	for len(g.members) <= i+1 {
+	for len(g.gens) <= i {
 		if _, err := g.join(); err != nil {
 			return -1, err
 		}
 	}
-	return g.members[i+1], nil
+	return g.gens[i], nil
 }
 
 // newReuseGroup makes a group of anchor, a duplicate of a socket bound
-// with SO_REUSEPORT; the caller keeps owning anchor. It fails, and the
-// socket must then be shared, if anchor is not in a reuseport group or
-// the kernel refuses the program.
-func newReuseGroup(anchor int, stream bool) (*reuseGroup, error) {
+// with SO_REUSEPORT, and first, a generation socket bound before it (-1:
+// none), which the group then owns; the caller keeps owning anchor. It
+// fails, and the socket must then be shared, if anchor is not in a
+// reuseport group or the kernel refuses the program.
+func newReuseGroup(anchor int, stream bool, first int) (*reuseGroup, error) {
 	on, err := unix.GetsockoptInt(anchor, unix.SOL_SOCKET, unix.SO_REUSEPORT)
 	if err != nil {
 		return nil, os.NewSyscallError("getsockopt SO_REUSEPORT", err)
@@ -61,6 +69,9 @@ func newReuseGroup(anchor int, stream bool) (*reuseGroup, error) {
 		return nil, errors.New("the socket was bound without SO_REUSEPORT")
 	}
 	g := &reuseGroup{stream: stream, anchor: anchor, members: []int{anchor}, target: anchor}
+	if first >= 0 {
+		g.members, g.gens, g.target = []int{first, anchor}, []int{first}, first
+	}
 	if err := g.attach(); err != nil {
 		return nil, err
 	}
@@ -78,8 +89,14 @@ func (g *reuseGroup) attach() error {
 	if index < 0 {
 		return fmt.Errorf("steering target fd %d is not in the group", g.target)
 	}
+	return attachIndex(g.anchor, index)
+}
+
+// attachIndex attaches to fd's reuseport group the program that sends
+// everything to the socket at index.
+func attachIndex(fd, index int) error {
 	prog := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: uint32(index)}}
-	err := unix.SetsockoptSockFprog(g.anchor, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &unix.SockFprog{Len: 1, Filter: &prog[0]})
+	err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &unix.SockFprog{Len: 1, Filter: &prog[0]})
 	return os.NewSyscallError("setsockopt SO_ATTACH_REUSEPORT_CBPF", err)
 }
 
@@ -96,25 +113,41 @@ func (g *reuseGroup) join() (int, error) {
 	if err != nil {
 		return -1, os.NewSyscallError("getsockopt SO_DOMAIN", err)
 	}
+	v6only := 0
+	if domain == unix.AF_INET6 { // the anchor's: [::] with or without IPv4
+		if v6only, err = unix.GetsockoptInt(g.anchor, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY); err != nil {
+			return -1, os.NewSyscallError("getsockopt IPV6_V6ONLY", err)
+		}
+	}
+	fd, err := openMember(domain, v6only, sa, g.stream)
+	if err != nil {
+		return -1, err
+	}
+	g.members, g.gens = append(g.members, fd), append(g.gens, fd)
+	return fd, nil
+}
+
+// openMember opens a blocking, close-on-exec socket of domain bound to
+// sa with SO_REUSEPORT (and IPV6_V6ONLY as v6only says, for AF_INET6),
+// listening if stream.
+func openMember(domain, v6only int, sa unix.Sockaddr, stream bool) (int, error) {
 	typ := unix.SOCK_DGRAM
-	if g.stream {
+	if stream {
 		typ = unix.SOCK_STREAM
 	}
 	fd, err := unix.Socket(domain, typ|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, os.NewSyscallError("socket", err)
 	}
-	if err := g.bind(fd, domain, sa); err != nil {
+	if err := bindMember(fd, domain, v6only, sa, stream); err != nil {
 		unix.Close(fd)
 		return -1, err
 	}
-	g.members = append(g.members, fd)
 	return fd, nil
 }
 
-// bind binds fd beside the anchor and, for a stream socket, listens.
-func (g *reuseGroup) bind(fd, domain int, sa unix.Sockaddr) error {
-	if g.stream { // as Go's net.Listen, so that TIME_WAIT does not stop it
+func bindMember(fd, domain, v6only int, sa unix.Sockaddr, stream bool) error {
+	if stream { // as Go's net.Listen, so that TIME_WAIT does not stop it
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
 			return os.NewSyscallError("setsockopt SO_REUSEADDR", err)
 		}
@@ -122,11 +155,7 @@ func (g *reuseGroup) bind(fd, domain int, sa unix.Sockaddr) error {
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
 		return os.NewSyscallError("setsockopt SO_REUSEPORT", err)
 	}
-	if domain == unix.AF_INET6 { // the anchor's: [::] with or without IPv4
-		v6only, err := unix.GetsockoptInt(g.anchor, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
-		if err != nil {
-			return os.NewSyscallError("getsockopt IPV6_V6ONLY", err)
-		}
+	if domain == unix.AF_INET6 {
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, v6only); err != nil {
 			return os.NewSyscallError("setsockopt IPV6_V6ONLY", err)
 		}
@@ -134,12 +163,37 @@ func (g *reuseGroup) bind(fd, domain int, sa unix.Sockaddr) error {
 	if err := unix.Bind(fd, sa); err != nil {
 		return os.NewSyscallError("bind", err)
 	}
-	if g.stream {
+	if stream {
 		if err := unix.Listen(fd, listenBacklog()); err != nil {
 			return os.NewSyscallError("listen", err)
 		}
 	}
 	return nil
+}
+
+// sockaddrOf is address (IP:PORT, as a ListenConfig's Control gets it)
+// for a socket of domain.
+func sockaddrOf(domain int, address string) (unix.Sockaddr, error) {
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, err
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return nil, err
+	}
+	host, _, _ = strings.Cut(host, "%") // a zone: loopback and wildcards have none
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return nil, err
+	}
+	if domain == unix.AF_INET {
+		if !ip.Is4() && !ip.Is4In6() {
+			return nil, fmt.Errorf("%s is not an IPv4 address", host)
+		}
+		return &unix.SockaddrInet4{Port: p, Addr: ip.Unmap().As4()}, nil
+	}
+	return &unix.SockaddrInet6{Port: p, Addr: ip.As16()}, nil
 }
 
 // steer sends every new connection to fd, a member, from now on.
@@ -155,10 +209,10 @@ func (g *reuseGroup) steer(fd int) error {
 
 // close closes the generation sockets; the anchor is the caller's.
 func (g *reuseGroup) close() {
-	for _, fd := range g.members[1:] {
+	for _, fd := range g.gens {
 		unix.Close(fd)
 	}
-	g.members = g.members[:1]
+	g.members, g.gens, g.target = []int{g.anchor}, nil, g.anchor
 }
 
 // queued is how much waits on fd, a member, to be accepted or read: for

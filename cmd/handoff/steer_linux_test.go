@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoffd/handoff/handoff"
+	"github.com/handoffd/handoff/internal/hooks"
 	"golang.org/x/sys/unix"
 )
 
@@ -70,7 +72,7 @@ func testGroupSockets(t *testing.T, network string, nonblocking bool) *wrapperSo
 		t.Fatal(derr)
 	}
 	spec := listenSpec{network: network, address: addr.String()}
-	group, err := newReuseGroup(fd, spec.stream())
+	group, err := newReuseGroup(fd, spec.stream(), -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,5 +261,71 @@ func TestDrain(t *testing.T) {
 	defer cancel()
 	if err := w.drain(ctx, g); err != nil {
 		t.Fatalf("drain of an empty queue: %v", err)
+	}
+}
+
+// freePort is a port on 127.0.0.1 that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// TestOpenSockets: through a real Upgrader, a TCP and a UDP socket at a
+// fixed port are per generation, a unix socket is shared; the first
+// generation's socket exists before the Upgrader's, so that what arrives
+// before the first child starts waits for it, never on the anchor; and a
+// second wrapper's bind to a port in use fails, SO_REUSEPORT
+// notwithstanding.
+func TestOpenSockets(t *testing.T) {
+	port := strconv.Itoa(freePort(t))
+	dir := t.TempDir()
+	specs := []listenSpec{{network: "tcp", address: "127.0.0.1:" + port}, {network: "udp", address: "127.0.0.1:" + port}, {network: "unix", address: dir + "/u.sock"}}
+	open := func(name string) (*wrapperSockets, error) {
+		upg, err := handoff.New(context.Background(), handoff.Config{Name: name, Socket: dir + "/" + name + ".sock"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { upg.Close() })
+		w := newWrapperSockets(modeAuto, false, slog.New(slog.DiscardHandler))
+		hooks.Wrap(upg, hooks.Wrapper{Reload: func(context.Context, func(string)) error { return nil }, StatusDetail: func() any { return nil }, SocketControl: w.control})
+		err = w.open(upg, specs)
+		t.Cleanup(w.close)
+		return w, err
+	}
+	w, err := open("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var modes []string
+	for _, m := range w.modes() {
+		modes = append(modes, m.Mode)
+	}
+	if fmt.Sprint(modes) != "[per-generation per-generation shared]" {
+		t.Fatalf("modes %v", w.modes())
+	}
+	for i, network := range []string{"tcp", "udp"} {
+		if len(w.socks[i].group.gens) != 1 {
+			t.Fatalf("%s: %d generation sockets bound with the Upgrader's, want the first one", network, len(w.socks[i].group.gens))
+		}
+		one := &wrapperSockets{socks: w.socks[i : i+1]}
+		g := &generation{fds: []int{w.socks[i].group.gens[0]}}
+		if got := arrivals(t, one, 5, g); got[0] != 0 || got[1] != 5 {
+			t.Errorf("%s before the first child: arrivals (anchor, first generation) %v; want all on the first generation's", network, got)
+		}
+	}
+	g, err := w.newGeneration(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.fds[0] != w.socks[0].group.gens[0] || g.fds[2] != w.socks[2].fd || !g.own[0] || !g.own[1] || g.own[2] {
+		t.Fatalf("first generation %+v", g)
+	}
+	if _, err := open("b"); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf("a second wrapper on the same port: %v; want EADDRINUSE", err)
 	}
 }
