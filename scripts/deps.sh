@@ -11,6 +11,7 @@ systemctl:systemd
 lighttpd:lighttpd
 gunicorn:gunicorn
 nginx:nginx-light
+uvicorn:uvicorn
 "
 
 missing=""
