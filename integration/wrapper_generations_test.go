@@ -4,6 +4,7 @@ package integration_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -205,5 +206,83 @@ async def app(scope, receive, send):
 	res := stopLoad()
 	t.Logf("uvicorn, 10 reloads: %d failed requests of %d", res.FailedCount(), res.Requests)
 	requireNoFailures(t, res)
+	stopWrapper(t, s, wrapper, child)
+}
+
+// TestWrapperPHPFPMReloads: php-fpm 8.2 (Debian's php8.2-fpm) takes its
+// socket from its own variable, FPM_SOCKETS ("ADDRESS=FD"), which a
+// shell sets before exec, and its workers block in accept: given the
+// shared, non-blocking socket they exited and respawned thousands of
+// times. With a socket of its own, blocking, each generation keeps its
+// two workers. nginx, not wrapped, passes requests to it over FastCGI.
+// 10 reloads (SIGQUIT drains) under new-connection load through nginx:
+// none fails, and the responses come from at most two workers per
+// generation.
+func TestWrapperPHPFPMReloads(t *testing.T) {
+	fpm, err := lookPath("php-fpm8.2")
+	if err != nil {
+		t.Fatalf("php-fpm is not installed (scripts/deps.sh installs php8.2-fpm): %v", err)
+	}
+	nginx, err := lookPath("nginx")
+	if err != nil {
+		t.Fatalf("nginx is not installed (scripts/deps.sh installs nginx-light): %v", err)
+	}
+	const reloads = 10
+	checkNoChildren(t)
+	s := newService(t, binary(t, "./cmd/handoff"))
+	fpmAddr := testbed.FreePort(t)
+	script := filepath.Join(s.Dir, "index.php")
+	files := map[string]string{
+		"index.php": "<?php echo getmypid(), \"\\n\";\n",
+		"fpm.conf": fmt.Sprintf("[global]\npid = %s/fpm.pid\nerror_log = /proc/self/fd/2\ndaemonize = no\n[www]\nlisten = %s\npm = static\npm.max_children = 2\n",
+			s.Dir, fpmAddr),
+		"nginx.conf": fmt.Sprintf(`daemon off;
+master_process off;
+pid %s/nginx.pid;
+error_log stderr notice;
+events {}
+http {
+	access_log off;
+	keepalive_timeout 0;
+	server { listen %s; location / { fastcgi_pass %s; include /etc/nginx/fastcgi_params; fastcgi_param SCRIPT_FILENAME %s; } }
+}
+`, s.Dir, s.Addr, fpmAddr, script),
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(s.Dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.StartProgram(nginx, "-c", filepath.Join(s.Dir, "nginx.conf"), "-e", "stderr")
+	run := "FPM_SOCKETS=" + fpmAddr + "=3 exec " + fpm + " -R -F -y " + filepath.Join(s.Dir, "fpm.conf")
+	wrapper := s.Start("run", "-socket", s.Socket, "-pidfile", s.PIDFile, "-name", "fpm", "-listen", "tcp://"+fpmAddr,
+		"-ready", "accepting", "-stop-signal", "SIGQUIT", "-ready-timeout", "10s", "-drain-timeout", "10s", "--", "/bin/sh", "-c", run)
+	s.WaitPID(wrapper, 0, 30*time.Second)
+	child := servingChild(t, s, 0)
+	requireSocketMode(t, s, "per-generation")
+	deadline := time.Now().Add(30 * time.Second)
+	for { // nginx up, php-fpm answering
+		r := loadgen.Run(context.Background(), loadgen.Config{Addr: s.Addr, Mode: loadgen.NewConn, Workers: 1, MaxRequests: 1, Timeout: time.Second})
+		if r.OK == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nginx → php-fpm does not answer: %v", r.Errors)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stopLoad := testbed.RunLoad(s.Addr, loadgen.NewConn, 8)
+	for range reloads {
+		s.Signal(wrapper, syscall.SIGHUP)
+		next := servingChild(t, s, child)
+		waitGone(t, child, 30*time.Second)
+		child = next
+	}
+	res := stopLoad()
+	t.Logf("php-fpm behind nginx, %d reloads: %d failed requests of %d, answered by %d worker pids", reloads, res.FailedCount(), res.Requests, len(res.PIDs))
+	requireNoFailures(t, res)
+	if len(res.PIDs) > 2*(reloads+1) {
+		t.Errorf("%d worker pids answered in %d generations of 2 workers: workers respawned", len(res.PIDs), reloads+1)
+	}
 	stopWrapper(t, s, wrapper, child)
 }

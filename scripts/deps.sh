@@ -12,6 +12,7 @@ lighttpd:lighttpd
 gunicorn:gunicorn
 nginx:nginx-light
 uvicorn:uvicorn
+php-fpm8.2:php8.2-fpm
 "
 
 missing=""
