@@ -234,8 +234,10 @@ func (g *reuseGroup) queued(fd int) (int, error) {
 // drainQuiet is how long the sockets of a generation that no longer gets
 // connections must stay empty before its child is stopped: a handshake
 // begun before the steering changed completes into the old queue within
-// a round trip.
-const drainQuiet = 50 * time.Millisecond
+// a round trip, and the child should have read the request on what it
+// accepted last (a Go server drops a request it reads after Shutdown
+// began; with 50 ms one of 160 reloads under load lost one).
+const drainQuiet = 100 * time.Millisecond
 
 // drainPoll is how often drained looks.
 const drainPoll = 5 * time.Millisecond
