@@ -74,7 +74,7 @@ func parseRun(args []string, help io.Writer) (runConfig, error) {
 	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", defaultDrainTimeout, "after the stop signal, the old child gets this long, then SIGKILL")
 	fs.DurationVar(&cfg.canaryWindow, "canary-window", defaultCanaryWindow, "a new child that exits this soon after a reload made it serve is replaced by the previous executable, kept open since (0: off)")
 	fs.StringVar(&stop, "stop-signal", stop, "`SIG`nal that makes the old child drain and exit (lighttpd, nginx: SIGINT or SIGQUIT)")
-	fs.StringVar(&mode, "socket-mode", mode, "`MODE` auto: each child generation gets its own TCP/UDP socket (SO_REUSEPORT), new connections go only to the newest ready child, and the old one is stopped once its queue is empty; shared where that cannot be (unix sockets, sockets from systemd or a predecessor). shared: every child gets the wrapper's socket (one accept queue)")
+	fs.StringVar(&mode, "socket-mode", mode, "how children get the sockets, `MODE` auto or shared. auto: each child generation its own TCP/UDP socket (SO_REUSEPORT), new connections only to the newest ready child, the old one stopped once its queue is empty; shared where that cannot be (unix sockets, sockets from systemd or a predecessor). shared: every child the wrapper's socket (one accept queue)")
 	fs.BoolVar(&cfg.nonblocking, "nonblocking", false, "pass a child its own sockets with O_NONBLOCK set (systemd's NonBlocking=true); by default they are blocking, as systemd passes them")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
