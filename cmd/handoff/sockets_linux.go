@@ -153,7 +153,10 @@ func reusable(network string) bool {
 }
 
 // probeFree binds address without SO_REUSEPORT and closes it again.
+// network is Control's ("tcp6" for a dual-stack socket on 0.0.0.0): the
+// probe uses its family-agnostic name, as the Listen did.
 func probeFree(network, address string) error {
+	network = strings.TrimRight(network, "46")
 	var lc net.ListenConfig
 	if strings.HasPrefix(network, "udp") {
 		pc, err := lc.ListenPacket(context.Background(), network, address)

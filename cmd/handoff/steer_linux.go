@@ -193,6 +193,9 @@ func sockaddrOf(domain int, address string) (unix.Sockaddr, error) {
 		}
 		return &unix.SockaddrInet4{Port: p, Addr: ip.Unmap().As4()}, nil
 	}
+	if ip.Is4() && ip.IsUnspecified() { // as Go binds "tcp" on 0.0.0.0: dual-stack [::]
+		ip = netip.IPv6Unspecified()
+	}
 	return &unix.SockaddrInet6{Port: p, Addr: ip.As16()}, nil
 }
 

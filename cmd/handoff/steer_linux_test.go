@@ -284,7 +284,9 @@ func freePort(t *testing.T) int {
 func TestOpenSockets(t *testing.T) {
 	port := strconv.Itoa(freePort(t))
 	dir := t.TempDir()
-	specs := []listenSpec{{network: "tcp", address: "127.0.0.1:" + port}, {network: "udp", address: "127.0.0.1:" + port}, {network: "unix", address: dir + "/u.sock"}}
+	wild := strconv.Itoa(freePort(t)) // "tcp" on 0.0.0.0: Go makes a dual-stack [::] socket
+	specs := []listenSpec{{network: "tcp", address: "127.0.0.1:" + port}, {network: "udp", address: "127.0.0.1:" + port}, {network: "unix", address: dir + "/u.sock"},
+		{network: "tcp", address: "0.0.0.0:" + wild}}
 	open := func(name string) (*wrapperSockets, error) {
 		upg, err := handoff.New(context.Background(), handoff.Config{Name: name, Socket: dir + "/" + name + ".sock"})
 		if err != nil {
@@ -305,10 +307,13 @@ func TestOpenSockets(t *testing.T) {
 	for _, m := range w.modes() {
 		modes = append(modes, m.Mode)
 	}
-	if fmt.Sprint(modes) != "[per-generation per-generation shared]" {
+	if fmt.Sprint(modes) != "[per-generation per-generation shared per-generation]" {
 		t.Fatalf("modes %v", w.modes())
 	}
-	for i, network := range []string{"tcp", "udp"} {
+	for i, network := range []string{"tcp", "udp", "", "tcp on 0.0.0.0"} {
+		if network == "" {
+			continue
+		}
 		if len(w.socks[i].group.gens) != 1 {
 			t.Fatalf("%s: %d generation sockets bound with the Upgrader's, want the first one", network, len(w.socks[i].group.gens))
 		}
