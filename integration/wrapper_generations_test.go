@@ -286,3 +286,46 @@ http {
 	}
 	stopWrapper(t, s, wrapper, child)
 }
+
+// TestWrapperUWSGIReloads: uWSGI 2.0 (Debian's uwsgi-core with its
+// python3 plugin) detects socket activation itself; --protocol http
+// speaks HTTP on the socket, --die-on-term makes SIGTERM stop it (without
+// it uWSGI 2.0 reloads on SIGTERM). 10 reloads under new-connection load
+// (8 clients, no retries): none fails.
+func TestWrapperUWSGIReloads(t *testing.T) {
+	uwsgi, err := lookPath("uwsgi")
+	if err != nil {
+		t.Fatalf("uWSGI is not installed (scripts/deps.sh installs uwsgi-plugin-python3): %v", err)
+	}
+	checkNoChildren(t)
+	s := newService(t, binary(t, "./cmd/handoff"))
+	app := "import os\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [('%d\\n' % os.getpid()).encode()]\n"
+	if err := os.WriteFile(filepath.Join(s.Dir, "wsgi.py"), []byte(app), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wrapper, child := startWrapper(t, s, "--", uwsgi, "--plugin", "python3", "--protocol", "http", "--die-on-term", "--master", "--processes", "2",
+		"--chdir", s.Dir, "--wsgi-file", "wsgi.py", "--disable-logging")
+	requireSocketMode(t, s, "per-generation")
+	deadline := time.Now().Add(30 * time.Second)
+	for { // a worker answers (the child's pid is the master's)
+		r := loadgen.Run(context.Background(), loadgen.Config{Addr: s.Addr, Mode: loadgen.NewConn, Workers: 1, MaxRequests: 1, Timeout: time.Second})
+		if r.OK == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("uWSGI does not answer: %v", r.Errors)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stopLoad := testbed.RunLoad(s.Addr, loadgen.NewConn, 8)
+	for range 10 {
+		s.Signal(wrapper, syscall.SIGHUP)
+		next := servingChild(t, s, child)
+		waitGone(t, child, 30*time.Second)
+		child = next
+	}
+	res := stopLoad()
+	t.Logf("uWSGI, 10 reloads: %d failed requests of %d", res.FailedCount(), res.Requests)
+	requireNoFailures(t, res)
+	stopWrapper(t, s, wrapper, child)
+}

@@ -13,6 +13,7 @@ gunicorn:gunicorn
 nginx:nginx-light
 uvicorn:uvicorn
 php-fpm8.2:php8.2-fpm
+uwsgi:uwsgi-plugin-python3
 "
 
 missing=""
