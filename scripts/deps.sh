@@ -12,6 +12,9 @@ lighttpd:lighttpd
 gunicorn:gunicorn
 nginx:nginx-light
 chromium:chromium
+uvicorn:uvicorn
+php-fpm8.2:php8.2-fpm
+uwsgi:uwsgi-plugin-python3
 "
 
 missing=""
