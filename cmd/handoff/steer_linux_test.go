@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"strconv"
@@ -275,6 +276,25 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// freeWildPort is a port free on every address a moment ago, below the
+// kernel's ephemeral range (32768 and up by default): a port from that
+// range may meanwhile be any connection's local port (other tests' load),
+// which a bind to 0.0.0.0 conflicts with and one to 127.0.0.1 may not.
+func freeWildPort(t *testing.T) int {
+	t.Helper()
+	for range 100 {
+		port := 20000 + rand.IntN(12000)
+		ln, err := net.Listen("tcp", fmt.Sprintf("0.0.0.0:%d", port))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return port
+	}
+	t.Fatal("no free port in 20000-31999")
+	return 0
+}
+
 // TestOpenSockets: through a real Upgrader, a TCP and a UDP socket at a
 // fixed port are per generation, a unix socket is shared; the first
 // generation's socket exists before the Upgrader's, so that what arrives
@@ -284,7 +304,7 @@ func freePort(t *testing.T) int {
 func TestOpenSockets(t *testing.T) {
 	port := strconv.Itoa(freePort(t))
 	dir := t.TempDir()
-	wild := strconv.Itoa(freePort(t)) // "tcp" on 0.0.0.0: Go makes a dual-stack [::] socket
+	wild := strconv.Itoa(freeWildPort(t)) // "tcp" on 0.0.0.0: Go makes a dual-stack [::] socket
 	specs := []listenSpec{{network: "tcp", address: "127.0.0.1:" + port}, {network: "udp", address: "127.0.0.1:" + port}, {network: "unix", address: dir + "/u.sock"},
 		{network: "tcp", address: "0.0.0.0:" + wild}}
 	open := func(name string) (*wrapperSockets, error) {
