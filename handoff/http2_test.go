@@ -1,0 +1,382 @@
+package handoff
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+)
+
+// HTTP/2 frame types and flags the raw client below uses.
+const (
+	h2Data         = 0x0
+	h2Headers      = 0x1
+	h2RSTStream    = 0x3
+	h2Settings     = 0x4
+	h2FlagEndStrm  = 0x1
+	h2FlagEndHdrs  = 0x4
+	h2StatusOKHPAK = 0x88 // HPACK: indexed ":status: 200"
+)
+
+// h2Frame is one frame as the raw client read it.
+type h2Frame struct {
+	typ, flags byte
+	stream     uint32
+	payload    []byte
+}
+
+// h2Client is an HTTP/2 client on one raw connection that writes and reads
+// frames by hand: it never retries, and it sends a stream whenever the
+// test says, whatever GOAWAY it has read.
+type h2Client struct {
+	c      net.Conn
+	scheme string
+	wmu    sync.Mutex
+	frames chan h2Frame // closed when reading fails
+	done   chan struct{}
+}
+
+func dialH2(t *testing.T, addr string, tlsConf *tls.Config) *h2Client {
+	t.Helper()
+	raw, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c net.Conn = raw
+	scheme := "http"
+	if tlsConf != nil {
+		tc := tls.Client(raw, tlsConf)
+		tc.SetDeadline(time.Now().Add(waitBound))
+		if err := tc.Handshake(); err != nil {
+			raw.Close()
+			t.Fatal(err)
+		}
+		tc.SetDeadline(time.Time{})
+		if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
+			raw.Close()
+			t.Fatalf("ALPN chose %q, not h2", p)
+		}
+		c, scheme = tc, "https"
+	}
+	h := &h2Client{c: c, scheme: scheme, frames: make(chan h2Frame, 64), done: make(chan struct{})}
+	t.Cleanup(func() {
+		c.Close()
+		<-h.done
+	})
+	h.write(t, []byte(clientPreface))
+	h.writeFrame(t, h2Settings, 0, 0, nil)
+	go h.read()
+	return h
+}
+
+func (h *h2Client) read() {
+	defer close(h.done)
+	defer close(h.frames)
+	for {
+		var hdr [frameHeaderLen]byte
+		if _, err := io.ReadFull(h.c, hdr[:]); err != nil {
+			return
+		}
+		f := h2Frame{typ: hdr[3], flags: hdr[4], stream: binary.BigEndian.Uint32(hdr[5:]) & (1<<31 - 1)}
+		f.payload = make([]byte, int(hdr[0])<<16|int(hdr[1])<<8|int(hdr[2]))
+		if _, err := io.ReadFull(h.c, f.payload); err != nil {
+			return
+		}
+		h.frames <- f
+	}
+}
+
+func (h *h2Client) write(t *testing.T, b []byte) {
+	t.Helper()
+	h.wmu.Lock()
+	defer h.wmu.Unlock()
+	h.c.SetWriteDeadline(time.Now().Add(waitBound))
+	if _, err := h.c.Write(b); err != nil {
+		t.Fatalf("client write: %v", err)
+	}
+}
+
+func (h *h2Client) writeFrame(t *testing.T, typ, flags byte, stream uint32, payload []byte) {
+	t.Helper()
+	b := []byte{byte(len(payload) >> 16), byte(len(payload) >> 8), byte(len(payload)), typ, flags}
+	b = binary.BigEndian.AppendUint32(b, stream)
+	h.write(t, append(b, payload...))
+}
+
+// get opens stream id with GET path, headers and END_STREAM in one frame.
+// The header block is HPACK without Huffman or indexing.
+func (h *h2Client) get(t *testing.T, id uint32, path string) {
+	t.Helper()
+	block := []byte{0x82} // :method: GET
+	if h.scheme == "https" {
+		block = append(block, 0x87)
+	} else {
+		block = append(block, 0x86)
+	}
+	literal := func(nameIndex byte, v string) {
+		block = append(block, nameIndex, byte(len(v)))
+		block = append(block, v...)
+	}
+	literal(0x04, path)   // :path
+	literal(0x01, "test") // :authority
+	h.writeFrame(t, h2Headers, h2FlagEndHdrs|h2FlagEndStrm, id, block)
+}
+
+// next returns the next frame, answering PINGs and SETTINGS on the way
+// unless answerPing is false; ok is false once the connection is closed.
+func (h *h2Client) next(t *testing.T, answerPing bool) (f h2Frame, ok bool) {
+	t.Helper()
+	for {
+		select {
+		case f, ok = <-h.frames:
+		case <-time.After(waitBound):
+			t.Fatalf("no frame from the server in %v", waitBound)
+		}
+		if !ok {
+			return f, false
+		}
+		switch {
+		case f.typ == h2Settings && f.flags&flagAck == 0:
+			h.writeFrame(t, h2Settings, flagAck, 0, nil)
+			continue
+		case f.typ == framePing && f.flags&flagAck == 0 && answerPing:
+			h.writeFrame(t, framePing, flagAck, 0, f.payload)
+		}
+		return f, true
+	}
+}
+
+// selfSigned returns a certificate for 127.0.0.1 and localhost.
+func selfSigned(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "handoff test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// startH2 serves h on a fresh loopback listener over h2c, or over TLS
+// with ALPN h2 when tlsOn; it returns the address and the client's TLS
+// config (nil for h2c).
+func startH2(t *testing.T, h http.Handler, tlsOn bool) (*HTTPServer, string, *tls.Config) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetHTTP2(true)
+	p.SetUnencryptedHTTP2(true)
+	srv := &HTTPServer{Server: &http.Server{Handler: h, Protocols: &p}}
+	served := make(chan error, 1)
+	var clientConf *tls.Config
+	if tlsOn {
+		srv.Server.TLSConfig = &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
+		clientConf = &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}}
+		go func() { served <- srv.ServeTLS(ln, "", "") }()
+	} else {
+		go func() { served <- srv.Serve(ln) }()
+	}
+	t.Cleanup(func() {
+		srv.Close()
+		select {
+		case err := <-served:
+			if err != http.ErrServerClosed {
+				t.Errorf("Serve: %v", err)
+			}
+		case <-time.After(waitBound):
+			t.Errorf("Serve did not return in %v", waitBound)
+		}
+	})
+	return srv, ln.Addr().String(), clientConf
+}
+
+// TestHTTP2DrainRefusesNoStream: a stream the client opens after the
+// drain's first GOAWAY, before it answered the PING, is served, not
+// refused, over h2c and over TLS. net/http's single GOAWAY alone names
+// the highest stream read so far and ignores the later one.
+func TestHTTP2DrainRefusesNoStream(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		tls  bool
+	}{{"h2c", false}, {"tls", true}} {
+		t.Run(tt.name, func(t *testing.T) {
+			handler, entered, release := slowPath("old")
+			srv, addr, clientConf := startH2(t, handler, tt.tls)
+			cl := dialH2(t, addr, clientConf)
+			cl.get(t, 1, "/slow")
+			select {
+			case <-entered:
+			case <-time.After(waitBound):
+				t.Fatalf("/slow not served in %v", waitBound)
+			}
+
+			shut := make(chan error, 1)
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), waitBound)
+				defer cancel()
+				shut <- srv.Shutdown(ctx)
+			}()
+
+			var goAways []uint32
+			var f h2Frame
+			ok := true
+			for ok && f.typ != frameGoAway {
+				// The PING is the next frame: not answered yet.
+				f, ok = cl.next(t, false)
+			}
+			if !ok {
+				t.Fatal("connection closed before a GOAWAY")
+			}
+			goAways = append(goAways, binary.BigEndian.Uint32(f.payload)&(1<<31-1))
+			// A stream already on its way when the GOAWAY arrived.
+			cl.get(t, 3, "/late")
+			close(release)
+
+			status := map[uint32]string{}
+			ended := map[uint32]bool{}
+			for ok && !(ended[1] && ended[3]) {
+				if f, ok = cl.next(t, true); !ok {
+					break
+				}
+				switch f.typ {
+				case frameGoAway:
+					goAways = append(goAways, binary.BigEndian.Uint32(f.payload)&(1<<31-1))
+				case h2Headers:
+					if len(f.payload) > 0 && f.payload[0] == h2StatusOKHPAK {
+						status[f.stream] = "200"
+					} else {
+						status[f.stream] = fmt.Sprintf("not 200: % x", f.payload)
+					}
+					ended[f.stream] = ended[f.stream] || f.flags&h2FlagEndStrm != 0
+				case h2Data:
+					ended[f.stream] = ended[f.stream] || f.flags&h2FlagEndStrm != 0
+				case h2RSTStream:
+					status[f.stream] = fmt.Sprintf("reset: % x", f.payload)
+					ended[f.stream] = true
+				}
+			}
+			if goAways[0] != 1<<31-1 {
+				t.Errorf("first GOAWAY's last-stream-id %d, not 2^31-1: stream 3 is refused", goAways[0])
+			}
+			for _, id := range []uint32{1, 3} {
+				if status[id] != "200" || !ended[id] {
+					t.Errorf("stream %d: status %q, ended %v; want a whole 200 (GOAWAYs: %v)", id, status[id], ended[id], goAways)
+				}
+			}
+			if last := goAways[len(goAways)-1]; last < 3 {
+				t.Errorf("last GOAWAY's last-stream-id %d leaves stream 3 out (GOAWAYs: %v)", last, goAways)
+			}
+			select {
+			case err := <-shut:
+				if err != nil {
+					t.Errorf("Shutdown: %v", err)
+				}
+			case <-time.After(waitBound):
+				t.Fatalf("Shutdown did not return in %v", waitBound)
+			}
+		})
+	}
+}
+
+// TestH2ConnInjectsAtFrameBoundary: phase 1's frames go out whole,
+// between two whole frames of what the server writes and after its first,
+// however the server's writes cut its frames.
+func TestH2ConnInjectsAtFrameBoundary(t *testing.T) {
+	frame := func(typ byte, n int) []byte {
+		b := []byte{byte(n >> 16), byte(n >> 8), byte(n), typ, 0, 0, 0, 0, 1}
+		return append(b, bytes.Repeat([]byte{typ}, n)...)
+	}
+	var stream []byte
+	var frames [][]byte
+	for i, n := range []int{6, 0, 1000, 17, 16384, 3, 0, 40000} {
+		f := frame(byte(i+1), n)
+		frames = append(frames, f)
+		stream = append(stream, f...)
+	}
+	for _, tt := range []struct {
+		name    string
+		chunk   int // the server's writes: chunk bytes each
+		drainAt int // startDrain before the write that starts here
+	}{
+		{"before the first frame", 5, 0},
+		{"mid-frame", 7, 1000},
+		{"whole writes", len(stream), 0},
+		{"large writes", 4096, 8192},
+		{"byte by byte", 1, 20000},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := net.Pipe()
+			defer a.Close()
+			got := make(chan []byte, 1)
+			go func() {
+				all, _ := io.ReadAll(b)
+				got <- all
+			}()
+			c := newH2Conn(a, false)
+			for i := 0; i < len(stream); i += tt.chunk {
+				if i >= tt.drainAt && !c.pending.Load() {
+					c.startDrain()
+				}
+				end := min(i+tt.chunk, len(stream))
+				if n, err := c.Write(stream[i:end]); n != end-i || err != nil {
+					t.Fatalf("Write: %d of %d, %v", n, end-i, err)
+				}
+			}
+			a.Close()
+			out := <-got
+			i := bytes.Index(out, drainFrames)
+			if i < 0 || bytes.Count(out, drainFrames) != 1 {
+				t.Fatalf("phase 1's frames not written exactly once")
+			}
+			if rest := append(out[:i:i], out[i+len(drainFrames):]...); !bytes.Equal(rest, stream) {
+				t.Fatalf("the server's bytes changed")
+			}
+			at := 0
+			for k, f := range frames {
+				if at == i {
+					if k == 0 {
+						t.Fatalf("injected before the server's first frame")
+					}
+					return
+				}
+				at += len(f)
+				if at > i {
+					t.Fatalf("injected inside frame %d", k)
+				}
+			}
+			if at != i {
+				t.Fatalf("injected at %d, past the end", i)
+			}
+		})
+	}
+}
