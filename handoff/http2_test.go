@@ -185,8 +185,8 @@ func selfSigned(t *testing.T) tls.Certificate {
 
 // startH2 serves h on a fresh loopback listener over h2c, or over TLS
 // with ALPN h2 when tlsOn; it returns the address and the client's TLS
-// config (nil for h2c).
-func startH2(t *testing.T, h http.Handler, tlsOn bool) (*HTTPServer, string, *tls.Config) {
+// config (nil for h2c). hook, if set, is the server's ConnState.
+func startH2(t *testing.T, h http.Handler, hook func(net.Conn, http.ConnState), tlsOn bool) (*HTTPServer, string, *tls.Config) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -196,7 +196,7 @@ func startH2(t *testing.T, h http.Handler, tlsOn bool) (*HTTPServer, string, *tl
 	p.SetHTTP1(true)
 	p.SetHTTP2(true)
 	p.SetUnencryptedHTTP2(true)
-	srv := &HTTPServer{Server: &http.Server{Handler: h, Protocols: &p}}
+	srv := &HTTPServer{Server: &http.Server{Handler: h, Protocols: &p, ConnState: hook}}
 	served := make(chan error, 1)
 	var clientConf *tls.Config
 	if tlsOn {
@@ -231,7 +231,7 @@ func TestHTTP2DrainRefusesNoStream(t *testing.T) {
 	}{{"h2c", false}, {"tls", true}} {
 		t.Run(tt.name, func(t *testing.T) {
 			handler, entered, release := slowPath("old")
-			srv, addr, clientConf := startH2(t, handler, tt.tls)
+			srv, addr, clientConf := startH2(t, handler, nil, tt.tls)
 			cl := dialH2(t, addr, clientConf)
 			cl.get(t, 1, "/slow")
 			select {
@@ -376,6 +376,69 @@ func TestH2ConnInjectsAtFrameBoundary(t *testing.T) {
 			}
 			if at != i {
 				t.Fatalf("injected at %d, past the end", i)
+			}
+		})
+	}
+}
+
+// TestHTTP2WrappedConnection: behind the drain's wrapping, handlers still
+// see HTTP/2 and the TLS state, and Server.ConnState hooks the connection
+// net/http accepted, not the wrapping.
+func TestHTTP2WrappedConnection(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		tls  bool
+	}{{"h2c", false}, {"tls", true}} {
+		t.Run(tt.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var hooked []string
+			srv, addr, clientConf := startH2(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				fmt.Fprintf(w, "%d %v", r.ProtoMajor, r.TLS != nil)
+			}), func(c net.Conn, st http.ConnState) {
+				mu.Lock()
+				defer mu.Unlock()
+				hooked = append(hooked, fmt.Sprintf("%T", c))
+			}, tt.tls)
+			tr := &http.Transport{TLSClientConfig: clientConf}
+			defer tr.CloseIdleConnections()
+			var p http.Protocols
+			url := "http://" + addr + "/"
+			if tt.tls {
+				p.SetHTTP2(true)
+				url = "https://" + addr + "/"
+			} else {
+				p.SetUnencryptedHTTP2(true)
+			}
+			tr.Protocols = &p
+			resp, err := (&http.Client{Transport: tr, Timeout: waitBound}).Get(url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := fmt.Sprintf("2 %v", tt.tls); string(body) != want {
+				t.Errorf("handler saw %q, want %q", body, want)
+			}
+			srv.mu.Lock()
+			wrapped := 0
+			for _, ct := range srv.conns {
+				if ct.h2c != nil {
+					wrapped++
+				}
+			}
+			srv.mu.Unlock()
+			if wrapped != 1 {
+				t.Errorf("%d wrapped HTTP/2 connections, want 1", wrapped)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, typ := range hooked {
+				if typ == "*handoff.h2Conn" || typ == "handoff.h2TLSConn" {
+					t.Errorf("ConnState got the wrapping %s (hooks: %v)", typ, hooked)
+				}
 			}
 		})
 	}
