@@ -11,6 +11,8 @@ systemctl:systemd
 lighttpd:lighttpd
 gunicorn:gunicorn
 nginx:nginx-light
+h2load:nghttp2-client
+wrk:wrk
 "
 
 missing=""
