@@ -3,21 +3,17 @@ package handoff
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/handoffd/handoff/internal/testbed"
 )
 
 // HTTP/2 frame types and flags the raw client below uses.
@@ -159,30 +155,6 @@ func (h *h2Client) next(t *testing.T, answerPing bool) (f h2Frame, ok bool) {
 	}
 }
 
-// selfSigned returns a certificate for 127.0.0.1 and localhost.
-func selfSigned(t *testing.T) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "handoff test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
 // startH2 serves h on a fresh loopback listener over h2c, or over TLS
 // with ALPN h2 when tlsOn; it returns the address and the client's TLS
 // config (nil for h2c). hook, if set, is the server's ConnState.
@@ -200,7 +172,7 @@ func startH2(t *testing.T, h http.Handler, hook func(net.Conn, http.ConnState), 
 	served := make(chan error, 1)
 	var clientConf *tls.Config
 	if tlsOn {
-		srv.Server.TLSConfig = &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
+		srv.Server.TLSConfig = &tls.Config{Certificates: []tls.Certificate{testbed.SelfSigned(t)}}
 		clientConf = &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}}
 		go func() { served <- srv.ServeTLS(ln, "", "") }()
 	} else {
