@@ -248,12 +248,12 @@ func (r h2loadResult) String() string {
 // GOAWAY, which it then does not start (RFC 9113 §6.8: no new stream after
 // a GOAWAY), and h2load does not retry. Its --log-file tells them apart (a
 // start time of 0); the test requires every failure to be one of those.
-func TestH2loadUpgradesH2C(t *testing.T) { h2loadUpgrades(t, "http") }
+func TestH2loadUpgradesH2C(t *testing.T) { h2loadUpgrades(t, "h2c", "http") }
 
 // TestH2loadUpgradesTLS is TestH2loadUpgradesH2C over TLS (ALPN h2).
-func TestH2loadUpgradesTLS(t *testing.T) { h2loadUpgrades(t, "https") }
+func TestH2loadUpgradesTLS(t *testing.T) { h2loadUpgrades(t, "tls", "https") }
 
-func h2loadUpgrades(t *testing.T, scheme string) {
+func h2loadUpgrades(t *testing.T, name, scheme string) {
 	h2load := lookTool(t, "h2load", "nghttp2-client")
 	checkNoChildren(t)
 	extra := []string{"-canary-window=-1s", "-h2c"}
@@ -279,8 +279,8 @@ func h2loadUpgrades(t *testing.T, scheme string) {
 	}
 	two, twoExit := run(binary(t, "./examples/httpserver"))
 	one, oneExit := run(singleGoAway(t))
-	t.Logf("h2load %s, %d upgrades: two-phase GOAWAY: %v; old process exit after ready: median %v, max %v", scheme, upgrades, two, testbed.Median(twoExit), slicesMax(twoExit))
-	t.Logf("h2load %s, %d upgrades: net/http's single GOAWAY: %v; old process exit after ready: median %v, max %v", scheme, upgrades, one, testbed.Median(oneExit), slicesMax(oneExit))
+	t.Logf("h2load %s, %d upgrades: two-phase GOAWAY: %v; old process exit after ready: median %v, max %v", name, upgrades, two, testbed.Median(twoExit), slicesMax(twoExit))
+	t.Logf("h2load %s, %d upgrades: net/http's single GOAWAY: %v; old process exit after ready: median %v, max %v", name, upgrades, one, testbed.Median(oneExit), slicesMax(oneExit))
 	if sent := two.failed - two.unsent; sent != 0 || two.timeout != 0 || two.succeeded == 0 {
 		t.Errorf("two-phase drain: %v: %d sent streams failed; want none failed or timed out", two, sent)
 	}

@@ -15,9 +15,16 @@ import (
 	"time"
 )
 
+// fataler is the part of TB that the certificates need: TB itself is
+// Unix-only, these are not.
+type fataler interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
+
 // SelfSigned returns a fresh self-signed certificate for 127.0.0.1 and
 // localhost, valid for a day, with its key.
-func SelfSigned(tb TB) tls.Certificate {
+func SelfSigned(tb fataler) tls.Certificate {
 	tb.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -42,7 +49,7 @@ func SelfSigned(tb TB) tls.Certificate {
 
 // WriteSelfSigned writes a SelfSigned certificate and its key as PEM files
 // into dir and returns their paths.
-func WriteSelfSigned(tb TB, dir string) (certFile, keyFile string) {
+func WriteSelfSigned(tb fataler, dir string) (certFile, keyFile string) {
 	tb.Helper()
 	c := SelfSigned(tb)
 	keyDER, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
