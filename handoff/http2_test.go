@@ -38,44 +38,61 @@ type h2Frame struct {
 // frames by hand: it never retries, and it sends a stream whenever the
 // test says, whatever GOAWAY it has read.
 type h2Client struct {
-	c      net.Conn
-	scheme string
-	wmu    sync.Mutex
-	frames chan h2Frame // closed when reading fails
-	done   chan struct{}
+	c       net.Conn
+	scheme  string
+	wmu     sync.Mutex
+	frames  chan h2Frame // closed when reading fails
+	done    chan struct{}
+	started bool
+
+	mu    sync.Mutex
+	order []byte // the types of the frames read, in order
 }
 
 func dialH2(t *testing.T, addr string, tlsConf *tls.Config) *h2Client {
+	t.Helper()
+	h := connectH2(t, addr)
+	h.start(t, tlsConf)
+	return h
+}
+
+// connectH2 opens the TCP connection only: start speaks on it.
+func connectH2(t *testing.T, addr string) *h2Client {
 	t.Helper()
 	raw, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var c net.Conn = raw
-	scheme := "http"
+	h := &h2Client{c: raw, scheme: "http", frames: make(chan h2Frame, 64), done: make(chan struct{})}
+	t.Cleanup(func() {
+		raw.Close()
+		if h.started {
+			<-h.done
+		}
+	})
+	return h
+}
+
+// start does the TLS handshake (ALPN h2) when tlsConf is set, sends the
+// client preface and SETTINGS, and starts reading frames.
+func (h *h2Client) start(t *testing.T, tlsConf *tls.Config) {
+	t.Helper()
 	if tlsConf != nil {
-		tc := tls.Client(raw, tlsConf)
+		tc := tls.Client(h.c, tlsConf)
 		tc.SetDeadline(time.Now().Add(waitBound))
 		if err := tc.Handshake(); err != nil {
-			raw.Close()
 			t.Fatal(err)
 		}
 		tc.SetDeadline(time.Time{})
 		if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
-			raw.Close()
 			t.Fatalf("ALPN chose %q, not h2", p)
 		}
-		c, scheme = tc, "https"
+		h.c, h.scheme = tc, "https"
 	}
-	h := &h2Client{c: c, scheme: scheme, frames: make(chan h2Frame, 64), done: make(chan struct{})}
-	t.Cleanup(func() {
-		c.Close()
-		<-h.done
-	})
 	h.write(t, []byte(clientPreface))
 	h.writeFrame(t, h2Settings, 0, 0, nil)
+	h.started = true
 	go h.read()
-	return h
 }
 
 func (h *h2Client) read() {
@@ -91,6 +108,9 @@ func (h *h2Client) read() {
 		if _, err := io.ReadFull(h.c, f.payload); err != nil {
 			return
 		}
+		h.mu.Lock()
+		h.order = append(h.order, f.typ)
+		h.mu.Unlock()
 		h.frames <- f
 	}
 }
@@ -411,6 +431,69 @@ func TestHTTP2WrappedConnection(t *testing.T) {
 				if typ == "*handoff.h2Conn" || typ == "handoff.h2TLSConn" {
 					t.Errorf("ConnState got the wrapping %s (hooks: %v)", typ, hooked)
 				}
+			}
+		})
+	}
+}
+
+// TestHTTP2DrainLateConnection: a connection accepted before the drain
+// that starts speaking HTTP/2 only during it gets phase 1 too, after the
+// server's SETTINGS, and its stream is served.
+func TestHTTP2DrainLateConnection(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		tls  bool
+	}{{"h2c", false}, {"tls", true}} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, addr, clientConf := startH2(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				fmt.Fprint(w, "late")
+			}), nil, tt.tls)
+			cl := connectH2(t, addr)
+			waitFor(t, "the connection to be accepted", func() bool {
+				srv.mu.Lock()
+				defer srv.mu.Unlock()
+				return len(srv.conns) == 1
+			})
+			shut := make(chan error, 1)
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), waitBound)
+				defer cancel()
+				shut <- srv.Shutdown(ctx)
+			}()
+			waitFor(t, "the drain to start", srv.draining.Load)
+			cl.start(t, clientConf)
+			for f, ok := cl.next(t, false); ok && f.typ != framePing; f, ok = cl.next(t, false) {
+				if f.typ == frameGoAway && binary.BigEndian.Uint32(f.payload)&(1<<31-1) != 1<<31-1 {
+					t.Fatalf("GOAWAY with last-stream-id %d before the PING", binary.BigEndian.Uint32(f.payload))
+				}
+			}
+			cl.mu.Lock()
+			seen := bytes.Clone(cl.order)
+			cl.mu.Unlock()
+			if i := bytes.IndexByte(seen, framePing); i >= 0 {
+				seen = seen[:i+1] // the reader reads on
+			}
+			if len(seen) < 3 || seen[0] != h2Settings || seen[len(seen)-2] != frameGoAway || seen[len(seen)-1] != framePing {
+				t.Fatalf("frame types up to the PING: %v; want the server's SETTINGS first, then phase 1's GOAWAY and PING", seen)
+			}
+			cl.get(t, 1, "/")
+			cl.writeFrame(t, framePing, flagAck, 0, drainPingData[:])
+			served := false
+			for f, ok := cl.next(t, true); ok; f, ok = cl.next(t, true) {
+				if f.stream == 1 && f.typ == h2Headers && len(f.payload) > 0 && f.payload[0] == h2StatusOKHPAK {
+					served = true
+				}
+			}
+			if !served {
+				t.Error("stream 1, sent after phase 1 and before the ACK, got no 200")
+			}
+			select {
+			case err := <-shut:
+				if err != nil {
+					t.Errorf("Shutdown: %v", err)
+				}
+			case <-time.After(waitBound):
+				t.Fatalf("Shutdown did not return in %v", waitBound)
 			}
 		})
 	}
