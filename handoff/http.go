@@ -39,7 +39,9 @@ var busyWindow = 10 * time.Millisecond
 //   - answers the next request on any other HTTP/1 connection (TLS, or no
 //     successor) with "Connection: close", and closes it only after that
 //     response;
-//   - closes nothing under a request in flight;
+//   - closes nothing under a request in flight; a connection a handler
+//     hijacks (a WebSocket) is the handler's: HTTPServer neither waits for
+//     nor closes it, and it can be handed over with Upgrader.SendConn;
 //   - drains HTTP/2 connections (h2c and TLS) in the two phases of RFC
 //     9113 §6.8, so that no stream is refused: a GOAWAY that refuses
 //     nothing and a PING at once; once the client's ACK shows that every

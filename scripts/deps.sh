@@ -13,6 +13,7 @@ gunicorn:gunicorn
 nginx:nginx-light
 h2load:nghttp2-client
 wrk:wrk
+chromium:chromium
 "
 
 missing=""

@@ -179,6 +179,10 @@ func measure(sc scenario, srv server, load loadgen.Config, steady time.Duration,
 		srv.restart()
 		r.durations = append(r.durations, time.Since(last))
 	}
+	// The load runs one more period, as between restarts: connections the
+	// last restart moved are measured on the new process too (a drain
+	// hands them over after the restart returns).
+	time.Sleep(time.Until(last.Add(period))) // the measurement's length, not a wait for anything
 	r.load = stop()
 	r.retried = srv.retried()
 	srv.stop()
