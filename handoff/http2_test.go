@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -497,4 +498,74 @@ func TestHTTP2DrainLateConnection(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestH2ConnAckOnlyOnceProcessed: the drain's PING ACK counts only once
+// the server comes back to read past it (it has then processed every
+// frame before), however the reads cut it; another PING ACK, or a PING
+// with the drain's data but no ACK flag, does not count. Over TLS the
+// client preface is read and checked first.
+func TestH2ConnAckOnlyOnceProcessed(t *testing.T) {
+	frame := func(typ, flags byte, payload []byte) []byte {
+		b := []byte{0, 0, byte(len(payload)), typ, flags, 0, 0, 0, 0}
+		return append(b, payload...)
+	}
+	other := []byte("otherpng")
+	var in []byte
+	in = append(in, frame(h2Settings, 0, nil)...)
+	in = append(in, frame(framePing, flagAck, other)...)
+	in = append(in, frame(framePing, 0, drainPingData[:])...)
+	in = append(in, frame(h2Data, 0, drainPingData[:])...)
+	notYet := len(in)
+	in = append(in, frame(framePing, flagAck, drainPingData[:])...)
+	ackEnd := len(in)
+	in = append(in, frame(h2Settings, flagAck, nil)...)
+	for _, tt := range []struct {
+		name    string
+		preface bool
+		chunk   int
+	}{{"frame reads", false, 9}, {"byte reads", false, 1}, {"large reads", false, 4096}, {"preface first", true, 7}} {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := net.Pipe()
+			defer a.Close()
+			defer b.Close()
+			stream := in
+			if tt.preface {
+				stream = append([]byte(clientPreface), in...)
+			}
+			go func() {
+				b.Write(stream)
+				b.Close()
+			}()
+			c := newH2Conn(a, tt.preface)
+			read := 0
+			buf := make([]byte, tt.chunk)
+			for read < len(in) {
+				n, err := c.Read(buf)
+				if err != nil {
+					t.Fatalf("Read after %d bytes: %v", read, err)
+				}
+				// A Read that begins past the ACK: the server processed it.
+				if acked := c.drainAcked(); acked != (read >= ackEnd) {
+					t.Fatalf("a Read from byte %d (the ACK ends at %d): acked %v", read, ackEnd, acked)
+				}
+				if !bytes.Equal(buf[:n], in[read:read+n]) {
+					t.Fatalf("Read after %d bytes changed what it read", read)
+				}
+				read += n
+				if read <= notYet && c.ackFound {
+					t.Fatalf("an ACK found in the %d bytes before the drain's", read)
+				}
+			}
+		})
+	}
+	t.Run("bogus preface", func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		go b.Write([]byte(strings.Repeat("x", len(clientPreface))))
+		if _, err := newH2Conn(a, true).Read(make([]byte, 9)); err == nil {
+			t.Fatal("Read accepted a bogus client preface")
+		}
+	})
 }
