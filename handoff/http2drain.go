@@ -105,8 +105,9 @@ func (f *frameScanner) scan(p []byte) (n int, payload []byte, ended bool) {
 }
 
 // h2Conn is an HTTP/2 connection as net/http's server reads and writes
-// it, with the drain's two phases added (see above). HTTPServer owns it;
-// closing it closes the connection under it, which net/http owns.
+// it, with the drain's two phases added (see above). net/http's HTTP/2
+// server owns it as it would the connection under it, and closes it (which
+// closes that connection); HTTPServer keeps it only to drain it.
 type h2Conn struct {
 	net.Conn          // the connection the frames travel on (a *tls.Conn over TLS)
 	orig     net.Conn // the connection as net/http accepted it: HTTPServer's key
@@ -119,9 +120,9 @@ type h2Conn struct {
 	// time; the drain injects from another).
 	wmu      sync.Mutex
 	wframes  frameScanner
-	wrote    bool // a whole frame was written: the server's SETTINGS
-	pending  atomic.Bool
-	injected atomic.Bool
+	wrote    bool        // a whole frame was written: the server's SETTINGS
+	pending  atomic.Bool // the drain asked for phase 1's frames
+	injected atomic.Bool // they were written
 
 	// Read side: only the server's reader goroutine reads.
 	preface  int // client preface bytes still to read and check (TLS)
@@ -144,7 +145,7 @@ func newH2Conn(c net.Conn, readPreface bool) *h2Conn {
 // state, as it would the *tls.Conn.
 type h2TLSConn struct {
 	*h2Conn
-	tc *tls.Conn
+	tc *tls.Conn // the h2Conn's connection
 }
 
 // ConnectionState is the TLS connection's.
