@@ -11,6 +11,7 @@ systemctl:systemd
 lighttpd:lighttpd
 gunicorn:gunicorn
 nginx:nginx-light
+h2load:nghttp2-client
 "
 
 missing=""
