@@ -21,6 +21,7 @@ help: ## list the targets
 
 build: ## build every binary into bin/
 	$(GO) build -o bin/ ./cmd/... ./examples/...
+	cd examples/grpc && $(GO) build -o ../../bin/ .
 
 release: ## static handoff binaries for linux/amd64 and linux/arm64 in dist/, with SHA256SUMS (VERSION= overrides git describe)
 	GO=$(GO) ./scripts/release.sh
@@ -31,8 +32,9 @@ demo: ## the main job: restart a server under load, count failed requests
 test: ## unit tests, with the race detector
 	$(GO) test -race -count=1 $(UNIT_PKGS)
 
-integration: deps ## integration tests: real binaries, processes, sockets and load
+integration: deps ## integration tests: real binaries, processes, sockets and load (examples/grpc's too: GRPC_RESTARTS=200 scales its run)
 	$(GO) test -race -count=1 -timeout 25m ./integration/...
+	cd examples/grpc && $(GO) test -race -count=1 -timeout 5m ./...
 
 oldgo: ## go.mod's go line is still MINGO and go vet holds the code to it; OLDGO_TOOLCHAIN=1 also vets and unit-tests with that Go
 	@test "$$($(GO) list -m -f '{{.GoVersion}}')" = $(MINGO) || { echo "go.mod's go line is $$($(GO) list -m -f '{{.GoVersion}}'), not MINGO=$(MINGO): a dependency or an edit raised it; lower it again, or raise MINGO and say why"; exit 1; }
@@ -57,6 +59,7 @@ lint: ## gofmt, go vet (here and for CROSS_OS) and staticcheck
 	$(GO) vet ./...
 	@for os in $(CROSS_OS); do echo "GOOS=$$os go build ./... && go vet ./..."; GOOS=$$os $(GO) build ./... && GOOS=$$os $(GO) vet ./... || exit 1; done
 	cd integration/bench && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
+	cd examples/grpc && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 	$(GO) run $(STATICCHECK) ./...
 
 cover: ## unit test coverage, in cover.html
