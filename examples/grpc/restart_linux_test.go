@@ -35,51 +35,31 @@ type span struct {
 	err        error
 }
 
-// streamLog is the Watch streams the workers run, for the restart loop
-// to pick one that is open and wait for its end.
-type streamLog struct {
+// board is a list of events that tests wait on.
+type board[T any] struct {
 	mu      sync.Mutex
-	open    map[int]time.Time // worker → when its open stream began
-	ended   []span
-	changed chan struct{} // closed and replaced on every change
+	events  []T
+	changed chan struct{} // closed and replaced by every add
 }
 
-func newStreamLog() *streamLog {
-	return &streamLog{open: map[int]time.Time{}, changed: make(chan struct{})}
+func newBoard[T any]() *board[T] { return &board[T]{changed: make(chan struct{})} }
+
+func (b *board[T]) add(e T) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.events = append(b.events, e)
+	close(b.changed)
+	b.changed = make(chan struct{})
 }
 
-func (l *streamLog) notifyLocked() {
-	close(l.changed)
-	l.changed = make(chan struct{})
-}
-
-// begin records that worker opens a stream now, and returns the time.
-func (l *streamLog) begin(worker int) time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
-	l.open[worker] = now
-	l.notifyLocked()
-	return now
-}
-
-// end records a stream's end.
-func (l *streamLog) end(sp span) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	delete(l.open, sp.worker)
-	l.ended = append(l.ended, sp)
-	l.notifyLocked()
-}
-
-// wait waits, up to timeout, until cond (called with l.mu held) is true.
-func (l *streamLog) wait(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+// wait waits, up to timeout, until cond holds for the events so far.
+func (b *board[T]) wait(t *testing.T, what string, timeout time.Duration, cond func([]T) bool) {
 	t.Helper()
 	deadline := time.After(timeout)
 	for {
-		l.mu.Lock()
-		ok, changed := cond(), l.changed
-		l.mu.Unlock()
+		b.mu.Lock()
+		ok, changed := cond(b.events), b.changed
+		b.mu.Unlock()
 		if ok {
 			return
 		}
@@ -91,14 +71,26 @@ func (l *streamLog) wait(t *testing.T, what string, timeout time.Duration, cond 
 	}
 }
 
+// A streamLog has a span for each Watch stream the workers open (end
+// zero) and one more for each that ends, so that the restart loop can
+// pick an open one and wait for its end.
+type streamLog struct{ *board[span] }
+
+// begin records that worker opens a stream now, and returns the span.
+func (l streamLog) begin(worker, n int) span {
+	sp := span{worker: worker, start: time.Now(), n: n}
+	l.add(sp)
+	return sp
+}
+
 // waitFresh waits until a stream that began less than d ago is open and
 // returns its worker and start.
-func (l *streamLog) waitFresh(t *testing.T, d time.Duration) (worker int, start time.Time) {
+func (l streamLog) waitFresh(t *testing.T, d time.Duration) (worker int, start time.Time) {
 	t.Helper()
-	l.wait(t, "a Watch stream to open", 30*time.Second, func() bool {
-		for w, st := range l.open {
-			if time.Since(st) < d {
-				worker, start = w, st
+	l.wait(t, "a Watch stream to open", 30*time.Second, func(events []span) bool {
+		for i := len(events) - 1; i >= 0; i-- {
+			if e := events[i]; e.end.IsZero() && time.Since(e.start) < d && !hasEnded(events, e) {
+				worker, start = e.worker, e.start
 				return true
 			}
 		}
@@ -109,19 +101,30 @@ func (l *streamLog) waitFresh(t *testing.T, d time.Duration) (worker int, start 
 
 // waitEnded waits until the stream worker began at start has ended, and
 // returns it.
-func (l *streamLog) waitEnded(t *testing.T, worker int, start time.Time) span {
+func (l streamLog) waitEnded(t *testing.T, worker int, start time.Time) span {
 	t.Helper()
 	var sp span
-	l.wait(t, "the Watch stream open across the restart to end", 30*time.Second, func() bool {
-		for _, e := range l.ended {
-			if e.worker == worker && e.start.Equal(start) {
-				sp = e
-				return true
-			}
-		}
-		return false
+	l.wait(t, "the Watch stream open across the restart to end", 30*time.Second, func(events []span) bool {
+		var ok bool
+		sp, ok = findEnded(events, worker, start)
+		return ok
 	})
 	return sp
+}
+
+func hasEnded(events []span, e span) bool {
+	_, ok := findEnded(events, e.worker, e.start)
+	return ok
+}
+
+// findEnded finds the end of the stream worker began at start.
+func findEnded(events []span, worker int, start time.Time) (span, bool) {
+	for _, e := range events {
+		if !e.end.IsZero() && e.worker == worker && e.start.Equal(start) {
+			return e, true
+		}
+	}
+	return span{}, false
 }
 
 // TestRestartsUnderLoad upgrades the server by SIGHUP 20 times while
@@ -151,7 +154,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 		wg      sync.WaitGroup
 		unary   tally
 		streams tally
-		log     = newStreamLog()
+		log     = streamLog{newBoard[span]()}
 	)
 	for range 4 { // Get, each worker on its own connection
 		c := dial(t, svc.Addr, a)
@@ -174,12 +177,12 @@ func TestRestartsUnderLoad(t *testing.T) {
 			defer wg.Done()
 			for !stop.Load() {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				sp := span{worker: w, start: log.begin(w), n: n}
+				sp := log.begin(w, n)
 				sp.pids, sp.err = watchPIDs(ctx, c.cc, uint32(n))
 				sp.end = time.Now()
 				cancel()
 				streams.add(checkWatch(sp))
-				log.end(sp)
+				log.add(sp)
 			}
 		}()
 	}
