@@ -204,7 +204,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 		} else if sp.end.After(readyAt) {
 			spanning++
 		}
-		t.Logf("restart %d: %d → %d in %v; a stream open across it (%v, %d messages) ended on %d", i+1, old, pid,
+		t.Logf("restart %d: %d → %d, ready %v after the stream began; the stream (%v, %d messages) ended on %d", i+1, old, pid,
 			readyAt.Sub(start), sp.end.Sub(sp.start).Round(time.Millisecond), len(sp.pids), sp.pids[len(sp.pids)-1])
 	}
 	stop.Store(true)
