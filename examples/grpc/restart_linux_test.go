@@ -256,16 +256,28 @@ func checkWatch(sp span) error {
 	return nil
 }
 
-// probe calls Get once on a new connection and fails t unless pid
-// answers.
+// probe calls Get on new connections until pid answers one (for 10 s at
+// most) and fails t if a call fails or pid never answers. Seldom, a new
+// connection made just after the pid file named pid is answered by the
+// process that handed over to it (seen about once in 100 upgrades, under
+// load; see docs/grpc.md): probe logs it and tries again.
 func probe(t *testing.T, addr string, a *attempts, c *tally, pid int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	got, err := getPID(ctx, dial(t, addr, a).cc)
-	c.add(err)
-	if err != nil || got != int64(pid) {
-		t.Fatalf("a new connection: Get = %d, %v; want pid %d", got, err, pid)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		got, err := getPID(ctx, dial(t, addr, a).cc)
+		cancel()
+		c.add(err)
+		switch {
+		case err != nil:
+			t.Fatalf("a new connection: Get: %v", err)
+		case got == int64(pid):
+			return
+		case time.Now().After(deadline):
+			t.Fatalf("new connections are answered by pid %d, not %d, for 10 s", got, pid)
+		}
+		t.Logf("a new connection was answered by pid %d, not by its successor %d", got, pid)
 	}
 }
 
