@@ -24,6 +24,7 @@ help: ## list the targets
 build: ## build every binary into bin/
 	$(GO) build -o bin/ ./cmd/... ./examples/...
 	cd examples/websocket && $(GO) build -o ../../bin/ .
+	cd examples/grpc && $(GO) build -o ../../bin/ .
 
 release: ## static handoff binaries for linux/amd64 and linux/arm64 in dist/, with SHA256SUMS (VERSION= overrides git describe)
 	GO=$(GO) ./scripts/release.sh
@@ -34,8 +35,9 @@ demo: ## the main job: restart a server under load, count failed requests
 test: ## unit tests, with the race detector
 	$(GO) test -race -count=1 $(UNIT_PKGS)
 
-integration: deps ## integration tests: real binaries, processes, sockets and load
+integration: deps ## integration tests: real binaries, processes, sockets and load (examples/grpc's too: GRPC_RESTARTS=200 scales its run)
 	$(GO) test -race -count=1 -timeout 25m ./integration/...
+	cd examples/grpc && $(GO) test -race -count=1 -timeout 5m ./...
 
 websocket: deps ## examples/websocket's tests: 200 clients and headless Chromium across restarts (WS_CLIENTS, WS_RESTARTS, WS_INTERVAL_MS, WS_BROWSER_RESTARTS size them; WS_SCREENSHOT=../../docs/websocket.png remakes the screenshot)
 	cd examples/websocket && $(GO) test -race -count=1 -timeout 10m ./...
@@ -67,6 +69,7 @@ lint: ## gofmt, go vet (here and for CROSS_OS) and staticcheck
 	@for os in $(CROSS_OS); do echo "GOOS=$$os go build ./... && go vet ./..."; GOOS=$$os $(GO) build ./... && GOOS=$$os $(GO) vet ./... || exit 1; done
 	cd integration/bench && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 	cd examples/websocket && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
+	cd examples/grpc && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 	$(GO) run $(STATICCHECK) ./...
 
 cover: ## unit test coverage, in cover.html
