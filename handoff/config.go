@@ -100,7 +100,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.Name = filepath.Base(os.Args[0])
 	}
 	if strings.ContainsAny(c.Name, "/\x00") || len(c.Name) > wire.MaxStringLen {
-		return c, fmt.Errorf("handoff: invalid service name %q", c.Name)
+		return c, errorf("handoff: invalid service name %q", c.Name)
 	}
 	if c.Socket == "" {
 		dir, err := defaultSocketDir()
@@ -114,7 +114,7 @@ func (c Config) withDefaults() (Config, error) {
 		return c, err
 	}
 	if len(c.Socket) > maxSocketPath {
-		return c, fmt.Errorf("handoff: control socket path %q is longer than %d bytes", c.Socket, maxSocketPath)
+		return c, errorf("handoff: control socket path %q is longer than %d bytes", c.Socket, maxSocketPath)
 	}
 	if c.PIDFile != "" {
 		if c.PIDFile, err = filepath.Abs(c.PIDFile); err != nil {
@@ -174,15 +174,15 @@ func checkSocketDir(path string) error {
 func checkPlace(what, path, hint string) error {
 	dir, err := filepath.EvalSymlinks(filepath.Dir(path))
 	if err != nil {
-		return fmt.Errorf("handoff: %s directory: %w", what, err)
+		return errorf("handoff: %s directory: %w", what, err)
 	}
 	owner, mode, err := fileOwner(dir)
 	if err != nil {
-		return fmt.Errorf("handoff: %s directory: %w", what, err)
+		return errorf("handoff: %s directory: %w", what, err)
 	}
 	uid := os.Geteuid()
 	if owner != uid && owner != 0 {
-		return fmt.Errorf("handoff: %s directory %s belongs to uid %d: only the service's user (uid %d) or root may own it", what, dir, owner, uid)
+		return errorf("handoff: %s directory %s belongs to uid %d: only the service's user (uid %d) or root may own it", what, dir, owner, uid)
 	}
 	// Whoever can rename an ancestor can put a directory of their own in
 	// its place: every ancestor must be as safe, or sticky (where others
@@ -190,10 +190,10 @@ func checkPlace(what, path, hint string) error {
 	for a := filepath.Dir(dir); ; a = filepath.Dir(a) {
 		aOwner, aMode, err := fileOwner(a)
 		if err != nil {
-			return fmt.Errorf("handoff: %s directory: %w", what, err)
+			return errorf("handoff: %s directory: %w", what, err)
 		}
 		if aOwner != uid && aOwner != 0 || aMode&0o022 != 0 && aMode&os.ModeSticky == 0 {
-			return fmt.Errorf("handoff: %s directory %s is inside %s (uid %d, mode %v), which other users can change, and so stand in for the service: use a directory whose every parent only the service's user or root can write to (%s)", what, dir, a, aOwner, aMode.Perm(), hint)
+			return errorf("handoff: %s directory %s is inside %s (uid %d, mode %v), which other users can change, and so stand in for the service: use a directory whose every parent only the service's user or root can write to (%s)", what, dir, a, aOwner, aMode.Perm(), hint)
 		}
 		if a == filepath.Dir(a) {
 			break
@@ -203,10 +203,10 @@ func checkPlace(what, path, hint string) error {
 		return nil
 	}
 	if mode&os.ModeSticky == 0 {
-		return fmt.Errorf("handoff: %s directory %s (mode %v) can be written by other users, who could stand in for the service: use a directory only the service's user can write to (%s)", what, dir, mode.Perm(), hint)
+		return errorf("handoff: %s directory %s (mode %v) can be written by other users, who could stand in for the service: use a directory only the service's user can write to (%s)", what, dir, mode.Perm(), hint)
 	}
 	if fileUID, _, err := fileOwner(path); err == nil && fileUID != uid {
-		return fmt.Errorf("handoff: %s %s belongs to uid %d, not to this user (uid %d): remove it, or use a directory only the service's user can write to (%s)", what, path, fileUID, uid, hint)
+		return errorf("handoff: %s %s belongs to uid %d, not to this user (uid %d): remove it, or use a directory only the service's user can write to (%s)", what, path, fileUID, uid, hint)
 	}
 	return nil
 }
@@ -219,14 +219,14 @@ func checkPIDFile(path string) error {
 		return nil
 	}
 	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
-		return fmt.Errorf("handoff: pid file %s is not a regular file", path)
+		return errorf("handoff: pid file %s is not a regular file", path)
 	}
 	if err := checkPlace("pid file", path, "such as systemd's RuntimeDirectory=, /run/NAME"); err != nil {
 		return err
 	}
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
-		return fmt.Errorf("handoff: pid file %s cannot be written: %w", path, err)
+		return errorf("handoff: pid file %s cannot be written: %w", path, err)
 	}
 	f.Close()
 	return os.Remove(f.Name())

@@ -363,7 +363,8 @@ func (u *Upgrader) close() {
 			u.removeControlSocket(ctrl)
 		}
 	}
-	for _, cc := range sessions {
+	for _, cc := range sessions { // a successor or client learns why
+		refuse(cc, u.closingDenial())
 		cc.Close()
 	}
 	if pred != nil {
@@ -471,5 +472,5 @@ func (u *Upgrader) predecessorSending() bool {
 
 // notReadyErr says why a request that needs a ready process is refused.
 func (u *Upgrader) notReadyErr() error {
-	return fmt.Errorf("%w: pid %d started %s ago and has not called Ready yet", ErrNotReady, u.pid, time.Since(u.started).Round(time.Millisecond))
+	return errorf("%w: pid %d started %s ago and has not called Ready yet", ErrNotReady, u.pid, time.Since(u.started).Round(time.Millisecond))
 }

@@ -166,7 +166,7 @@ func (u *Upgrader) serveRequest(ctx context.Context, cc *ctl.Conn, req wire.Requ
 			return cc.Send(wire.Reply{Final: true, Text: "reloaded"}, nil, step())
 		}
 	default:
-		err = fmt.Errorf("%w: unknown request %q", ErrProtocol, req.Name)
+		err = errorf("%w: unknown request %q", ErrProtocol, req.Name)
 	}
 	refuse(cc, err)
 	return err
@@ -182,16 +182,16 @@ func roundTrip(ctx context.Context, path, name string, progress func(string)) (r
 	}
 	defer func() {
 		if err != nil {
-			err = fmt.Errorf("handoff: %s: %w", name, ctxErr(ctx, err))
+			err = errorf("handoff: %s: %w", name, ctxErr(ctx, err))
 		}
 	}()
 	cc, err := ctl.Dial(ctx, path, wire.MaxMessageSize, 0)
 	if err != nil {
 		var peer *ctl.PeerError
 		if errors.As(err, &peer) {
-			return reply, fmt.Errorf("%w: control socket %s: %w", ErrPeerRejected, path, err)
+			return reply, errorf("%w: control socket %s: %w", ErrPeerRejected, path, err)
 		}
-		return reply, fmt.Errorf("connect to %s: %w", path, err)
+		return reply, errorf("connect to %s: %w", path, err)
 	}
 	defer cc.Close()
 	stop := cc.Bind(ctx)
@@ -206,7 +206,7 @@ func roundTrip(ctx context.Context, path, name string, progress func(string)) (r
 		}
 		r, ok := m.(wire.Reply)
 		if !ok {
-			return reply, fmt.Errorf("%w: unexpected %s message", ErrProtocol, m.Type())
+			return reply, errorf("%w: unexpected %s message", ErrProtocol, m.Type())
 		}
 		if r.Final {
 			return r, nil

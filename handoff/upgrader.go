@@ -2,7 +2,6 @@ package handoff
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -103,7 +102,7 @@ func New(ctx context.Context, cfg Config) (*Upgrader, error) {
 	}
 	img, err := currentImage()
 	if err != nil {
-		return nil, fmt.Errorf("handoff: locate own executable: %w", err)
+		return nil, errorf("handoff: locate own executable: %w", err)
 	}
 	u := &Upgrader{
 		cfg:      cfg,
@@ -176,14 +175,14 @@ func (u *Upgrader) ListenPacketNamed(name, network, address string) (net.PacketC
 
 func (u *Upgrader) open(e wire.Entry) (*socket, error) {
 	if len(e.Name) > wire.MaxStringLen || len(e.Network) > wire.MaxStringLen || len(e.Address) > wire.MaxStringLen {
-		return nil, fmt.Errorf("handoff: socket description longer than %d bytes", wire.MaxStringLen)
+		return nil, errorf("handoff: socket description longer than %d bytes", wire.MaxStringLen)
 	}
 	s, err := u.reg.open(u.ctx, e)
 	if err != nil {
 		return nil, err
 	}
 	if s.source != "" {
-		u.log.Debug("using inherited socket", "key", s.Key(), "from", s.source)
+		u.log.Debug("using inherited socket", "socket", describe(s.Entry), "from", s.source)
 	}
 	return s, nil
 }
@@ -218,11 +217,11 @@ func (u *Upgrader) Ready() error {
 	var ctrl *net.UnixListener
 	if pred != nil {
 		if err := u.reg.claimsPredecessor(); err != nil {
-			err = fmt.Errorf("handoff: pid %d already serves service %q on control socket %s, and this process claimed none of its sockets (%w): "+
+			err = errorf("handoff: pid %d already serves service %q on control socket %s, and this process claimed none of its sockets (%w): "+
 				"it is another instance, not a successor, and pid %d keeps serving; to run both, give each its own Config.Name or Config.Socket",
 				predPID, u.cfg.Name, u.cfg.Socket, err, predPID)
 			refuse(pred, deny(RefusedOther, "pid %d claimed none of the sockets: another instance of the program, not a successor", u.pid))
-			return fmt.Errorf("%w: %w", ErrPeerRejected, err)
+			return errorf("%w: %w", ErrPeerRejected, err)
 		}
 		var err error
 		if ctrl, err = u.completeTakeover(pred); err != nil {

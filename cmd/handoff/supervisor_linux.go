@@ -122,7 +122,14 @@ func (s *supervisor) run(ctx context.Context, deps supervisorDeps) error {
 	if err != nil {
 		return err
 	}
-	if err := s.waitReady(ctx, first); err != nil {
+	s.mu.Lock()
+	s.starting = first // for status, till it is ready
+	s.mu.Unlock()
+	err = s.waitReady(ctx, first)
+	s.mu.Lock()
+	s.starting = nil
+	s.mu.Unlock()
+	if err != nil {
 		return err
 	}
 	s.setCurrent(first)
@@ -215,6 +222,7 @@ func (s *supervisor) startFrom(exe *os.File) (*child, error) {
 		return nil, err
 	}
 	c.exe = exe
+	c.exeInfo = describeExe(s.cfg.path, exe)
 	s.log.Info("started child", "child", pid, "number", n)
 	return c, nil
 }
@@ -420,7 +428,7 @@ func (s *supervisor) detail() any {
 	d := statusDetail{Command: s.cfg.argv, Ready: s.cfg.ready.String(), Restarts: s.restarts, Children: []childStatus{}, LastRollback: s.lastRollback, CanaryUntil: s.canaryUntil}
 	add := func(c *child, role string) {
 		if c != nil {
-			d.Children = append(d.Children, childStatus{PID: c.pid, Number: c.number, Role: role, Started: c.started})
+			d.Children = append(d.Children, childStatus{PID: c.pid, Number: c.number, Role: role, Started: c.started, Exe: c.exeInfo})
 		}
 	}
 	add(s.current, "serving")
