@@ -89,32 +89,26 @@ type Config struct {
 // socketPath returns the control socket that a Config with this Name and
 // no Socket uses (control.SocketPath).
 func socketPath(name string) (string, error) {
-	c, err := Config{Name: name}.withDefaults()
+	c, err := Config{Name: name}.withDefaults(true)
 	return c.Socket, err
 }
 
 // withDefaults returns c with every zero field filled in and paths made
-// absolute, so that a later chdir changes nothing.
-func (c Config) withDefaults() (Config, error) {
+// absolute, so that a later chdir changes nothing. Without control (a
+// platform without the handoff) the control socket is left as it is:
+// nothing binds it.
+func (c Config) withDefaults(control bool) (Config, error) {
 	if c.Name == "" {
 		c.Name = filepath.Base(os.Args[0])
 	}
 	if strings.ContainsAny(c.Name, "/\x00") || len(c.Name) > wire.MaxStringLen {
 		return c, errorf("handoff: invalid service name %q", c.Name)
 	}
-	if c.Socket == "" {
-		dir, err := defaultSocketDir()
-		if err != nil {
+	var err error
+	if control {
+		if c.Socket, err = controlSocket(c.Socket, c.Name); err != nil {
 			return c, err
 		}
-		c.Socket = filepath.Join(dir, c.Name+".sock")
-	}
-	var err error
-	if c.Socket, err = filepath.Abs(c.Socket); err != nil {
-		return c, err
-	}
-	if len(c.Socket) > maxSocketPath {
-		return c, errorf("handoff: control socket path %q is longer than %d bytes", c.Socket, maxSocketPath)
 	}
 	if c.PIDFile != "" {
 		if c.PIDFile, err = filepath.Abs(c.PIDFile); err != nil {
@@ -137,6 +131,26 @@ func (c Config) withDefaults() (Config, error) {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c, nil
+}
+
+// controlSocket is the control socket path for socket as Config.Socket
+// has it (empty: the default for the service name), made absolute.
+func controlSocket(socket, name string) (string, error) {
+	if socket == "" {
+		dir, err := defaultSocketDir()
+		if err != nil {
+			return "", err
+		}
+		socket = filepath.Join(dir, name+".sock")
+	}
+	socket, err := filepath.Abs(socket)
+	if err != nil {
+		return "", err
+	}
+	if len(socket) > maxSocketPath {
+		return "", errorf("handoff: control socket path %q is longer than %d bytes", socket, maxSocketPath)
+	}
+	return socket, nil
 }
 
 // defaultSocketDir is $RUNTIME_DIRECTORY (its first entry), or a directory

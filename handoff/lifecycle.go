@@ -58,15 +58,18 @@ func (s lifecycle) upgradeErr() error {
 }
 
 // startFresh makes this the first generation, serving ctrl, the control
-// socket it has just bound. Takeovers are refused until Ready.
+// socket it has just bound (nil without the handoff: none). Takeovers
+// are refused until Ready.
 func (u *Upgrader) startFresh(ctrl *net.UnixListener) {
 	u.mu.Lock()
 	u.ctrl, u.generation = ctrl, 1
 	u.log = u.log.With("generation", u.generation)
-	u.wg.Add(1)
 	u.mu.Unlock()
 	u.conns.finish() // nobody will hand connections over
-	go u.serveControl(ctrl)
+	if ctrl != nil {
+		u.wg.Add(1)
+		go u.serveControl(ctrl)
+	}
 }
 
 // succeed records the predecessor this process takes over from, once it

@@ -37,6 +37,10 @@ type Status struct {
 	// process did not claim (a port its config no longer has): it closed
 	// them once it served.
 	Dropped []SocketStatus `json:"dropped,omitempty"`
+	// NoHandoff says why this process serves without the handoff (the
+	// platform cannot pass sockets; see New): it can be restarted, not
+	// upgraded. Empty where it hands over.
+	NoHandoff string `json:"no_handoff,omitempty"`
 	// Detail is what the wrapper (`handoff run`) adds: its command and
 	// children. It is empty for a program's own Upgrader.
 	Detail json.RawMessage `json:"detail,omitempty"`
@@ -79,6 +83,9 @@ func (u *Upgrader) Status() Status {
 	}
 	detail := u.wrapper.StatusDetail
 	u.mu.Unlock()
+	if u.noHandoff != nil {
+		st.NoHandoff = u.noHandoff.Error()
+	}
 	for _, s := range u.reg.inventory() {
 		st.Sockets = append(st.Sockets, SocketStatus{Name: s.Name, Network: s.Network, Address: s.boundAddress()})
 	}

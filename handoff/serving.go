@@ -141,11 +141,17 @@ func (u *Upgrader) checkClient(cc *ctl.Conn) error {
 // SIGTERM, DrainTimeout to drain what it may have accepted, then SIGKILL;
 // this process keeps serving as before.
 //
+// Where the platform cannot pass sockets (see New), Upgrade fails at once
+// with an error matching ErrNotSupported, and the process serves on.
+//
 // Called before Ready, Upgrade waits for it: a SIGHUP that reaches a
 // successor while it completes its own takeover is not lost. (Install the
 // signal handler before calling Ready, or such a SIGHUP kills the
 // process.)
 func (u *Upgrader) Upgrade(ctx context.Context) error {
+	if u.noHandoff != nil {
+		return u.noHandoff
+	}
 	if err := u.waitReady(ctx); err != nil {
 		return err
 	}

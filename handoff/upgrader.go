@@ -36,6 +36,9 @@ type Upgrader struct {
 	pid     int
 	image   image
 	started time.Time
+	// noHandoff says why this platform serves without the handoff (see
+	// New); nil where it hands over. Set by New, then only read.
+	noHandoff error
 
 	reg   registry
 	conns connQueue // connections handed over for AcceptConn
@@ -86,16 +89,25 @@ type Upgrader struct {
 // socket's directory can be written by other users (unless it is sticky,
 // as /tmp is, and any socket file there is this user's), or when the pid
 // file cannot be written.
+//
+// On a platform that cannot pass sockets between processes (all but
+// Linux today), New returns an Upgrader that serves without the handoff:
+// Listen binds (or takes systemd's sockets), Ready, Stop, Exit, Close,
+// Status and HTTPServer work as for a first generation that is never
+// upgraded; no control socket is bound, and Upgrade (and a reload
+// request) fail with ErrNotSupported. A server written for Linux thus
+// runs unchanged on a developer's Mac, and restarts there by stopping
+// and starting. Status.NoHandoff says so.
 func New(ctx context.Context, cfg Config) (*Upgrader, error) {
-	if err := ctl.Supported(); err != nil {
-		return nil, err
-	}
-	cfg, err := cfg.withDefaults()
+	noHandoff := handoffSupport()
+	cfg, err := cfg.withDefaults(noHandoff == nil)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkSocketDir(cfg.Socket); err != nil {
-		return nil, err
+	if noHandoff == nil {
+		if err := checkSocketDir(cfg.Socket); err != nil {
+			return nil, err
+		}
 	}
 	if err := checkPIDFile(cfg.PIDFile); err != nil {
 		return nil, err
@@ -116,6 +128,12 @@ func New(ctx context.Context, cfg Config) (*Upgrader, error) {
 	u.log = cfg.Logger.With("pid", u.pid)
 	u.ctx, u.cancel = context.WithCancel(context.Background())
 	u.inheritSystemd()
+	if noHandoff != nil {
+		u.noHandoff = noHandoff
+		u.startFresh(nil)
+		u.log.Info("serving without handoff: Upgrade and takeovers are not supported here; restart by stopping and starting", "reason", noHandoff)
+		return u, nil
+	}
 
 	pred, ctrl, err := u.findPredecessor(ctx)
 	if err != nil {
