@@ -12,6 +12,9 @@ import (
 
 // statusDetail is what the wrapper adds to `handoff status`.
 type statusDetail struct {
+	// Version is the wrapper's `handoff version` line, with the release
+	// version that Status.Build (the module's) may not know.
+	Version  string        `json:"version,omitempty"`
 	Command  []string      `json:"command"`
 	Ready    string        `json:"ready"`
 	Children []childStatus `json:"children"`
@@ -70,6 +73,9 @@ func printStatus(w io.Writer, st handoff.Status) {
 		fmt.Fprintf(w, "took over:  from build %s\n", buildText(st.PredecessorBuild))
 	}
 	if wrapper {
+		if d.Version != "" {
+			fmt.Fprintf(w, "version:    %s\n", d.Version)
+		}
 		fmt.Fprintf(w, "command:    %s\n", strings.Join(d.Command, " "))
 		fmt.Fprintf(w, "ready:      %s\n", d.Ready)
 		if len(d.Children) == 0 {

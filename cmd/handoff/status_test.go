@@ -35,14 +35,14 @@ func TestPrintStatus(t *testing.T) {
 	}
 
 	modified := time.Date(2026, 12, 3, 6, 0, 0, 0, time.UTC)
-	detail, _ := json.Marshal(statusDetail{Command: []string{"app"}, Ready: "auto", Children: []childStatus{
+	detail, _ := json.Marshal(statusDetail{Version: "handoff v0.1.0 (rev 380d2cc1a2b3, go1.26.8, linux/amd64)", Command: []string{"app"}, Ready: "auto", Children: []childStatus{
 		{PID: 8, Number: 3, Role: "serving", Started: now, Exe: &exeStatus{Path: "/usr/bin/app", Size: 8_100_000, Modified: modified, Build: &handoff.Build{Version: "v1.2.0", Revision: "380d2cc1a2b3c4d5"}}},
 		{PID: 9, Number: 4, Role: "starting", Started: now, Exe: &exeStatus{Path: "/usr/sbin/lighttpd", Size: 300_000, Modified: modified}},
 	}, CanaryUntil: now.Add(5 * time.Second), LastRollback: "child pid 5 (number 2) ended (exit status 3)"})
 	out.Reset()
 	printStatus(&out, handoff.Status{PID: 7, Service: "app", Generation: 1, State: "serving", Started: now, Build: handoff.Build{Version: "v0.1.0"}, Detail: detail})
 	got = out.String()
-	for _, want := range []string{"wrapper:    pid 7 (handoff run), generation 1", "build:      v0.1.0\n", "canary:     until ", "rollback:   child pid 5 (number 2) ended (exit status 3)",
+	for _, want := range []string{"wrapper:    pid 7 (handoff run), generation 1", "build:      v0.1.0\n", "version:    handoff v0.1.0 (rev 380d2cc1a2b3, go1.26.8, linux/amd64)\n", "canary:     until ", "rollback:   child pid 5 (number 2) ended (exit status 3)",
 		"child:      serving (pid 8, child 3 of this wrapper, up 0s)\n  runs:     /usr/bin/app (modified 2026-12-03T06:00:00Z, 8.1 MB), build v1.2.0, rev 380d2cc1a2b3\n",
 		"child:      starting (pid 9, child 4 of this wrapper, up 0s)\n  runs:     /usr/sbin/lighttpd (modified 2026-12-03T06:00:00Z, 0.3 MB), no Go build information\n"} {
 		if !strings.Contains(got, want) {

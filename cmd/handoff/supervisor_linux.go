@@ -425,7 +425,7 @@ func (s *supervisor) currentChild() *child {
 func (s *supervisor) detail() any {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	d := statusDetail{Command: s.cfg.argv, Ready: s.cfg.ready.String(), Restarts: s.restarts, Children: []childStatus{}, LastRollback: s.lastRollback, CanaryUntil: s.canaryUntil}
+	d := statusDetail{Version: versionLine(), Command: s.cfg.argv, Ready: s.cfg.ready.String(), Restarts: s.restarts, Children: []childStatus{}, LastRollback: s.lastRollback, CanaryUntil: s.canaryUntil}
 	add := func(c *child, role string) {
 		if c != nil {
 			d.Children = append(d.Children, childStatus{PID: c.pid, Number: c.number, Role: role, Started: c.started, Exe: c.exeInfo})
