@@ -68,14 +68,15 @@ func printStatus(w io.Writer, st handoff.Status) {
 		label = "wrapper:    pid %d (handoff run)"
 	}
 	fmt.Fprintf(w, label+", generation %d, %s, up %v\n", st.PID, st.Generation, st.State, time.Since(st.Started).Round(time.Second))
-	fmt.Fprintf(w, "build:      %s\n", buildText(&st.Build)) // the wrapper's or the process's own
+	if wrapper && d.Version != "" {
+		fmt.Fprintf(w, "version:    %s\n", d.Version) // the wrapper's own, with its revision
+	} else {
+		fmt.Fprintf(w, "build:      %s\n", buildText(&st.Build))
+	}
 	if st.PredecessorBuild != nil {
 		fmt.Fprintf(w, "took over:  from build %s\n", buildText(st.PredecessorBuild))
 	}
 	if wrapper {
-		if d.Version != "" {
-			fmt.Fprintf(w, "version:    %s\n", d.Version)
-		}
 		fmt.Fprintf(w, "command:    %s\n", strings.Join(d.Command, " "))
 		fmt.Fprintf(w, "ready:      %s\n", d.Ready)
 		if len(d.Children) == 0 {

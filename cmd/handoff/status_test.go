@@ -30,7 +30,7 @@ func TestPrintStatus(t *testing.T) {
 			t.Errorf("embedded status lacks %q:\n%s", want, got)
 		}
 	}
-	if strings.Contains(got, "wrapper:") || strings.Contains(got, "failed:") {
+	if strings.Contains(got, "wrapper:") || strings.Contains(got, "failed:") || strings.Contains(got, "version:") {
 		t.Errorf("embedded status calls it a wrapper, or the rollback a failure:\n%s", got)
 	}
 
@@ -42,12 +42,15 @@ func TestPrintStatus(t *testing.T) {
 	out.Reset()
 	printStatus(&out, handoff.Status{PID: 7, Service: "app", Generation: 1, State: "serving", Started: now, Build: handoff.Build{Version: "v0.1.0"}, Detail: detail})
 	got = out.String()
-	for _, want := range []string{"wrapper:    pid 7 (handoff run), generation 1", "build:      v0.1.0\n", "version:    handoff v0.1.0 (rev 380d2cc1a2b3, go1.26.8, linux/amd64)\n", "canary:     until ", "rollback:   child pid 5 (number 2) ended (exit status 3)",
+	for _, want := range []string{"wrapper:    pid 7 (handoff run), generation 1", "version:    handoff v0.1.0 (rev 380d2cc1a2b3, go1.26.8, linux/amd64)\n", "canary:     until ", "rollback:   child pid 5 (number 2) ended (exit status 3)",
 		"child:      serving (pid 8, child 3 of this wrapper, up 0s)\n  runs:     /usr/bin/app (modified 2026-12-03T06:00:00Z, 8.1 MB), build v1.2.0, rev 380d2cc1a2b3\n",
 		"child:      starting (pid 9, child 4 of this wrapper, up 0s)\n  runs:     /usr/sbin/lighttpd (modified 2026-12-03T06:00:00Z, 0.3 MB), no Go build information\n"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("wrapper status lacks %q:\n%s", want, got)
 		}
+	}
+	if strings.Contains(got, "build:") {
+		t.Errorf("wrapper status shows both its version line and the build it repeats:\n%s", got)
 	}
 }
 
