@@ -37,8 +37,8 @@ const clientTimeout = 10 * time.Second
 func clientFlags(cmd, usage string, args []string, help io.Writer, extra func(*flag.FlagSet)) (string, error) {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	socket := fs.String("socket", "", "control socket `PATH` of the wrapper or service (its directory must be writable only by the service's user); the request gives up after control.DefaultTimeout (5m)")
-	name := fs.String("name", "", "service `NAME`: the wrapper's default control socket for it")
+	socket := fs.String("socket", "", "control socket `PATH` of the wrapper, or of a server that embeds the library")
+	name := fs.String("name", "", "service `NAME`: the default control socket of a wrapper or server of that name started without -socket")
 	if extra != nil {
 		extra(fs)
 	}
@@ -68,7 +68,7 @@ func clientFlags(cmd, usage string, args []string, help io.Writer, extra func(*f
 // exits 0 once the new child serves, 1 with the reason if it was rolled
 // back.
 func cmdReload(args []string, stdout, stderr io.Writer) int {
-	socket, err := clientFlags("reload", "[-socket PATH | -name NAME]", args, stdout, nil)
+	socket, err := clientFlags("reload", "[-socket PATH | -name NAME]\n\nReloads, printing the progress; exits 0 once the new child (or successor) serves,\n1 with the reason if the reload was rolled back. Gives up after "+control.DefaultTimeout.String()+".", args, stdout, nil)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}
@@ -90,7 +90,7 @@ func cmdReload(args []string, stdout, stderr io.Writer) int {
 // cmdStatus is `handoff status`.
 func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	var asJSON bool
-	socket, err := clientFlags("status", "[-socket PATH | -name NAME] [-json]", args, stdout, func(fs *flag.FlagSet) {
+	socket, err := clientFlags("status", "[-socket PATH | -name NAME] [-json]\n\nShows what serves: the process or wrapper, its build, children, sockets and\nlast reload. Gives up after "+clientTimeout.String()+".", args, stdout, func(fs *flag.FlagSet) {
 		fs.BoolVar(&asJSON, "json", false, "print the status as JSON")
 	})
 	if errors.Is(err, flag.ErrHelp) {
