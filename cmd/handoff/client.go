@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -19,6 +20,8 @@ import (
 func noWrapper(socket string, err error) error {
 	var errno syscall.Errno
 	switch {
+	case errors.Is(err, handoff.ErrNotSupported):
+		return fmt.Errorf("nothing serves a control socket here: the handoff needs Linux, and servers on %s run without it (docs/platforms.md): %w", runtime.GOOS, err)
 	case !errors.As(err, &errno):
 	case errno == syscall.ENOENT:
 		return fmt.Errorf("nothing serves the control socket %s: there is no such file (is the service running, and with this -socket or -name?): %w", socket, errno)

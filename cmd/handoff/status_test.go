@@ -2,7 +2,10 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -88,5 +91,20 @@ func TestNothingServes(t *testing.T) {
 		if code := dispatch(tt.args, &out, &errs); code != exitRuntime || errs.String() != tt.want {
 			t.Errorf("%v: exit %d, stderr %q\nwant %q", tt.args, code, errs.String(), tt.want)
 		}
+	}
+}
+
+// TestNothingServesHere: where the platform has no handoff, the clients
+// say that no control socket can be served there, and where to read why.
+func TestNothingServesHere(t *testing.T) {
+	err := noWrapper("/run/app.sock", fmt.Errorf("%w (darwin)", handoff.ErrNotSupported))
+	if !errors.Is(err, handoff.ErrNotSupported) {
+		t.Fatalf("noWrapper = %v, want ErrNotSupported", err)
+	}
+	var out strings.Builder
+	report(&out, "status", err)
+	want := "handoff status: nothing serves a control socket here: the handoff needs Linux, and servers on " + runtime.GOOS + " run without it (docs/platforms.md): not supported on this platform (darwin)\n"
+	if out.String() != want {
+		t.Fatalf("reported %q\nwant     %q", out.String(), want)
 	}
 }
