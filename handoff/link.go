@@ -95,14 +95,14 @@ func (l *successorLink) accepts(key string) bool {
 // gone) fails those that follow.
 func (l *successorLink) send(ctx context.Context, key string, sc syscall.Conn, state []byte) error {
 	if !l.accepts(key) {
-		return fmt.Errorf("%w: successor does not take connections for %q", ErrNoSuccessor, key)
+		return errorf("%w: successor does not take connections for socket %s", ErrNoSuccessor, describeKey(key))
 	}
 	if len(state) > maxConnState {
-		return fmt.Errorf("handoff: connection state of %d bytes exceeds %d", len(state), maxConnState)
+		return errorf("handoff: connection state of %d bytes exceeds %d", len(state), maxConnState)
 	}
 	fd, err := ctl.DupFD(sc)
 	if err != nil {
-		return fmt.Errorf("handoff: duplicate the connection to send it: %w", err)
+		return errorf("handoff: duplicate the connection to send it: %w", err)
 	}
 	defer ctl.CloseFDs([]int{fd}) // after the ack: until then the connection is ours too
 
@@ -112,27 +112,27 @@ func (l *successorLink) send(ctx context.Context, key string, sc syscall.Conn, s
 	}
 	id, acked, err := l.post(key, state, fd, deadline)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrNoSuccessor, err) // not sent
+		return errorf("%w: %w", ErrNoSuccessor, err) // not sent
 	}
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	select {
 	case a, ok := <-acked:
 		if !ok {
-			return fmt.Errorf("%w: the link to the successor broke after connection %d was sent: %w", ErrConnUnknown, id, l.err())
+			return errorf("%w: the link to the successor broke after connection %d was sent: %w", ErrConnUnknown, id, l.err())
 		}
 		if !a.OK {
-			return fmt.Errorf("%w: successor refused the connection: %s", ErrNoSuccessor, a.Reason)
+			return errorf("%w: successor refused the connection: %s", ErrNoSuccessor, a.Reason)
 		}
 		return nil
 	case <-timer.C:
-		err = fmt.Errorf("no acknowledgement for connection %d within %s: %w", id, l.step, os.ErrDeadlineExceeded)
+		err = errorf("no acknowledgement for connection %d within %s: %w", id, l.step, os.ErrDeadlineExceeded)
 	case <-ctx.Done():
-		err = fmt.Errorf("waiting for the acknowledgement of connection %d: %w", id, ctx.Err())
+		err = errorf("waiting for the acknowledgement of connection %d: %w", id, ctx.Err())
 	}
 	// The ack may still come: readAcks then drops it into acked, whose
 	// room for one keeps it from blocking.
-	return fmt.Errorf("%w: %w", ErrConnUnknown, err)
+	return errorf("%w: %w", ErrConnUnknown, err)
 }
 
 // maxConnState bounds the state sent with a connection: what fits in one
@@ -149,7 +149,7 @@ func (l *successorLink) post(key string, state []byte, fd int, deadline time.Tim
 	l.mu.Lock()
 	if l.broken != nil {
 		l.mu.Unlock()
-		return 0, nil, fmt.Errorf("link to successor lost: %w", l.broken)
+		return 0, nil, errorf("link to successor lost: %w", l.broken)
 	}
 	l.nextID++
 	id := l.nextID
@@ -189,7 +189,7 @@ func (l *successorLink) readAcks() {
 		}
 		a, ok := m.(wire.ConnAck)
 		if !ok {
-			l.fail(fmt.Errorf("%w: expected %s message, got %s", ErrProtocol, wire.TypeConnAck, m.Type()))
+			l.fail(errorf("%w: expected %s message, got %s", ErrProtocol, wire.TypeConnAck, m.Type()))
 			return
 		}
 		l.mu.Lock()
@@ -197,7 +197,7 @@ func (l *successorLink) readAcks() {
 		delete(l.pending, a.ID)
 		l.mu.Unlock()
 		if !ok {
-			l.fail(fmt.Errorf("%w: ack for connection %d, which is not in flight", ErrProtocol, a.ID))
+			l.fail(errorf("%w: ack for connection %d, which is not in flight", ErrProtocol, a.ID))
 			return
 		}
 		acked <- a
@@ -272,7 +272,7 @@ func (l *successorLink) close() {
 func (u *Upgrader) SendConn(ctx context.Context, c net.Conn, state []byte) error {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return fmt.Errorf("handoff: cannot hand over a %T: not a kernel socket", c)
+		return errorf("handoff: cannot hand over a %T: not a kernel socket", c)
 	}
 	if err := u.sendConn(ctx, "", sc, state); err != nil {
 		if errors.Is(err, ErrConnUnknown) {
@@ -382,11 +382,11 @@ func (u *Upgrader) forwardConn(key string, c net.Conn, state []byte) error {
 	defer cancel()
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return fmt.Errorf("handoff: cannot forward a %T", c)
+		return errorf("handoff: cannot forward a %T", c)
 	}
 	err := u.sendConn(ctx, key, sc, state)
 	if err != nil {
-		u.log.Warn("could not pass a handed-over connection on to the successor", "key", key, "err", err)
+		u.log.Warn("could not pass a handed-over connection on to the successor", "socket", describeKey(key), "err", err)
 	}
 	return err
 }
