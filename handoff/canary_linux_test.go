@@ -3,6 +3,7 @@ package handoff
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -355,6 +356,45 @@ func TestPausedListener(t *testing.T) {
 	handed.Close()
 	l.Close()
 	for range accepted {
+	}
+}
+
+// TestPausedListenerClosedTakesNothing: when a canary window ends for
+// good, the paused listener is detached before this process's copy of
+// the socket closes; an Accept that waited while paused must end then,
+// and not take a connection from the kernel's queue, which is the
+// successor's (a program that drains would close it).
+func TestPausedListenerClosedTakesNothing(t *testing.T) {
+	checkLeaks(t)
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcp.Close()
+	l := newListener(tcp, "test")
+	l.pause()
+	type accepted struct {
+		c   net.Conn
+		err error
+	}
+	got := make(chan accepted, 1)
+	go func() {
+		c, err := l.Accept()
+		got <- accepted{c, err}
+	}()
+	waiting, err := net.Dial("tcp", tcp.Addr().String()) // completes in the kernel's queue
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer waiting.Close()
+	l.detach() // as Close does first
+	a := recvWithin(t, got, "Accept to end after detach")
+	if a.err == nil {
+		a.c.Close()
+		t.Fatalf("Accept took %v from the kernel's queue after detach", a.c.RemoteAddr())
+	}
+	if !errors.Is(a.err, net.ErrClosed) {
+		t.Fatalf("Accept after detach: %v, want net.ErrClosed", a.err)
 	}
 }
 

@@ -231,6 +231,11 @@ func (u *Upgrader) commit(cc *ctl.Conn, child *successorProcess, succPID int, in
 // sockets close (the kernel sockets live on in the successor, so nothing
 // queued is lost), and systemd hears of the successor.
 func (u *Upgrader) handOver(ctrl *net.UnixListener, succPID int, inUnit bool) {
+	// Accept takes nothing more from the kernel's queues (already so after
+	// a canary window) before Exit tells the program to drain: a
+	// connection accepted after that would meet a server that is shutting
+	// down, and some (grpc's GracefulStop) close such a connection at once.
+	u.reg.pause(true)
 	close(u.exit) // before the sockets close, so Serve can tell why they did
 	queued := u.reg.closeSockets(false)
 	u.mu.Lock()

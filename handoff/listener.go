@@ -41,6 +41,12 @@ func newListener(ln net.Listener, key string) *listener {
 func (l *listener) Accept() (net.Conn, error) {
 	for {
 		l.mu.Lock()
+		if l.closed {
+			// Detached: the kernel's queue is the successor's now (or
+			// nobody's), even before this copy of the socket closes.
+			l.mu.Unlock()
+			return nil, &net.OpError{Op: "accept", Net: l.Addr().Network(), Addr: l.Addr(), Err: net.ErrClosed}
+		}
 		if paused := l.paused; paused != nil && len(l.queue) == 0 {
 			l.mu.Unlock()
 			select {
@@ -163,7 +169,11 @@ func (l *listener) detach() []net.Conn {
 	defer l.mu.Unlock()
 	queued := l.queue
 	l.queue, l.closed = nil, true
-	l.unpauseLocked() // Accept then finds the socket closed
+	// Wake an Accept that waits, paused or in the kernel: it finds the
+	// listener closed, and takes nothing more from the kernel's queue.
+	l.unpauseLocked()
+	l.woken = true
+	l.Listener.(deadliner).SetDeadline(longAgo)
 	return queued
 }
 
