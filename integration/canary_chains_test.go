@@ -86,7 +86,7 @@ func TestCanaryOldKilledWithinWindow(t *testing.T) {
 		t.Fatalf("the control socket answers for pid %d, want the successor %d", st.PID, b)
 	}
 	stop := testbed.RunLoad(c.Addr, loadgen.NewConn, 8)
-	syscall.Kill(a, syscall.SIGKILL) // the first process, which this test started
+	c.Signal(a, syscall.SIGKILL) // the first process, which this test started
 	if ws := c.WaitExit(a, 30*time.Second); !killedBy(ws) {
 		t.Fatalf("A (pid %d) ended with %v, want SIGKILL", a, ws)
 	}

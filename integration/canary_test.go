@@ -46,7 +46,7 @@ func TestCanaryRollbackUnderLoad(t *testing.T) {
 		if step == "killed" {
 			c.WaitLog(from, "successor is ready", 30*time.Second)
 			t.Logf("during the window: old process %s, successor %s", vmRSS(old), vmRSS(succ))
-			syscall.Kill(succ, syscall.SIGKILL) // a child of old, which this test started: no one else's
+			killChild(t, old, succ)
 		}
 		c.WaitLog(from, "rolled back, serving again", 30*time.Second)
 		took := time.Since(t0)

@@ -5,6 +5,7 @@ package integration_test
 import (
 	"context"
 	"errors"
+	"golang.org/x/sys/unix"
 	"os"
 	"strconv"
 	"strings"
@@ -236,6 +237,26 @@ func (c *chaosService) waitServesAgain(t *testing.T, from int64, old int) string
 
 // processState is the state letter in /proc/PID/stat ("Z" for a zombie),
 // or "" when the process is gone.
+// killChild sends SIGKILL to pid, a child of parent (a process this test
+// started), through a pidfd, and only after checking, with the pidfd
+// open, that pid is still parent's child: never to a process that got the
+// pid of one that has exited.
+func killChild(t *testing.T, parent, pid int) {
+	t.Helper()
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatalf("pidfd_open %d: %v", pid, err)
+	}
+	defer unix.Close(fd)
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil || !strings.Contains(string(b), "\nPPid:\t"+strconv.Itoa(parent)+"\n") {
+		t.Fatalf("refusing to kill %d: not a child of %d (%v)", pid, parent, err)
+	}
+	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil {
+		t.Fatalf("kill -KILL %d: %v", pid, err)
+	}
+}
+
 func processState(pid int) string {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
