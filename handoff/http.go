@@ -61,6 +61,10 @@ type HTTPServer struct {
 	mu        sync.Mutex
 	conns     map[net.Conn]*connTrack
 	listeners map[*trackingListener]struct{}
+	kept      *keptListener // while Shutdown serves kept connections
+
+	moved     atomic.Int64 // connections handed to the successor
+	keptConns atomic.Int64 // connections the successor did not take at first
 }
 
 // connTrack is what HTTPServer knows of one connection.
@@ -262,8 +266,20 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 	if m != nil {
 		m.waitLink(ctx)
 	}
+	start := time.Now()
+	kl := newKeptListener(s)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		s.Server.Serve(kl)
+	}()
+	defer func() {
+		kl.Close() // should Serve have found the server shut down already
+		<-served
+	}()
 	s.mu.Lock()
 	s.draining.Store(true)
+	s.kept = kl
 	listeners := s.listeners
 	s.listeners = map[*trackingListener]struct{}{}
 	s.mu.Unlock()
@@ -289,6 +305,9 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 			continue
 		}
 		break
+	}
+	if moved, kept := s.moved.Load(), s.keptConns.Load(); moved+kept > 0 {
+		s.logger().Info("handed over idle connections to the successor", "moved", moved, "kept", kept, "in", time.Since(start))
 	}
 	err := s.Server.Shutdown(ctx)
 	if err != nil {

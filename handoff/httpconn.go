@@ -44,6 +44,11 @@ type httpConn struct {
 	// from that first byte.
 	awaitingFirst bool
 	handedAt      time.Time
+	// A connection the successor did not take is served here again
+	// (HTTPServer.keep): kept counts the attempts, and release waits
+	// until retryAt before the next.
+	kept    int
+	retryAt time.Time
 }
 
 // kernelDeadlineLocked is the read deadline the kernel socket should
@@ -134,7 +139,7 @@ func (c *httpConn) cancelStealLocked() {
 func (c *httpConn) release() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.stealing || c.stolen || c.unclean || c.readSinceIdle || c.phase == http.StateActive {
+	if c.stealing || c.stolen || c.unclean || c.readSinceIdle || c.phase == http.StateActive || time.Now().Before(c.retryAt) {
 		return
 	}
 	c.stealing = true
@@ -182,15 +187,26 @@ func (c *httpConn) SetDeadline(t time.Time) error {
 }
 
 // Close hands a released connection to the successor (net/http believes
-// the client left), and closes every other.
+// the client left), and closes every other. One the successor did not
+// take stays open: HTTPServer serves it here again (keep), since its
+// client may be sending on it right now. Only one whose fate is unknown
+// (it went out, and no ack came) is closed: the successor may serve it.
 func (c *httpConn) Close() error {
 	c.mu.Lock()
 	stolen := c.stolen
 	c.stolen = false
 	c.mu.Unlock()
 	if stolen {
-		if err := c.srv.handOver(c); err != nil {
-			c.srv.logger().Warn("could not hand an idle connection to the successor; closing it", "remote", c.RemoteAddr(), "err", err)
+		err := c.srv.handOver(c)
+		switch {
+		case err == nil:
+			c.srv.moved.Add(1)
+		case errors.Is(err, ErrConnUnknown):
+			c.srv.logger().Warn("an idle connection went to the successor, which did not say whether it took it; closing it here", "remote", c.RemoteAddr(), "err", err)
+		case c.srv.keep(c, err):
+			return nil
+		default:
+			c.srv.logger().Warn("could not hand an idle connection to the successor, nor serve it here any more; closing it", "remote", c.RemoteAddr(), "err", err)
 		}
 	}
 	return c.Conn.Close()
