@@ -57,7 +57,9 @@ func TestLinkBatches(t *testing.T) {
 	errs := make([]chan error, n)
 	for i, s := range sessions {
 		errs[i] = make(chan error, 1)
-		go func() { errs[i] <- link.send(context.Background(), "web", s.(*net.TCPConn), []byte{byte(i >> 8), byte(i)}) }()
+		go func() {
+			errs[i] <- link.send(context.Background(), "web", s.(*net.TCPConn), []byte{byte(i >> 8), byte(i)})
+		}()
 	}
 
 	taken := map[int]net.Conn{}
