@@ -170,3 +170,54 @@ func TestHTTPKeepsRefusedConnection(t *testing.T) {
 	}
 	echoesThrough(t, idle.c, moved[0], "GET /3 HTTP/1.1\r\n")
 }
+
+// TestSendConnManyAtOnce: 300 connections handed over at once, between
+// two builds of this one and between two that predate conn-batch (one
+// connection to a message, the successor's conn path): each arrives with
+// its state and is the client's connection.
+func TestSendConnManyAtOnce(t *testing.T) {
+	for _, build := range []string{"new", "batchless"} {
+		t.Run(build, func(t *testing.T) {
+			checkLeaks(t)
+			saved := speaks
+			t.Cleanup(func() { speaks = saved })
+			speaks = compatOffers[build]
+			cfg := testConfig(t)
+			old, ln := readyUpgrader(t, cfg)
+			const n = 300
+			clients, sessions := make([]net.Conn, n), make([]net.Conn, n)
+			for i := range n {
+				c, err := net.Dial("tcp", ln.Addr().String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				clients[i], sessions[i] = c, acceptOne(t, ln)
+			}
+			next, _ := readyUpgrader(t, cfg)
+			recvWithin(t, old.Exit(), "Exit")
+			if got := old.successor().batches(); got != (build == "new") {
+				t.Fatalf("link batches: %v", got)
+			}
+			errs := make(chan error, n)
+			for i, s := range sessions {
+				go func() { errs <- old.SendConn(context.Background(), s, []byte{byte(i >> 8), byte(i)}) }()
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), waitBound)
+			defer cancel()
+			for range n {
+				c, state, err := next.AcceptConn(ctx)
+				if err != nil {
+					t.Fatalf("AcceptConn: %v", err)
+				}
+				echoesThrough(t, clients[int(state[0])<<8|int(state[1])], c, "x")
+				c.Close()
+			}
+			for range n {
+				if err := recvWithin(t, errs, "SendConn"); err != nil {
+					t.Fatalf("SendConn: %v", err)
+				}
+			}
+		})
+	}
+}
