@@ -317,8 +317,13 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 }
 
 // releaseHTTP1 asks every idle HTTP/1 connection to go to the successor
-// and returns how many HTTP/1 connections are still open.
+// and returns how many HTTP/1 connections are still open. It runs every
+// few milliseconds over every connection while the drain lasts, so it
+// asks the successor once per socket key, not once per connection.
 func (s *HTTPServer) releaseHTTP1() int {
+	m := s.mover()
+	takes := map[string]bool{}
+	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
@@ -327,10 +332,19 @@ func (s *HTTPServer) releaseHTTP1() int {
 			continue
 		}
 		n++
-		if t.hc != nil && t.hc.answeredWithin(busyWindow) {
-			continue // connState releases it after its next response
+		if t.hc == nil || m == nil {
+			continue
 		}
-		s.release(t)
+		ok, seen := takes[t.hc.key]
+		if !seen {
+			ok = m.takesConns(t.hc.key)
+			takes[t.hc.key] = ok
+		}
+		if ok {
+			// One answered in the last busyWindow goes after its
+			// next response (connState releases it then).
+			t.hc.releaseIdle(now, busyWindow)
+		}
 	}
 	return n
 }

@@ -139,19 +139,26 @@ func (c *httpConn) cancelStealLocked() {
 func (c *httpConn) release() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.stealing || c.stolen || c.unclean || c.readSinceIdle || c.phase == http.StateActive || time.Now().Before(c.retryAt) {
+	c.releaseLocked(time.Now())
+}
+
+// releaseIdle is release, unless the connection got a response less
+// than busy before now: its client most likely sends again soon.
+func (c *httpConn) releaseIdle(now time.Time, busy time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stealing || c.stolen || (c.phase == http.StateIdle && now.Sub(c.idleSince) < busy) {
+		return
+	}
+	c.releaseLocked(now)
+}
+
+func (c *httpConn) releaseLocked(now time.Time) {
+	if c.stealing || c.stolen || c.unclean || c.readSinceIdle || c.phase == http.StateActive || now.Before(c.retryAt) {
 		return
 	}
 	c.stealing = true
 	c.Conn.SetReadDeadline(longAgo) // wakes a Read blocked waiting for the client
-}
-
-// answeredWithin reports whether the connection is idle after a response
-// sent less than d ago.
-func (c *httpConn) answeredWithin(d time.Duration) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.phase == http.StateIdle && time.Since(c.idleSince) < d
 }
 
 // setPhase follows net/http's view of the connection; a handler starting
