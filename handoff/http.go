@@ -36,6 +36,9 @@ var busyWindow = 10 * time.Millisecond
 //     the last 10 ms moves right after its next one, or once it has been
 //     idle that long, so that its client's next request seldom waits for
 //     the move;
+//   - keeps serving a connection the successor did not take (it was out of
+//     descriptors, or refused it), and offers it again after a pause, so
+//     that a client that may be sending is never cut off;
 //   - answers the next request on any other HTTP/1 connection (TLS, or no
 //     successor) with "Connection: close", and closes it only after that
 //     response;

@@ -545,7 +545,11 @@ func (l *successorLink) close() {
 // successor does not have it, and c is still the caller's, untouched.
 //
 // c must be a connection from the kernel (*net.TCPConn, *net.UnixConn),
-// not a TLS connection: TLS session keys cannot be handed over.
+// not a TLS connection: TLS session keys cannot be handed over. Its own
+// descriptor goes to the successor, not a duplicate, so that a process
+// at its open-file limit can still hand every connection over; do not
+// close c while SendConn runs. Concurrent calls share messages: a
+// successor of this version gets up to 253 connections in one.
 func (u *Upgrader) SendConn(ctx context.Context, c net.Conn, state []byte) error {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
