@@ -40,6 +40,16 @@ func receiveBatch(t *testing.T, successor *ctl.Conn) (wire.Conns, []net.Conn) {
 	return cm, conns
 }
 
+// batchLinkPair is linkPair to a successor that says conn-batch.
+func batchLinkPair(t *testing.T) (*successorLink, *ctl.Conn) {
+	t.Helper()
+	server, successor := ctlPair(t)
+	link := newSuccessorLink(server, 0, []string{"web"}, wire.CapConns|wire.CapConnBatch, waitBound)
+	link.open(nil)
+	t.Cleanup(link.close)
+	return link, successor
+}
+
 // TestLinkBatches: to a successor that says conn-batch, 600 connections
 // sent at once go many to a conns message, at most wire.MaxFDs each. The
 // successor takes the even ones of each batch and refuses the odd ones
@@ -48,10 +58,7 @@ func receiveBatch(t *testing.T, successor *ctl.Conn) (wire.Conns, []net.Conn) {
 // still the caller's to use, and a taken one is the client's connection.
 func TestLinkBatches(t *testing.T) {
 	checkLeaks(t)
-	server, successor := ctlPair(t)
-	link := newSuccessorLink(server, 0, []string{"web"}, wire.CapConns|wire.CapConnBatch, waitBound)
-	link.open(nil)
-	t.Cleanup(link.close)
+	link, successor := batchLinkPair(t)
 	const n = 600
 	clients, sessions := sessionPairs(t, n)
 	errs := make([]chan error, n)
@@ -106,10 +113,7 @@ func TestLinkBatches(t *testing.T) {
 // and the connections of the batch are of unknown fate.
 func TestLinkBatchAckMismatch(t *testing.T) {
 	checkLeaks(t)
-	server, successor := ctlPair(t)
-	link := newSuccessorLink(server, 0, []string{"web"}, wire.CapConns|wire.CapConnBatch, waitBound)
-	link.open(nil)
-	t.Cleanup(link.close)
+	link, successor := batchLinkPair(t)
 	_, sessions := sessionPairs(t, 1)
 	errc := make(chan error, 1)
 	go func() { errc <- link.send(context.Background(), "web", sessions[0].(*net.TCPConn), nil) }()
@@ -183,17 +187,9 @@ func TestSendConnManyAtOnce(t *testing.T) {
 			t.Cleanup(func() { speaks = saved })
 			speaks = compatOffers[build]
 			cfg := testConfig(t)
-			old, ln := readyUpgrader(t, cfg)
+			old, _ := readyUpgrader(t, cfg)
 			const n = 300
-			clients, sessions := make([]net.Conn, n), make([]net.Conn, n)
-			for i := range n {
-				c, err := net.Dial("tcp", ln.Addr().String())
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { c.Close() })
-				clients[i], sessions[i] = c, acceptOne(t, ln)
-			}
+			clients, sessions := sessionPairs(t, n)
 			next, _ := readyUpgrader(t, cfg)
 			recvWithin(t, old.Exit(), "Exit")
 			if got := old.successor().batches(); got != (build == "new") {

@@ -242,17 +242,8 @@ func drainLines(lines <-chan string) []string {
 func TestSuccessorOutOfDescriptors(t *testing.T) {
 	const n = 400
 	cfg := testConfig(t)
-	old, ln := readyUpgrader(t, cfg)
-	clients, sessions := make([]net.Conn, n), make([]net.Conn, n)
-	for i := range n {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		clients[i] = c
-		sessions[i] = acceptOne(t, ln)
-	}
+	old, _ := readyUpgrader(t, cfg)
+	clients, sessions := sessionPairs(t, n)
 	startLimited(t, "adopt-at-fd-limit", cfg, n)
 	recvWithin(t, old.Exit(), "the successor to take over")
 
