@@ -302,14 +302,16 @@ func (l *successorLink) nextMessage() (uint64, *sentConns, bool) {
 // none of them. An error other than a timeout breaks the link.
 func (l *successorLink) write(id uint64, sc *sentConns) {
 	rcs := make([]syscall.RawConn, len(sc.conns))
-	until := sc.conns[0].until
 	for i, oc := range sc.conns {
 		rcs[i] = oc.rc
-		if oc.until.Before(until) {
-			until = oc.until
-		}
 	}
 	var err error
+	until := sc.conns[0].until
+	for _, oc := range sc.conns {
+		if oc.until.After(until) {
+			until = oc.until // one sender's deadline must not fail the batch
+		}
+	}
 	ctl.HoldFDs(rcs, func(fds []int, held []bool) {
 		l.mu.Lock()
 		var sent []*outConn
@@ -640,13 +642,23 @@ const errNoDescriptor = "out of descriptors: the connection's descriptor did not
 // was not taken, or "".
 func (u *Upgrader) adoptConns(entries []wire.ConnEntry, fds []int) []string {
 	reasons := make([]string, len(entries))
-	for i, e := range entries {
-		if i >= len(fds) {
-			reasons[i] = errNoDescriptor
-			continue
-		}
-		reasons[i] = u.adoptConn(wire.Conn{Key: e.Key, State: e.State}, fds[i])
+	for i := len(fds); i < len(entries); i++ {
+		reasons[i] = errNoDescriptor
 	}
+	// A few at a time: adopting is mostly system calls, and one that goes
+	// on down the line waits for its own successor's ack.
+	var wg sync.WaitGroup
+	workers := min(len(fds), adoptWorkers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(fds); i += workers {
+				reasons[i] = u.adoptConn(wire.Conn{Key: entries[i].Key, State: entries[i].State}, fds[i])
+			}
+		}()
+	}
+	wg.Wait()
 	if n := len(entries) - len(fds); n > 0 {
 		u.log.Warn("out of descriptors: the predecessor keeps connections this process could not receive", "connections", n)
 	}
@@ -656,6 +668,9 @@ func (u *Upgrader) adoptConns(entries []wire.ConnEntry, fds []int) []string {
 // maxAckReason keeps a conns-ack of wire.MaxFDs connections well within
 // what the serving side receives (ctl.SmallMessage).
 const maxAckReason = 1024
+
+// adoptWorkers is how many connections of one message are adopted at once.
+const adoptWorkers = 4
 
 // connsAck answers a conns message with the reasons adoptConns gave.
 func connsAck(id uint64, reasons []string) wire.ConnsAck {
