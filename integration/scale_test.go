@@ -86,16 +86,36 @@ func TestIdleConnectionsMoveAtScale(t *testing.T) {
 	t.Logf("%d idle keep-alive connections to process %d (open-file limit %d)", n, pid, serverLimit)
 
 	from := s.LogSize()
+	cpuBefore, _ := cpuTime(pid)
+	oldCPU := make(chan time.Duration, 1)
+	go func() { // the old process's CPU time, up to its last moment
+		last := cpuBefore
+		for {
+			d, err := cpuTime(pid)
+			if err != nil {
+				oldCPU <- last - cpuBefore
+				return
+			}
+			last = d
+			time.Sleep(time.Millisecond)
+		}
+	}()
 	hup := time.Now()
 	s.Signal(pid, syscall.SIGHUP)
 	next := s.WaitPID(0, pid, 60*time.Second)
 	ready := time.Now()
 	ws := s.WaitExit(pid, 60*time.Second)
 	exited := time.Now()
+	nextCPU, _ := cpuTime(next)
 	if ws.ExitStatus() != 0 {
 		t.Errorf("old process %d exited with %v", pid, ws)
 	}
-	t.Logf("SIGHUP → successor ready %v; ready → old process exited %v", ready.Sub(hup), exited.Sub(ready))
+	var load string
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		load = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
+	t.Logf("SIGHUP → successor ready %v; ready → old process exited %v (CPU time: old process %v from SIGHUP to exit, successor %v from its start; load average %s)",
+		ready.Sub(hup), exited.Sub(ready), <-oldCPU, nextCPU, load)
 	failures := 0
 	for _, line := range strings.Split(string(s.LogFrom(from)), "\n") {
 		switch {
@@ -199,4 +219,24 @@ func forEach(clients []*rawClient, f func(*rawClient)) {
 		}()
 	}
 	wg.Wait()
+}
+
+// cpuTime is the user and system CPU time pid has used, from
+// /proc/PID/stat, in clock ticks of 10 ms.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The fields after the command (in parentheses, which may hold spaces).
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %q %q", pid, f[11], f[12])
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
 }
