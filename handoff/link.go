@@ -832,10 +832,9 @@ func (u *Upgrader) waitLink(ctx context.Context) {
 	}
 }
 
+// moveConn is bounded by the link's step deadline, which send applies.
 func (u *Upgrader) moveConn(key string, sc syscall.Conn) error {
-	ctx, cancel := context.WithTimeout(u.ctx, u.cfg.StepTimeout)
-	defer cancel()
-	return u.sendConn(ctx, key, sc, nil)
+	return u.sendConn(u.ctx, key, sc, nil)
 }
 
 func (u *Upgrader) logger() *slog.Logger { return u.log }
