@@ -10,17 +10,21 @@ CROSS_OS ?= darwin freebsd windows
 UNIT_PKGS = $$($(GO) list ./... | grep -v /integration)
 # The oldest Go the module supports, go.mod's go line: slog.DiscardHandler and
 # testing.B.Loop need 1.24, and so does golang.org/x/sys v0.36.0 (its later
-# releases need 1.25 or 1.26). Set OLDGO_TOOLCHAIN=1 to test with that toolchain too.
+# releases need 1.25 or 1.26). `make oldgo` vets and unit-tests with that
+# toolchain itself, which the go command fetches from the Go module proxy
+# (golang.org/toolchain, ~75 MB once); OLDGO_TOOLCHAIN= (empty) skips that.
 MINGO := 1.24.0
-OLDGO_TOOLCHAIN ?=
+OLDGO_TOOLCHAIN ?= 1
 
-.PHONY: help build release demo test integration check fuzz fuzz-ci lint cover bench scale deps oldgo
+.PHONY: help build release demo test integration websocket check fuzz fuzz-ci lint cover bench scale deps oldgo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## build every binary into bin/
 	$(GO) build -o bin/ ./cmd/... ./examples/...
+	cd examples/websocket && $(GO) build -o ../../bin/ .
+	cd examples/grpc && $(GO) build -o ../../bin/ .
 
 release: ## static handoff binaries for linux/amd64 and linux/arm64 in dist/, with SHA256SUMS (VERSION= overrides git describe)
 	GO=$(GO) ./scripts/release.sh
@@ -31,20 +35,27 @@ demo: ## the main job: restart a server under load, count failed requests
 test: ## unit tests, with the race detector
 	$(GO) test -race -count=1 $(UNIT_PKGS)
 
-integration: deps ## integration tests: real binaries, processes, sockets and load
+integration: deps ## integration tests: real binaries, processes, sockets and load (examples/grpc's too: GRPC_RESTARTS=200 scales its run)
 	$(GO) test -race -count=1 -timeout 25m ./integration/...
+	cd examples/grpc && $(GO) test -race -count=1 -timeout 5m ./...
 
-oldgo: ## go.mod's go line is still MINGO and go vet holds the code to it; OLDGO_TOOLCHAIN=1 also vets and unit-tests with that Go
+websocket: deps ## examples/websocket's tests: 200 clients and headless Chromium across restarts (WS_CLIENTS, WS_RESTARTS, WS_INTERVAL_MS, WS_BROWSER_RESTARTS size them; WS_SCREENSHOT=../../docs/websocket.png remakes the screenshot)
+	cd examples/websocket && $(GO) test -race -count=1 -timeout 10m ./...
+
+oldgo: ## go.mod's go line is still MINGO, and go vet and the unit tests pass with the go$(MINGO) toolchain itself (OLDGO_TOOLCHAIN= skips that part)
 	@test "$$($(GO) list -m -f '{{.GoVersion}}')" = $(MINGO) || { echo "go.mod's go line is $$($(GO) list -m -f '{{.GoVersion}}'), not MINGO=$(MINGO): a dependency or an edit raised it; lower it again, or raise MINGO and say why"; exit 1; }
 	$(GO) vet ./...
 	@if [ -n "$(OLDGO_TOOLCHAIN)" ]; then \
-		echo "GOTOOLCHAIN=go$(MINGO) go vet ./... && go test -count=1 UNIT_PKGS"; \
-		GOTOOLCHAIN=go$(MINGO) $(GO) vet ./... && GOTOOLCHAIN=go$(MINGO) $(GO) test -count=1 $(UNIT_PKGS); \
+		tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+		grep -v '^godebug' go.mod > "$$tmp/go.mod" && cp go.sum "$$tmp/go.sum" && \
+		echo "GOTOOLCHAIN=go$(MINGO) go vet ./... && go test -count=1 UNIT_PKGS (with go.mod's godebug line left out: go$(MINGO) does not know go1.26's defaults)" && \
+		GOTOOLCHAIN=go$(MINGO) GOFLAGS=-modfile="$$tmp/go.mod" $(GO) vet ./... && \
+		GOTOOLCHAIN=go$(MINGO) GOFLAGS=-modfile="$$tmp/go.mod" $(GO) test -count=1 $(UNIT_PKGS); \
 	else \
-		echo "not tested with the go$(MINGO) toolchain itself: OLDGO_TOOLCHAIN=1 make oldgo does, where the Go module proxy serves it"; \
+		echo "not tested with the go$(MINGO) toolchain itself (OLDGO_TOOLCHAIN is empty)"; \
 	fi
 
-check: lint release test oldgo fuzz-ci integration ## everything CI runs (README's test command)
+check: lint release test oldgo fuzz-ci integration websocket ## everything CI runs (README's test command)
 
 fuzz: ## fuzz the wire decoder for FUZZTIME executions (default 1000000x, about a minute)
 	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME) -fuzzminimizetime=100x ./internal/wire
@@ -57,6 +68,8 @@ lint: ## gofmt, go vet (here and for CROSS_OS) and staticcheck
 	$(GO) vet ./...
 	@for os in $(CROSS_OS); do echo "GOOS=$$os go build ./... && go vet ./..."; GOOS=$$os $(GO) build ./... && GOOS=$$os $(GO) vet ./... || exit 1; done
 	cd integration/bench && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
+	cd examples/websocket && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
+	cd examples/grpc && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 	$(GO) run $(STATICCHECK) ./...
 
 cover: ## unit test coverage, in cover.html

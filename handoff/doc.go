@@ -47,9 +47,12 @@
 // Under Type=notify (or Type=notify-reload, systemd 253 and later) the
 // Upgrader speaks the notify protocol with no code from the program:
 // READY=1 once the first process is ready; on an upgrade RELOADING=1
-// (with MONOTONIC_USEC=) before the successor starts, then MAINPID= of
-// the successor with READY=1, sent by the old process while it is still
-// the main process, so NotifyAccess=main (the default) suffices; READY=1
+// (with MONOTONIC_USEC=) before the successor starts; READY=1 once it is
+// ready, while the old process stays the main process for the canary
+// window (Config.CanaryWindow), so that the successor's death within it is
+// a rollback and not the unit's failure; then MAINPID= of the successor,
+// sent by the old process while it is still the main process, so
+// NotifyAccess=main (the default) suffices; READY=1
 // from the old process if the upgrade fails, which leaves it the main
 // process; STOPPING=1 on Stop; and STATUS= lines naming generation, pid
 // and sockets.

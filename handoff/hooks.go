@@ -26,6 +26,9 @@ func (u *Upgrader) wrap(w hooks.Wrapper) hooks.Wrapped {
 	u.mu.Lock()
 	u.wrapper = w
 	u.mu.Unlock()
+	u.reg.mu.Lock()
+	u.reg.control = w.SocketControl
+	u.reg.mu.Unlock()
 	return hooks.Wrapped{
 		Reload:    func(ctx context.Context) error { return u.reload(ctx, func(string) {}) },
 		SetStatus: u.setStatus,

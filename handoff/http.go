@@ -42,9 +42,15 @@ var busyWindow = 10 * time.Millisecond
 //   - answers the next request on any other HTTP/1 connection (TLS, or no
 //     successor) with "Connection: close", and closes it only after that
 //     response;
-//   - closes nothing under a request in flight;
-//   - sends HTTP/2 connections GOAWAY, once the HTTP/1 ones are done or
-//     half the time is up, and lets their streams finish;
+//   - closes nothing under a request in flight; a connection a handler
+//     hijacks (a WebSocket) is the handler's: HTTPServer neither waits for
+//     nor closes it, and it can be handed over with Upgrader.SendConn;
+//   - drains HTTP/2 connections (h2c and TLS) in the two phases of RFC
+//     9113 §6.8, so that no stream is refused: a GOAWAY that refuses
+//     nothing and a PING at once; once the client's ACK shows that every
+//     stream it opened has been read (or half the time is up), and the
+//     HTTP/1 connections are done, net/http's own GOAWAY; then their
+//     streams finish (see docs/http2.md);
 //   - closes whatever is left when ctx ends, or, when ctx has no deadline,
 //     once the Upgrader's DrainTimeout (DefaultDrainTimeout without an
 //     Upgrader) has passed.
@@ -65,15 +71,21 @@ type HTTPServer struct {
 	conns     map[net.Conn]*connTrack
 	listeners map[*trackingListener]struct{}
 	kept      *keptListener // while Shutdown serves kept connections
+	serving   bool          // a Serve began: it installs the HTTP/2 wrapping
 
 	moved     atomic.Int64 // connections handed to the successor
 	keptConns atomic.Int64 // connections the successor did not take at first
+
+	nextProto    sync.Once
+	nextProtoSet chan struct{} // closed once the HTTP/2 wrapping is installed, or cannot be
+	injecting    sync.WaitGroup
 }
 
 // connTrack is what HTTPServer knows of one connection.
 type connTrack struct {
-	hc *httpConn   // nil when it cannot be handed over (TLS, a foreign listener)
-	h2 atomic.Bool // it carried an HTTP/2 request
+	hc  *httpConn   // nil when it cannot be handed over (TLS, a foreign listener)
+	h2  atomic.Bool // it speaks HTTP/2
+	h2c *h2Conn     // the HTTP/2 connection, when HTTPServer wrapped it (under HTTPServer.mu)
 }
 
 type connTrackKey struct{}
@@ -81,6 +93,7 @@ type connTrackKey struct{}
 func (s *HTTPServer) install() {
 	s.conns = make(map[net.Conn]*connTrack)
 	s.listeners = make(map[*trackingListener]struct{})
+	s.nextProtoSet = make(chan struct{})
 	srv := s.Server
 	h := srv.Handler
 	if h == nil {
@@ -100,6 +113,14 @@ func (s *HTTPServer) install() {
 		return context.WithValue(ctx, connTrackKey{}, t)
 	}
 	srv.ConnState = func(c net.Conn, st http.ConnState) {
+		// net/http's HTTP/2 server reports the connection it serves:
+		// HTTPServer's wrapping of the one net/http accepted.
+		switch w := c.(type) {
+		case *h2Conn:
+			c = w.orig
+		case h2TLSConn:
+			c = w.orig
+		}
 		s.connState(c, st)
 		if connState != nil {
 			connState(c, st)
@@ -131,7 +152,7 @@ func (s *HTTPServer) connState(c net.Conn, st http.ConnState) {
 		delete(s.conns, c)
 	}
 	s.mu.Unlock()
-	if t == nil || t.hc == nil {
+	if t == nil || t.hc == nil || t.h2.Load() {
 		return
 	}
 	switch st {
@@ -227,8 +248,19 @@ func (s *HTTPServer) serve(ln net.Listener, handoff bool, serve func(net.Listene
 		s.mu.Unlock()
 		return http.ErrServerClosed
 	}
+	first := !s.serving
+	s.serving = true
 	s.listeners[tl] = struct{}{}
 	s.mu.Unlock()
+	if first {
+		// Its first Accept installs the HTTP/2 wrapping, or, should
+		// it fail before, this.
+		defer s.installNextProto(false)
+	} else {
+		// net/http reads TLSNextProto as a Serve starts: not while the
+		// first one changes it.
+		<-s.nextProtoSet
+	}
 	defer func() {
 		s.mu.Lock()
 		delete(s.listeners, tl)
@@ -270,6 +302,9 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 		m.waitLink(ctx)
 	}
 	start := time.Now()
+	// net/http reads TLSNextProto as a Serve starts: not while a first
+	// Accept wraps it (installNextProto), which from now on none does.
+	s.installNextProto(false)
 	kl := newKeptListener(s)
 	served := make(chan struct{})
 	go func() {
@@ -289,9 +324,14 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 	for tl := range listeners {
 		tl.Close()
 	}
+	// Phase 1 of the HTTP/2 drain at once: its clients move to the
+	// successor while the HTTP/1 ones are handed over.
+	s.startHTTP2Drain()
+	defer s.injecting.Wait() // bounded: every connection is closed by then
 
-	// HTTP/1 first: net/http's own Shutdown would close idle connections
-	// and drop requests it reads from now on.
+	// HTTP/1 first, and HTTP/2's phase 1: net/http's own Shutdown would
+	// close idle connections, drop requests it reads from now on, and
+	// refuse HTTP/2 streams still on their way.
 	d, _ := ctx.Deadline()
 	http1Done := time.NewTimer(time.Until(d) / 2)
 	defer http1Done.Stop()
@@ -299,7 +339,7 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 	// A predecessor that is still draining may yet hand connections over
 	// (which go on to the successor, if there is one): exiting before it
 	// is done would cut them.
-	for s.releaseHTTP1() > 0 || (m != nil && m.predecessorSending()) {
+	for s.releaseHTTP1() > 0 || s.http2Draining() > 0 || (m != nil && m.predecessorSending()) {
 		select {
 		case <-ctx.Done():
 		case <-http1Done.C:
@@ -352,6 +392,17 @@ func (s *HTTPServer) releaseHTTP1() int {
 	return n
 }
 
+// installNextProto wraps net/http's HTTP/2 handlers (when wrap is set)
+// the first time it is called.
+func (s *HTTPServer) installNextProto(wrap bool) {
+	s.nextProto.Do(func() {
+		if wrap {
+			s.wrapHTTP2()
+		}
+		close(s.nextProtoSet)
+	})
+}
+
 // Close closes the server and every connection at once.
 func (s *HTTPServer) Close() error {
 	s.draining.Store(true)
@@ -377,6 +428,7 @@ func (l *trackingListener) Close() error {
 }
 
 func (l *trackingListener) Accept() (net.Conn, error) {
+	l.srv.installNextProto(true)
 	c, err := l.Listener.Accept()
 	if err != nil || l.key == "" {
 		return c, err

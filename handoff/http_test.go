@@ -415,3 +415,64 @@ func TestHTTPDrainWaitsForPredecessor(t *testing.T) {
 	joinDrain(t, gen1Drained)
 	joinDrain(t, gen2Drained)
 }
+
+// TestHTTPHijackedConnHandsOver: a connection a handler hijacked from
+// HTTPServer (a WebSocket) goes to the successor with SendConn, bytes the
+// client sent meanwhile included, and its client sees one connection.
+func TestHTTPHijackedConnHandsOver(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	hijacked := make(chan net.Conn, 1)
+	old := startHTTP(t, cfg, "old", func(w http.ResponseWriter, r *http.Request) {
+		c, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("Hijack: %v", err)
+			return
+		}
+		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n")
+		rw.Flush()
+		hijacked <- c
+	})
+	client := dialHTTP(t, old.addr)
+	fmt.Fprintf(client.c, "GET /up HTTP/1.1\r\nHost: test\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n")
+	if line, err := client.br.ReadString('\n'); err != nil || !strings.Contains(line, "101") {
+		t.Fatalf("upgrade answered %q, %v", line, err)
+	}
+	c := recvWithin(t, hijacked, "the handler to hijack the connection")
+	fmt.Fprint(client.c, "sent to the old process\n")
+
+	succ := newUpgrader(t, cfg)
+	if _, err := succ.Listen("tcp", "127.0.0.1:0"); err != nil { // the same arguments: the same socket
+		t.Fatal(err)
+	}
+	if err := succ.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	recvWithin(t, old.upg.Exit(), "the old process's Exit")
+	ctx, cancel := context.WithTimeout(context.Background(), waitBound)
+	defer cancel()
+	if err := old.upg.SendConn(ctx, c, []byte("state")); err != nil {
+		t.Fatalf("SendConn of a hijacked connection: %v", err)
+	}
+	got, state, err := succ.AcceptConn(ctx)
+	if err != nil || string(state) != "state" {
+		t.Fatalf("AcceptConn: state %q, %v", state, err)
+	}
+	defer got.Close()
+	got.SetReadDeadline(time.Now().Add(waitBound))
+	line, err := bufio.NewReader(got).ReadString('\n')
+	if err != nil || line != "sent to the old process\n" {
+		t.Fatalf("the successor read %q, %v", line, err)
+	}
+	fmt.Fprint(got, "from the successor\n")
+	client.c.SetReadDeadline(time.Now().Add(waitBound))
+	for {
+		line, err := client.br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("client: %v", err)
+		}
+		if line == "from the successor\n" {
+			break
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/handoffd/handoff/internal/ctl"
@@ -226,6 +227,16 @@ func (c *httpConn) ReadFrom(r io.Reader) (int64, error) {
 		return rf.ReadFrom(r)
 	}
 	return io.Copy(struct{ io.Writer }{c.Conn}, r)
+}
+
+// SyscallConn is the kernel connection's, so that a connection a handler
+// hijacks (a WebSocket) can be handed over with Upgrader.SendConn.
+func (c *httpConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.ErrUnsupported
+	}
+	return sc.SyscallConn()
 }
 
 // CloseWrite lets net/http half-close as it does on a *net.TCPConn.

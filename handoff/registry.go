@@ -95,6 +95,9 @@ type registry struct {
 	// commit point), so the unix socket files of the predecessor's
 	// sockets are its own to remove.
 	serving bool
+	// control is applied to every socket the registry creates
+	// (hooks.Wrapper.SocketControl); nil for a program's Upgrader.
+	control func(network, address string, c syscall.RawConn) error
 }
 
 // describe names a socket for a person: "web (tcp 127.0.0.1:8080)", or
@@ -155,7 +158,7 @@ func (r *registry) open(ctx context.Context, want wire.Entry) (*socket, error) {
 		}
 		err = s.fromFD(in.fd)
 	} else {
-		err = s.create(ctx)
+		err = s.create(ctx, r.control)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("handoff: %s %s: %w", map[wire.Kind]string{wire.KindListener: "listen on", wire.KindPacket: "listen for packets on"}[want.Kind], describe(want), err)
@@ -236,10 +239,14 @@ func (s *socket) fromFD(fd int) error {
 	return nil
 }
 
-// create opens a new socket for s. A unix socket file that nobody listens
-// on any more is replaced; a live one is not.
-func (s *socket) create(ctx context.Context) error {
-	var lc net.ListenConfig
+// create opens a new socket for s, with control as the ListenConfig's
+// Control (nil: none). A unix socket file that nobody listens on any more
+// is replaced; a live one is not.
+func (s *socket) create(ctx context.Context, control func(network, address string, c syscall.RawConn) error) error {
+	lc := net.ListenConfig{Control: control}
+	if control != nil {
+		lc.SetMultipathTCP(false) // see hooks.Wrapper.SocketControl
+	}
 	open := func() error {
 		if s.Kind == wire.KindPacket {
 			pc, err := lc.ListenPacket(ctx, s.Network, s.Address)

@@ -66,8 +66,8 @@ func TestBenchSmoke(t *testing.T) {
 			t.Errorf("no connection moved in %q", cells)
 		}
 	}
-	if len(rows) != 10*2 { // ten scenarios in two modes
-		t.Errorf("%d table rows, want 10 scenarios in 2 modes:\n%s", len(rows), b)
+	if len(rows) != 12*2 { // twelve scenarios in two modes
+		t.Errorf("%d table rows, want 12 scenarios in 2 modes:\n%s", len(rows), b)
 	}
 	if svg, err := os.ReadFile(plot); err != nil || !strings.Contains(string(svg), "</svg>") {
 		t.Errorf("plot: %v", err)

@@ -20,6 +20,7 @@ import (
 	"github.com/handoffd/handoff/handoff/control"
 	"github.com/handoffd/handoff/internal/loadgen"
 	"github.com/handoffd/handoff/internal/testbed"
+	"github.com/handoffd/handoff/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -208,7 +209,12 @@ func checkDistinct(t *testing.T, pids []int) {
 func TestSystemdLibraryReloads(t *testing.T) {
 	checkNoChildren(t)
 	sb := startSandbox(t)
-	s := installHTTPServer(t, sb, binary(t, "./examples/httpserver"), false)
+	bin := binary(t, "./examples/httpserver")
+	s := installHTTPServer(t, sb, bin, false)
+	// Each reload ends when systemd names the successor the main process,
+	// at the end of the canary window (TestSystemdLibraryCanaryRollback
+	// has the default's): a short one keeps twelve reloads quick.
+	sb.writeDropIn(s.unit, "canary.conf", fmt.Sprintf("[Service]\nExecStart=\nExecStart=%s -addr %s -canary-window 1s\n", bin, s.addr))
 	first := s.start()
 	p := s.props()
 	invocation := p["InvocationID"]
@@ -426,4 +432,46 @@ func TestSystemdLibraryFailedReload(t *testing.T) {
 	res := stop()
 	requireNoFailures(t, res)
 	t.Logf("failed reload, then a good one (%d → %d): %d requests, %d failed", first, next, res.Requests, res.FailedCount())
+}
+
+// TestSystemdLibraryCanaryRollback: a reload to a build that says ready
+// and dies a second later, within the canary window, leaves the unit
+// active on the old main process, which serves again on the same sockets
+// and says so in its status; systemd restarts nothing, and no request
+// fails. A reload to a good build then succeeds.
+func TestSystemdLibraryCanaryRollback(t *testing.T) {
+	checkNoChildren(t)
+	sb := startSandbox(t)
+	good := binary(t, "./examples/httpserver")
+	peer := builder.BuildTest(t, "./handoff")
+	installed, _ := deployable(t, good)
+	step := filepath.Join(filepath.Dir(installed), "step")
+	if err := os.WriteFile(step, []byte("ready-then-die 1s"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := installHTTPServer(t, sb, installed, false)
+	// httpserver ignores these; the handoff test binary installed in its
+	// place plays a build that dies after ready.
+	sb.writeDropIn(s.unit, "chaos.conf", fmt.Sprintf("[Service]\nEnvironment=%s=chaos-successor %s=%s %s=httpserver\n",
+		envHelper, testenv.ChaosFile, step, testenv.Service))
+	first := s.start()
+	invocation := s.props()["InvocationID"]
+
+	stop := startLoad(t, s.addr, loadgen.Mixed, 4)
+	install(t, peer, installed)
+	sb.systemctl("reload", s.unit)
+	p := s.wait("the rollback reported", func(p unitProps) bool {
+		return p["ActiveState"] == "active" && strings.Contains(p["StatusText"], "rolled back")
+	})
+	if p.mainPID() != first || p["NRestarts"] != "0" || p["InvocationID"] != invocation {
+		t.Errorf("after the rollback: %v; want main process %d, no restart, invocation %s", p, first, invocation)
+	}
+	testbed.WaitServing(t, s.addr, first)
+	t.Logf("status after the rollback: %s", p["StatusText"])
+
+	install(t, good, installed)
+	next := s.reload(first, false)
+	res := stop()
+	requireNoFailures(t, res)
+	t.Logf("rolled back, then a good reload (%d → %d): %d requests, %d failed", first, next, res.Requests, res.FailedCount())
 }

@@ -553,14 +553,15 @@ func mustAtoi(t testing.TB, s string) int {
 	return n
 }
 
-// TestWrapperKeepsNonblock: the listening socket's O_NONBLOCK flag (shared
-// by every process that holds it) is the same before and after 10 reloads
-// done with `handoff reload`: the wrapper never switches it.
+// TestWrapperKeepsNonblock: with -socket-mode shared the listening
+// socket's O_NONBLOCK flag (shared by every process that holds it) is the
+// same before and after 10 reloads done with `handoff reload`: the
+// wrapper never switches it.
 func TestWrapperKeepsNonblock(t *testing.T) {
 	checkNoChildren(t)
 	bin := binary(t, "./cmd/handoff")
 	s := newService(t, bin)
-	wrapper, child := startWrapper(t, s, "--", binary(t, "./examples/activated"))
+	wrapper, child := startWrapper(t, s, "-socket-mode", "shared", "--", binary(t, "./examples/activated"))
 	before := listenerFlags(t, child, s.Addr) & syscall.O_NONBLOCK
 	for range 10 {
 		out, err := exec.Command(bin, "reload", "-socket", s.Socket).CombinedOutput()
@@ -570,7 +571,8 @@ func TestWrapperKeepsNonblock(t *testing.T) {
 		child = servingChild(t, s, child)
 	}
 	out, err := exec.Command(bin, "status", "-socket", s.Socket).CombinedOutput()
-	for _, want := range []string{fmt.Sprintf("wrapper:    pid %d, generation 1, serving", wrapper), fmt.Sprintf("child:      pid %d (serving, child 11 ", child), "last reload:", ", ok"} {
+	for _, want := range []string{fmt.Sprintf("wrapper:    pid %d, generation 1, serving", wrapper), fmt.Sprintf("child:      pid %d (serving, child 11 ", child), "last reload:", ", ok",
+		"socket mode: web=tcp://" + s.Addr + " at " + s.Addr + ": shared (-socket-mode shared)"} {
 		if err != nil || !strings.Contains(string(out), want) {
 			t.Fatalf("handoff status: %v; want %q in:\n%s", err, want, out)
 		}
@@ -580,6 +582,61 @@ func TestWrapperKeepsNonblock(t *testing.T) {
 	}
 	t.Logf("O_NONBLOCK on the listening socket: %#o before and after 10 reloads", before)
 	stopWrapper(t, s, wrapper, child)
+}
+
+// fdFlags reads the file status flags of pid's descriptor fd.
+func fdFlags(t testing.TB, pid, fd int) int {
+	t.Helper()
+	info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(info), "\n") {
+		if v, ok := strings.CutPrefix(line, "flags:"); ok {
+			flags, err := strconv.ParseInt(strings.TrimSpace(v), 8, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return int(flags)
+		}
+	}
+	t.Fatalf("no flags in /proc/%d/fdinfo/%d", pid, fd)
+	return 0
+}
+
+// TestWrapperSocketBlocking: with a socket per generation each child
+// finds its fd 3 blocking, as systemd passes sockets (NonBlocking=false),
+// at its start and after 3 reloads; with -nonblocking, non-blocking. The
+// child is a shell that only holds the socket (a Go child would set
+// O_NONBLOCK itself), ready after a delay.
+func TestWrapperSocketBlocking(t *testing.T) {
+	for _, nonblocking := range []bool{false, true} {
+		t.Run(fmt.Sprintf("nonblocking=%v", nonblocking), func(t *testing.T) {
+			checkNoChildren(t)
+			bin := binary(t, "./cmd/handoff")
+			s := newService(t, bin)
+			args := []string{"-ready", "200ms", "-drain-timeout", "5s"}
+			want := 0
+			if nonblocking {
+				args, want = append(args, "-nonblocking"), syscall.O_NONBLOCK
+			}
+			wrapper, child := startWrapper(t, s, append(args, "--", "/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done")...)
+			for i := range 4 {
+				if got := fdFlags(t, child, 3) & syscall.O_NONBLOCK; got != want {
+					t.Fatalf("child %d (after %d reloads): fd 3 O_NONBLOCK %#o, want %#o", child, i, got, want)
+				}
+				if i == 3 {
+					break
+				}
+				out, err := exec.Command(bin, "reload", "-socket", s.Socket).CombinedOutput()
+				if err != nil {
+					t.Fatalf("handoff reload: %v\n%s", err, out)
+				}
+				child = servingChild(t, s, child)
+			}
+			stopWrapper(t, s, wrapper, child)
+		})
+	}
 }
 
 // TestWrapperInheritsListenFDs: a wrapper started with socket activation

@@ -11,6 +11,12 @@ systemctl:systemd
 lighttpd:lighttpd
 gunicorn:gunicorn
 nginx:nginx-light
+h2load:nghttp2-client
+wrk:wrk
+chromium:chromium
+uvicorn:uvicorn
+php-fpm8.2:php8.2-fpm
+uwsgi:uwsgi-plugin-python3
 "
 
 missing=""

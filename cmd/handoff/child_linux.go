@@ -19,7 +19,8 @@ type child struct {
 	number  int // 1 for the wrapper's first child, then one more per start
 	started time.Time
 	proc    *os.Process
-	exe     *os.File // the executable it runs, open; nil once handed on or closed
+	exe     *os.File    // the executable it runs, open; nil once handed on or closed
+	gen     *generation // its sockets (shared with a child restarted in its place)
 	done    chan struct{}
 	status  syscall.WaitStatus // valid once done is closed
 }

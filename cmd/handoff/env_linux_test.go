@@ -17,7 +17,7 @@ func TestChildEnv(t *testing.T) {
 		t.Setenv(name, "for-the-wrapper")
 	}
 	t.Setenv("APP_SETTING", "kept")
-	env := childEnv(sharedSockets{}, nil)
+	env := childEnv(&wrapperSockets{}, nil)
 	got := map[string]string{}
 	for _, kv := range env {
 		name, value, _ := strings.Cut(kv, "=")

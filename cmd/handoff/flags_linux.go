@@ -33,6 +33,8 @@ type runConfig struct {
 	drainTimeout time.Duration
 	canaryWindow time.Duration // 0: off
 	stopSignal   syscall.Signal
+	socketMode   string   // modeAuto or modeShared
+	nonblocking  bool     // the children's sockets have O_NONBLOCK set
 	path         string   // COMMAND, found in PATH
 	argv         []string // COMMAND and its ARGS, as given
 }
@@ -59,6 +61,7 @@ func parseRun(args []string, help io.Writer) (runConfig, error) {
 		listen listenFlag
 		ready  = "auto"
 		stop   = "SIGTERM"
+		mode   = modeAuto
 	)
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are reported on one line by the caller
@@ -71,6 +74,8 @@ func parseRun(args []string, help io.Writer) (runConfig, error) {
 	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", defaultDrainTimeout, "after the stop signal, the old child gets this long, then SIGKILL")
 	fs.DurationVar(&cfg.canaryWindow, "canary-window", defaultCanaryWindow, "a new child that exits this soon after a reload made it serve is replaced by the previous executable, kept open since (0: off)")
 	fs.StringVar(&stop, "stop-signal", stop, "`SIG`nal that makes the old child drain and exit (lighttpd, nginx: SIGINT or SIGQUIT)")
+	fs.StringVar(&mode, "socket-mode", mode, "how children get the sockets, `MODE` auto or shared. auto: each child generation its own TCP/UDP socket (SO_REUSEPORT), new connections only to the newest ready child, the old one stopped once its queue is empty; shared where that cannot be (unix sockets, sockets from systemd or a predecessor). shared: every child the wrapper's socket (one accept queue)")
+	fs.BoolVar(&cfg.nonblocking, "nonblocking", false, "pass a child its own sockets with O_NONBLOCK set (systemd's NonBlocking=true); by default they are blocking, as systemd passes them")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(help, runHelpText)
@@ -92,6 +97,9 @@ func parseRun(args []string, help io.Writer) (runConfig, error) {
 		return cfg, err
 	}
 	var err error
+	if cfg.socketMode, err = parseSocketMode(mode); err != nil {
+		return cfg, err
+	}
 	if cfg.ready, err = parseReady(ready); err != nil {
 		return cfg, err
 	}

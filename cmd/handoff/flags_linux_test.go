@@ -148,6 +148,8 @@ func TestParseRun(t *testing.T) {
 		{args: []string{"-listen", "tcp://127.0.0.1:1", "-ready-timeout", "0s", "--", "true"}, usage: true, err: "must be positive"},
 		{args: []string{"-listen", "tcp://127.0.0.1:1", "-stop-signal", "BOGUS", "--", "true"}, usage: true, err: "unknown signal"},
 		{args: []string{"-listen", "tcp://127.0.0.1:1", "--", "no-such-command-at-all"}, err: "executable file not found"},
+		{args: []string{"-listen", "tcp://127.0.0.1:1", "-socket-mode", "shared", "-nonblocking", "--", "true"}},
+		{args: []string{"-listen", "tcp://127.0.0.1:1", "-socket-mode", "private", "--", "true"}, usage: true, err: "not auto or shared"},
 	}
 	for _, tt := range tests {
 		cfg, err := parseRun(tt.args, io.Discard)
@@ -156,7 +158,7 @@ func TestParseRun(t *testing.T) {
 		case tt.err == "" && err != nil:
 			t.Errorf("parseRun(%q): %v", tt.args, err)
 		case tt.err == "":
-			if cfg.name != "true" || cfg.argv[0] != "true" || !strings.HasSuffix(cfg.path, "/true") {
+			if cfg.name != "true" || cfg.argv[0] != "true" || !strings.HasSuffix(cfg.path, "/true") || (cfg.socketMode != modeAuto && cfg.socketMode != modeShared) {
 				t.Errorf("parseRun(%q) = name %q, argv %q, path %q", tt.args, cfg.name, cfg.argv, cfg.path)
 			}
 		case err == nil || !strings.Contains(err.Error(), tt.err) || errors.As(err, &ue) != tt.usage:

@@ -13,18 +13,22 @@ Usage:
 The wrapper opens the listening sockets (or takes them from systemd's LISTEN_FDS,
 or from a running wrapper on the same control socket) and keeps them open for
 its whole life. COMMAND gets them as fds 3.. with LISTEN_FDS, LISTEN_FDNAMES and
-LISTEN_PID set, exactly as under systemd. A reload (SIGHUP, or 'handoff reload')
-starts a new child, waits until it is ready, and only then stops the old one:
-the kernel queues connections meanwhile, so none is refused. A child that exits
-or is not ready in time is killed and the old one keeps serving.
+LISTEN_PID set, as from systemd socket activation; for TCP and UDP each child
+generation gets a socket of its own (SO_REUSEPORT), blocking unless -nonblocking.
+A reload (SIGHUP, or 'handoff reload') starts a new child, waits until it is
+ready, sends new connections to it, waits until the old child has taken what
+was queued for it, and only then stops the old one: none is refused or
+dropped by the switch. A child that exits or is not ready in time is killed
+and the old one keeps serving.
 
 Exit codes: 0 success, 1 runtime error, 2 usage error. Stopped by SIGTERM or
 SIGINT, 'handoff run' exits with its child's status.
 
 Example:
-  handoff run -listen web=tcp://127.0.0.1:8080 -ready accepting \
+  handoff run -listen web=tcp://127.0.0.1:8080 -ready accepting -pidfile /run/handoff-lighttpd.pid \
       -stop-signal SIGINT -- lighttpd -D -f /etc/lighttpd/lighttpd.conf
-  kill -HUP $(cat /run/lighttpd.pid)     # or: handoff reload -name lighttpd
+  kill -HUP $(cat /run/handoff-lighttpd.pid)   # or: handoff reload -name lighttpd
+  (lighttpd.conf needs server.systemd-socket-activation = "enable")
 `
 
 // runHelpText is `handoff run -h`; the flag list follows it.
@@ -33,6 +37,12 @@ const runHelpText = `Usage: handoff run [flags] -- COMMAND [ARGS...]
 Runs COMMAND with the listening sockets as fds 3.. (LISTEN_FDS, LISTEN_FDNAMES,
 LISTEN_PID: systemd socket activation) and replaces it without dropping a
 connection. Flags take one dash or two.
+
+Sockets (-socket-mode auto): each child generation gets its own TCP/UDP socket,
+bound beside the wrapper's with SO_REUSEPORT, blocking (-nonblocking: not); a
+BPF program sends new connections only to the newest ready child. Unix sockets
+and sockets from systemd or from a wrapper this one took over are shared by all
+children (one open file description, one queue). 'handoff status' shows which.
 
 Signals: SIGHUP reloads (start a new child, wait until ready, stop the old one;
 rolled back if the new child exits or is not ready within -ready-timeout).

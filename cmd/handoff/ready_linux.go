@@ -21,7 +21,6 @@ var readyPoll = 10 * time.Millisecond
 type readiness struct {
 	spec   readySpec
 	notify *notifySocket // nil unless spec.usesNotify()
-	shared sharedSockets
 }
 
 // errExited says the child exited before it was ready.
@@ -61,7 +60,7 @@ func (r *readiness) check(ctx context.Context, c *child) (bool, error) {
 	case readyNotify:
 		return r.notify.state(c.pid).ready, nil
 	case readyAccepting:
-		return procfs.Accepting(c.pid, r.shared.inodes())
+		return procfs.Accepting(c.pid, c.gen.inodes())
 	case readyAuto:
 		// A child that speaks sd_notify, or whose predecessors did, must
 		// also say READY=1: a Go server, say, is seen accepting as soon as
@@ -69,7 +68,7 @@ func (r *readiness) check(ctx context.Context, c *child) (bool, error) {
 		if st := r.notify.state(c.pid); !st.ready && (st.spoke || r.notify.notifies()) {
 			return false, nil
 		}
-		return procfs.Accepting(c.pid, r.shared.inodes())
+		return procfs.Accepting(c.pid, c.gen.inodes())
 	case readyTCP:
 		return probeTCP(ctx, r.spec.addr), nil
 	case readyHTTP:

@@ -39,17 +39,20 @@ func TestProbes(t *testing.T) {
 func TestReadyAuto(t *testing.T) {
 	ns := serveNotify(t)
 	sock, ino := testSocket(t)
-	r := &readiness{spec: readySpec{mode: readyAuto}, notify: ns, shared: sharedSockets{{fd: sock, inode: ino}}}
+	r := &readiness{spec: readySpec{mode: readyAuto}, notify: ns}
+	gen := &generation{fds: []int{sock}, own: []bool{false}}
 	sp := newTestSpawner(t)
 	ctx := context.Background()
 
 	silent := startHelper(t, sp, "epoll", nil, sock, testPipe(t))
+	silent.gen = gen
 	waitUntil(t, "a silent child that accepts is ready", func() bool { ok, err := r.check(ctx, silent); return err == nil && ok })
 
 	notifier := startHelper(t, sp, "notify", []string{"NOTIFY_SOCKET=" + ns.path}, sock, testPipe(t))
 	waitUntil(t, "READY=1 arrives", func() bool { return ns.state(notifier.pid).ready })
 
 	silent2 := startHelper(t, sp, "epoll", nil, sock, testPipe(t))
+	silent2.gen = gen
 	waitUntil(t, "the next silent child accepts", func() bool { ok, _ := procfs.Accepting(silent2.pid, map[uint64]bool{ino: true}); return ok })
 	if ok, err := r.check(ctx, silent2); ok || err != nil {
 		t.Fatalf("auto: a child that accepts but never says READY=1, after one that did: ready %v, %v; want not ready", ok, err)

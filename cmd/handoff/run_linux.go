@@ -52,6 +52,7 @@ func runWrapper(cfg runConfig, stderr io.Writer) (int, error) {
 
 	log := slog.New(slog.NewTextHandler(stderr, nil)).With("service", cfg.name)
 	sup := newSupervisor(cfg)
+	socks := newWrapperSockets(cfg.socketMode, cfg.nonblocking, log)
 	upg, err := handoff.New(context.Background(), handoff.Config{
 		Name:         cfg.name,
 		Socket:       cfg.socket,
@@ -64,15 +65,19 @@ func runWrapper(cfg runConfig, stderr io.Writer) (int, error) {
 	}
 	defer upg.Close()
 	// Before Ready: a reload restarts the child, and the status lists it.
-	wrapped := hooks.Wrap(upg, hooks.Wrapper{Reload: sup.requestReload, StatusDetail: sup.detail})
+	hw := hooks.Wrapper{Reload: sup.requestReload, StatusDetail: sup.detail}
+	if cfg.socketMode == modeAuto {
+		hw.SocketControl = socks.control
+	}
+	wrapped := hooks.Wrap(upg, hw)
 	log = log.With("generation", upg.Generation())
+	socks.log = log
 
-	shared, err := openShared(upg, cfg.listen)
-	if err != nil {
+	if err := socks.open(upg, cfg.listen); err != nil {
 		return 0, err
 	}
-	defer shared.close()
-	ready := &readiness{spec: cfg.ready, shared: shared}
+	defer socks.close()
+	ready := &readiness{spec: cfg.ready}
 	forget := func(int) {}
 	var g run.Group
 	if cfg.ready.usesNotify() {
@@ -87,7 +92,7 @@ func runWrapper(cfg runConfig, stderr io.Writer) (int, error) {
 	sp := newSpawner()
 	defer sp.close() // after every child is reaped: run returns only then
 	deps := supervisorDeps{log: log, upg: wrappedUpgrader{upg, wrapped.SetStatus}, ready: ready, spawn: sp,
-		env: childEnv(shared, ready.notify), files: shared.fds(), forget: forget}
+		env: childEnv(socks, ready.notify), sockets: socks, forget: forget}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -127,9 +132,9 @@ var wrapperOnlyEnv = []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "LIS
 // notify socket, a predecessor's control connection), plus the sockets
 // and, for -ready auto and notify, the wrapper's notify socket.
 // LISTEN_PID is set by the shim, to the child's own pid.
-func childEnv(shared sharedSockets, ns *notifySocket) []string {
+func childEnv(socks *wrapperSockets, ns *notifySocket) []string {
 	env := ctl.EnvironWithout(os.Environ(), wrapperOnlyEnv...)
-	env = append(env, "LISTEN_FDS="+strconv.Itoa(len(shared)), "LISTEN_FDNAMES="+shared.fdNames())
+	env = append(env, "LISTEN_FDS="+strconv.Itoa(socks.count()), "LISTEN_FDNAMES="+socks.fdNames())
 	if ns != nil {
 		env = append(env, "NOTIFY_SOCKET="+ns.path)
 	}

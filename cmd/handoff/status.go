@@ -22,6 +22,19 @@ type statusDetail struct {
 	// CanaryUntil: till then a serving child that exits is replaced by
 	// the previous executable (zero: no window runs).
 	CanaryUntil time.Time `json:"canary_until,omitzero"`
+	// Sockets says how the children get each -listen socket.
+	Sockets []socketMode `json:"socket_modes,omitempty"`
+}
+
+// socketMode is how the children get one -listen socket.
+type socketMode struct {
+	Socket  string `json:"socket"`  // the -listen
+	Address string `json:"address"` // where it is bound
+	// Mode is "per-generation" (each child generation its own socket,
+	// new connections steered to the newest ready one) or "shared" (every
+	// child a duplicate of the wrapper's socket).
+	Mode string `json:"mode"`
+	Why  string `json:"why,omitempty"` // why the socket is shared
 }
 
 // childStatus is one child of the wrapper.
@@ -61,6 +74,13 @@ func printStatus(w io.Writer, st handoff.Status) {
 		}
 		if d.LastRollback != "" {
 			fmt.Fprintf(w, "rollback:   %s\n", d.LastRollback)
+		}
+		for _, m := range d.Sockets {
+			line := m.Socket + " at " + m.Address + ": " + m.Mode
+			if m.Why != "" {
+				line += " (" + m.Why + ")"
+			}
+			fmt.Fprintf(w, "socket mode: %s\n", line)
 		}
 	}
 	for _, s := range st.Sockets {

@@ -33,11 +33,13 @@ func TestPrintStatus(t *testing.T) {
 	}
 
 	detail, _ := json.Marshal(statusDetail{Command: []string{"app"}, Ready: "auto", Children: []childStatus{{PID: 8, Number: 3, Role: "serving", Started: now}},
-		CanaryUntil: now.Add(5 * time.Second), LastRollback: "child pid 5 (number 2) ended (exit status 3)"})
+		CanaryUntil: now.Add(5 * time.Second), LastRollback: "child pid 5 (number 2) ended (exit status 3)",
+		Sockets: []socketMode{{Socket: "web=tcp://127.0.0.1:80", Address: "127.0.0.1:80", Mode: "per-generation"}, {Socket: "unix:///run/a.sock", Address: "/run/a.sock", Mode: "shared", Why: "a unix socket"}}})
 	out.Reset()
 	printStatus(&out, handoff.Status{PID: 7, Service: "app", Generation: 1, State: "serving", Started: now, Detail: detail})
 	got = out.String()
-	for _, want := range []string{"wrapper:    pid 7", "canary:     until ", "rollback:   child pid 5 (number 2) ended (exit status 3)"} {
+	for _, want := range []string{"wrapper:    pid 7", "canary:     until ", "rollback:   child pid 5 (number 2) ended (exit status 3)",
+		"socket mode: web=tcp://127.0.0.1:80 at 127.0.0.1:80: per-generation\n", "socket mode: unix:///run/a.sock at /run/a.sock: shared (a unix socket)\n"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("wrapper status lacks %q:\n%s", want, got)
 		}

@@ -46,13 +46,13 @@ type readyChecker interface {
 // only once the Upgrader does, which needs the supervisor's requestReload
 // and detail first; so run takes them, and its loop is their only user.
 type supervisorDeps struct {
-	log    *slog.Logger
-	upg    upgrader
-	ready  readyChecker
-	spawn  starter
-	env    []string  // the children's environment
-	files  []uintptr // the children's fds 3...
-	forget func(pid int)
+	log     *slog.Logger
+	upg     upgrader
+	ready   readyChecker
+	spawn   starter
+	env     []string        // the children's environment
+	sockets *wrapperSockets // the children's fds 3...
+	forget  func(pid int)
 }
 
 // supervisor owns the children. Its run loop is the only goroutine that
@@ -71,6 +71,10 @@ type supervisor struct {
 	number   int      // children started so far
 	restarts int      // crash restarts
 	last     *child   // the latest child that ended while serving
+	// gen is the serving generation's sockets, where new connections
+	// go: a child restarted after a crash (or rolled back to) gets them
+	// again, with what queued meanwhile.
+	gen *generation
 
 	// The canary window: the executable of the child the latest reload
 	// replaced stays open until fallbackUntil, so that a new child that
@@ -117,8 +121,10 @@ func (s *supervisor) requestReload(ctx context.Context, progress func(string)) e
 // called once.
 func (s *supervisor) run(ctx context.Context, deps supervisorDeps) error {
 	defer close(s.quit)
+	s.mu.Lock() // detail reads sockets
 	s.supervisorDeps = deps
-	first, err := s.start()
+	s.mu.Unlock()
+	first, err := s.start(nil)
 	if err != nil {
 		return err
 	}
@@ -150,6 +156,7 @@ func (s *supervisor) run(ctx context.Context, deps supervisorDeps) error {
 			s.upg.Stop() // no takeover or reload from here on
 			return s.stopCurrent("stopping")
 		case <-s.upg.Exit():
+			s.handOver()
 			return s.stopCurrent("a new wrapper took over")
 		case <-canaryEnd:
 			s.log.Info("the new child lasted its canary window", "child", cur.pid, "window", s.cfg.canaryWindow)
@@ -170,7 +177,7 @@ func (s *supervisor) run(ctx context.Context, deps supervisorDeps) error {
 			if s.currentChild() != nil {
 				break // a reload started one meanwhile
 			}
-			c, err := s.start()
+			c, err := s.start(s.gen)
 			if err != nil {
 				s.log.Error("cannot restart the child", "err", err, "after", backoff)
 				restart = time.After(backoff)
@@ -187,22 +194,30 @@ func (s *supervisor) run(ctx context.Context, deps supervisorDeps) error {
 	}
 }
 
-// start starts the next child from the executable at the command's path.
-func (s *supervisor) start() (*child, error) {
+// start starts the next child from the executable at the command's path,
+// with the sockets gen (nil: a new generation's).
+func (s *supervisor) start(gen *generation) (*child, error) {
 	exe, err := os.Open(s.cfg.path)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", s.cfg.path, err)
 	}
-	c, err := s.startFrom(exe)
+	c, err := s.startFrom(exe, gen)
 	if err != nil {
 		exe.Close()
 	}
 	return c, err
 }
 
-// startFrom starts the next child from exe, which the child then owns.
-func (s *supervisor) startFrom(exe *os.File) (*child, error) {
-	pid, err := s.spawn.start(exe, s.cfg.argv, s.env, s.files)
+// startFrom starts the next child from exe, which the child then owns,
+// with the sockets gen (nil: a new generation's, beside the serving one).
+func (s *supervisor) startFrom(exe *os.File, gen *generation) (*child, error) {
+	if gen == nil {
+		var err error
+		if gen, err = s.sockets.newGeneration(s.gen); err != nil {
+			return nil, err
+		}
+	}
+	pid, err := s.spawnWith(exe, gen)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", s.cfg.path, err)
 	}
@@ -214,9 +229,17 @@ func (s *supervisor) startFrom(exe *os.File) (*child, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.exe = exe
-	s.log.Info("started child", "child", pid, "number", n)
+	c.exe, c.gen = exe, gen
+	s.log.Info("started child", "child", pid, "number", n, "sockets_of_generation", gen.number)
 	return c, nil
+}
+
+// spawnWith starts exe with gen's sockets, made blocking or not first.
+func (s *supervisor) spawnWith(exe *os.File, gen *generation) (int, error) {
+	if err := s.sockets.prepare(gen); err != nil {
+		return 0, err
+	}
+	return s.spawn.start(exe, s.cfg.argv, s.env, gen.files())
 }
 
 // rollBack replaces cur, the serving child that has just exited, by a
@@ -231,7 +254,7 @@ func (s *supervisor) rollBack(cur *child) bool {
 	s.dropFallback() // the window is over: its executable is the new child's
 	reason := fmt.Sprintf("child pid %d (number %d) ended (%s) %s after it began to serve, within the canary window (%v); started the executable of child %d again",
 		cur.pid, cur.number, cur.describe(), time.Since(s.servingSince).Round(time.Millisecond), s.cfg.canaryWindow, of)
-	c, err := s.startFrom(exe)
+	c, err := s.startFrom(exe, s.gen)
 	if err != nil {
 		exe.Close()
 		s.log.Error("cannot roll back to the previous executable", "err", err)
@@ -306,7 +329,13 @@ func (s *supervisor) waitReady(ctx context.Context, c *child) error {
 // request's) ends.
 func (s *supervisor) reload(ctx, reqCtx context.Context, progress func(string)) error {
 	old := s.currentChild()
-	c, err := s.start()
+	var gen *generation // a new generation's, beside old's
+	if old == nil {
+		// The serving child crashed, its restart pending: the new one
+		// takes its sockets, and what queued there meanwhile.
+		gen = s.gen
+	}
+	c, err := s.start(gen)
 	if err != nil {
 		return s.rolledBack(old, err)
 	}
@@ -318,10 +347,13 @@ func (s *supervisor) reload(ctx, reqCtx context.Context, progress func(string)) 
 	defer context.AfterFunc(ctx, cancel)()
 	err = s.waitReady(rctx, c)
 	cancel()
+	if err == nil {
+		err = s.steerTo(c)
+	}
 	s.mu.Lock()
 	s.starting = nil
 	if err == nil {
-		s.current = c
+		s.current, s.gen = c, c.gen
 		if old != nil {
 			s.stopping = append(s.stopping, old)
 		}
@@ -337,6 +369,7 @@ func (s *supervisor) reload(ctx, reqCtx context.Context, progress func(string)) 
 		progress(fmt.Sprintf("child pid %d is ready and serving", c.pid))
 		return nil
 	}
+	s.drainOld(ctx, old, progress)
 	progress(fmt.Sprintf("child pid %d is ready; stopping pid %d with %s", c.pid, old.pid, unix.SignalName(s.cfg.stopSignal)))
 	s.stopChild(old, "replaced by pid "+fmt.Sprint(c.pid))
 	if s.fallback != nil { // the window counts from when the new child serves alone
@@ -352,6 +385,55 @@ func (s *supervisor) reload(ctx, reqCtx context.Context, progress func(string)) 
 	s.mu.Unlock()
 	progress(fmt.Sprintf("pid %d stopped (%s); pid %d serves", old.pid, old.describe(), c.pid))
 	return nil
+}
+
+// steerTo sends new connections to c, ready, from now on; on error
+// (the kernel refused the program) c is stopped.
+func (s *supervisor) steerTo(c *child) error {
+	err := s.sockets.steer(c.gen)
+	if err == nil {
+		return nil
+	}
+	s.stopChild(c, "new connections cannot be steered to it")
+	if serr := s.sockets.steer(s.gen); serr != nil {
+		s.log.Error("cannot steer back to the serving child", "err", serr)
+	}
+	return err
+}
+
+// drainOld waits, up to -drain-timeout, until old's own sockets, which
+// no longer get new connections, hold nothing old has not accepted or
+// read: only then may its stop signal come, since a server that is
+// stopping may drop what it takes from its queue (Go's http.Server does:
+// golang/go#75591).
+func (s *supervisor) drainOld(ctx context.Context, old *child, progress func(string)) {
+	if !s.sockets.perGeneration() {
+		return
+	}
+	t0 := time.Now()
+	dctx, cancel := context.WithTimeout(ctx, s.cfg.drainTimeout)
+	defer cancel()
+	if err := s.sockets.drain(dctx, old.gen); err != nil {
+		s.log.Warn("the old child's sockets did not drain; stopping it anyway", "child", old.pid, "err", err)
+		return
+	}
+	progress(fmt.Sprintf("pid %d has taken everything queued for it (%v)", old.pid, time.Since(t0).Round(time.Millisecond)))
+}
+
+// handOver is the end of a takeover by a new wrapper, whose children
+// accept on the anchors (the sockets the Upgrader passed it): new
+// connections go there from now on, and the serving child gets to take
+// what is queued for it before it is stopped.
+func (s *supervisor) handOver() {
+	cur := s.currentChild()
+	if !s.sockets.perGeneration() || cur == nil {
+		return
+	}
+	if err := s.sockets.steer(nil); err != nil {
+		s.log.Error("cannot steer new connections to the new wrapper's children", "err", err)
+		return
+	}
+	s.drainOld(context.Background(), cur, func(string) {})
 }
 
 // rolledBack logs and returns the error of a reload that failed with err
@@ -402,7 +484,7 @@ func (s *supervisor) ended(c *child) {
 
 func (s *supervisor) setCurrent(c *child) {
 	s.mu.Lock()
-	s.current = c
+	s.current, s.gen = c, c.gen
 	s.mu.Unlock()
 	s.announce(c)
 }
@@ -418,6 +500,9 @@ func (s *supervisor) detail() any {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d := statusDetail{Command: s.cfg.argv, Ready: s.cfg.ready.String(), Restarts: s.restarts, Children: []childStatus{}, LastRollback: s.lastRollback, CanaryUntil: s.canaryUntil}
+	if s.sockets != nil {
+		d.Sockets = s.sockets.modes()
+	}
 	add := func(c *child, role string) {
 		if c != nil {
 			d.Children = append(d.Children, childStatus{PID: c.pid, Number: c.number, Role: role, Started: c.started})

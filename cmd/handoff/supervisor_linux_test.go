@@ -7,12 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The supervisor's tests run real children (the test binary in a helper
@@ -113,6 +116,12 @@ type testSupervisor struct {
 
 func startSupervisor(t *testing.T, cfg runConfig, ready scriptedReady, roles ...string) *testSupervisor {
 	t.Helper()
+	return startSupervisorWith(t, newWrapperSockets(modeShared, false, slog.New(slog.DiscardHandler)), cfg, ready, roles...)
+}
+
+// startSupervisorWith is startSupervisor for children with sockets.
+func startSupervisorWith(t *testing.T, sockets *wrapperSockets, cfg runConfig, ready scriptedReady, roles ...string) *testSupervisor {
+	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -130,6 +139,7 @@ func startSupervisor(t *testing.T, cfg runConfig, ready scriptedReady, roles ...
 	deps := supervisorDeps{
 		log: slog.New(slog.DiscardHandler), upg: ts.upg, ready: ready,
 		spawn: &roleStarter{sp: sp, self: self, roles: roles}, env: os.Environ(), forget: func(int) {},
+		sockets: sockets,
 	}
 	go func() { ts.done <- ts.run(ctx, deps) }()
 	t.Cleanup(func() {
@@ -308,7 +318,8 @@ func TestSupervisorFirstChildFails(t *testing.T) {
 		var started *child
 		ready := readyFunc(func(ctx context.Context, c *child) error { started = c; return nil })
 		err := sup.run(context.Background(), supervisorDeps{log: slog.New(slog.DiscardHandler), upg: upg, ready: ready,
-			spawn: &roleStarter{sp: sp, self: self}, env: os.Environ(), forget: func(int) {}})
+			spawn: &roleStarter{sp: sp, self: self}, env: os.Environ(), forget: func(int) {},
+			sockets: newWrapperSockets(modeShared, false, slog.New(slog.DiscardHandler))})
 		if err == nil || err.Error() != "another instance" {
 			t.Fatalf("run: %v", err)
 		}
@@ -379,5 +390,64 @@ func TestSupervisorCanaryPasses(t *testing.T) {
 	defer st.mu.Unlock()
 	if st.exes[2] == st.exes[0] || st.exes[2] == st.exes[1] {
 		t.Fatal("the crash restart reused a kept executable instead of the path")
+	}
+}
+
+// TestSupervisorDrainsBeforeStop: with a socket per generation, a reload
+// sends new connections to the new child at once, and sends the old
+// child its stop signal only once nothing waits in its queue: here the
+// old child never accepts, so the test takes its queue itself, and only
+// then does the reload finish.
+func TestSupervisorDrainsBeforeStop(t *testing.T) {
+	w := testGroupSockets(t, "tcp", false)
+	ts := startSupervisorWith(t, w, runConfig{}, scriptedReady{1: true, 2: true})
+	first := ts.serving(t, 1)
+	addr := w.socks[0].addr.String()
+	for range 3 { // queued for the first child, which does not accept
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	oldSock := first.gen.fds[0]
+	waitUntil(t, "3 connections queue for the first child", func() bool { n, _ := w.socks[0].group.queued(oldSock); return n == 3 })
+	done := make(chan error, 1)
+	go func() { _, err := ts.reload(t); done <- err }()
+	// Once steered, a new connection goes to the second child's socket.
+	var second *child
+	waitUntil(t, "the second child serves", func() bool {
+		c := ts.currentChild()
+		if c != nil && c.number == 2 {
+			second = c
+		}
+		return second != nil
+	})
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitUntil(t, "the new connection queues for the second child", func() bool { n, _ := w.socks[0].group.queued(second.gen.fds[0]); return n == 1 })
+	select {
+	case <-first.done:
+		t.Fatalf("the first child was stopped (%s) with 3 connections in its queue", first.describe())
+	case err := <-done:
+		t.Fatalf("the reload finished (%v) with 3 connections in the old queue", err)
+	case <-time.After(300 * time.Millisecond): // long enough for a wrong stop to show
+	}
+	unix.SetNonblock(oldSock, true)
+	for range 3 {
+		fd, _, err := unix.Accept4(oldSock, unix.SOCK_CLOEXEC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fd)
+	}
+	if err := recv(t, "the reload", done); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if !first.exited() || first.describe() != "killed by SIGTERM" {
+		t.Fatalf("old child after the reload: %s; want killed by SIGTERM", first.describe())
 	}
 }

@@ -3,7 +3,13 @@
 // the process that served it.
 //
 //	httpserver -addr HOST:PORT -socket PATH [-pidfile PATH] [-delay DURATION]
-//	    [-canary-window DURATION]
+//	    [-canary-window DURATION] [-h2c | -tls-cert FILE -tls-key FILE]
+//
+// It speaks HTTP/1.1; with -h2c, HTTP/2 without TLS too (prior knowledge,
+// as h2load and curl --http2-prior-knowledge send it); with -tls-cert and
+// -tls-key, only TLS, HTTP/1.1 or HTTP/2 as ALPN chooses. Every protocol
+// drains without a failed request: HTTP/2 in two GOAWAY phases (see
+// docs/http2.md).
 //
 // SIGHUP upgrades to a fresh copy of the binary (read from disk again).
 // Starting a second httpserver with the same -socket and -addr while one
@@ -17,6 +23,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -40,16 +47,59 @@ func main() {
 	pidfile := flag.String("pidfile", "", "file to keep the serving process's pid in")
 	delay := flag.Duration("delay", 0, "wait this long before answering, to make in-flight requests visible")
 	canary := flag.Duration("canary-window", handoff.DefaultCanaryWindow, "after an upgrade, stand by this long to take the service back should the successor die (negative: off)")
+	var p protocols
+	flag.BoolVar(&p.h2c, "h2c", false, "serve HTTP/2 without TLS (prior knowledge) beside HTTP/1.1")
+	flag.StringVar(&p.cert, "tls-cert", "", "serve TLS (HTTP/1.1 and HTTP/2 by ALPN) with this PEM certificate (needs -tls-key)")
+	flag.StringVar(&p.key, "tls-key", "", "the PEM private key of -tls-cert")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if err := serve(log, *addr, *socket, *pidfile, *delay, *canary); err != nil {
+	if err := p.check(); err != nil {
+		log.Error("httpserver: bad flags", "err", err)
+		os.Exit(2)
+	}
+	if err := serve(log, *addr, *socket, *pidfile, *delay, *canary, p); err != nil {
 		log.Error("httpserver failed", "err", err)
 		os.Exit(1)
 	}
 }
 
-func serve(log *slog.Logger, addr, socket, pidfile string, delay, canary time.Duration) error {
+// protocols is what the server speaks besides cleartext HTTP/1.1.
+type protocols struct {
+	h2c       bool   // HTTP/2 without TLS too
+	cert, key string // TLS only, with this certificate and key
+}
+
+func (p protocols) check() error {
+	switch {
+	case (p.cert == "") != (p.key == ""):
+		return errors.New("-tls-cert and -tls-key go together")
+	case p.h2c && p.cert != "":
+		return errors.New("-h2c is HTTP/2 without TLS: not with -tls-cert")
+	}
+	return nil
+}
+
+// server returns the http.Server that speaks p, and how to serve it.
+func (p protocols) server(h http.Handler) *http.Server {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	if p.h2c {
+		var ps http.Protocols
+		ps.SetHTTP1(true)
+		ps.SetUnencryptedHTTP2(true)
+		srv.Protocols = &ps
+	}
+	return srv
+}
+
+func (p protocols) serve(srv *handoff.HTTPServer, ln net.Listener) error {
+	if p.cert != "" {
+		return srv.ServeTLS(ln, p.cert, p.key)
+	}
+	return srv.Serve(ln)
+}
+
+func serve(log *slog.Logger, addr, socket, pidfile string, delay, canary time.Duration, p protocols) error {
 	// Catch the signals before anything else: once this process is ready,
 	// a SIGHUP or SIGTERM may come at any moment.
 	hup := make(chan os.Signal, 1)
@@ -87,15 +137,12 @@ func serve(log *slog.Logger, addr, socket, pidfile string, delay, canary time.Du
 		}
 		fmt.Fprintf(w, "%d\ngeneration %d\n", pid, generation)
 	})
-	srv := &handoff.HTTPServer{
-		Server:   &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second},
-		Upgrader: upg,
-	}
+	srv := &handoff.HTTPServer{Server: p.server(mux), Upgrader: upg}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var g run.Group
 	g.Add(func() error { // serve until the drain is over
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := p.serve(srv, ln); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		<-ctx.Done()

@@ -20,7 +20,10 @@
 // handoff-nocanary (the same with its canary window off),
 // handoff-takeover (examples/httpserver, an independent new process),
 // handoff-wrapper (`handoff run` around examples/activated, which knows
-// nothing about handoff; SIGHUP), and tableflip-crash and handoff-crash
+// nothing about handoff; SIGHUP), wrapper-plain and wrapper-plain-shared
+// (`handoff run` around integration/plainshutdown, which drains with
+// http.Server.Shutdown alone, with a socket per child generation and
+// with one shared socket), and tableflip-crash and handoff-crash
 // (restarts to a new process that dies 1 s after it is ready). The peers
 // live in the module integration/bench.
 package main
@@ -122,6 +125,7 @@ func scenarios(dir string, reaper *testbed.Reaper) []scenario {
 	httpserver := own.Build(prog, "./examples/httpserver")
 	wrapper := own.Build(prog, "./cmd/handoff")
 	activated := own.Build(prog, "./examples/activated")
+	plainShutdown := own.Build(prog, "./integration/plainshutdown")
 	tableflip := peers.Build(prog, "./cmd/tableflipserver")
 	plainArgs := func(s *testbed.Service, extra ...string) []string {
 		return append([]string{"-addr", s.Addr, "-pidfile", s.PIDFile}, extra...)
@@ -151,6 +155,12 @@ func scenarios(dir string, reaper *testbed.Reaper) []scenario {
 		{"handoff-wrapper", "SIGHUP to `handoff run` around examples/activated, which knows nothing about handoff", activated, func(s *testbed.Service) server {
 			return &wrapped{s: s, wrapper: wrapper, command: []string{activated}}
 		}},
+		{"wrapper-plain", "SIGHUP to `handoff run` around integration/plainshutdown, which drains with http.Server.Shutdown alone: a socket per child generation (the default)", plainShutdown, func(s *testbed.Service) server {
+			return &wrapped{s: s, wrapper: wrapper, command: []string{plainShutdown}}
+		}},
+		{"wrapper-plain-shared", "as wrapper-plain with -socket-mode shared: every child accepts from one socket until its stop signal", plainShutdown, func(s *testbed.Service) server {
+			return &wrapped{s: s, wrapper: wrapper, flags: []string{"-socket-mode", "shared"}, command: []string{plainShutdown}}
+		}},
 		{"tableflip-crash", "as tableflip, but the new process dies (SIGKILL) " + crashAfter.String() + " after it is ready, as a build that crashes then would; the benchmark then starts the server again at once, as the quickest supervisor would", tableflip, func(s *testbed.Service) server {
 			return &pidServer{s: s, args: plainArgs(s), how: crashAfterReady(false)}
 		}},
@@ -179,6 +189,10 @@ func measure(sc scenario, srv server, load loadgen.Config, steady time.Duration,
 		srv.restart()
 		r.durations = append(r.durations, time.Since(last))
 	}
+	// The load runs one more period, as between restarts: connections the
+	// last restart moved are measured on the new process too (a drain
+	// hands them over after the restart returns).
+	time.Sleep(time.Until(last.Add(period))) // the measurement's length, not a wait for anything
 	r.load = stop()
 	r.retried = srv.retried()
 	srv.stop()

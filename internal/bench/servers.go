@@ -150,13 +150,15 @@ func upgradeOnSignal(p *pidServer) int {
 type wrapped struct {
 	s       *testbed.Service
 	wrapper string   // cmd/handoff
+	flags   []string // the wrapper's own, beside -listen, -socket, -pidfile
 	command []string // the child
 	pid     int      // the wrapper
 	child   int      // the serving child
 }
 
 func (w *wrapped) start() int {
-	args := append([]string{"run", "-listen", "web=tcp://" + w.s.Addr, "-socket", w.s.Socket, "-pidfile", w.s.PIDFile, "--"}, w.command...)
+	args := append([]string{"run", "-listen", "web=tcp://" + w.s.Addr, "-socket", w.s.Socket, "-pidfile", w.s.PIDFile}, w.flags...)
+	args = append(append(args, "--"), w.command...)
 	w.pid = w.s.WaitPID(w.s.StartProgram(w.wrapper, args...), 0, startTimeout)
 	w.child = w.servingChild(0)
 	return w.child

@@ -11,7 +11,10 @@
 // module's compatibility promise.
 package hooks
 
-import "context"
+import (
+	"context"
+	"syscall"
+)
 
 // Wrapper is what the wrapper adds to an Upgrader.
 type Wrapper struct {
@@ -23,6 +26,15 @@ type Wrapper struct {
 	// StatusDetail's result, marshaled as JSON, is the Upgrader's
 	// Status.Detail (the wrapper's children).
 	StatusDetail func() any
+	// SocketControl, when not nil, is called on every socket the
+	// Upgrader creates itself (not one it inherits from a predecessor or
+	// from systemd) before it is bound, as net.ListenConfig.Control is:
+	// the wrapper sets SO_REUSEPORT there, so that it can bind a socket
+	// per child generation beside it. An error fails the Listen call.
+	// Such a TCP socket is plain TCP, not MPTCP (which Go's ListenConfig
+	// would choose, and whose SOL_SOCKET options exclude
+	// SO_ATTACH_REUSEPORT_CBPF).
+	SocketControl func(network, address string, c syscall.RawConn) error
 }
 
 // Wrapped is what the wrapper calls on its Upgrader once Wrap has given it

@@ -4,5 +4,6 @@
 // its process inherits the orphans of every server generation, so it can
 // also tell that none is left behind.
 //
-// It needs a Unix system (signals, wait4); on others it is empty.
+// Its processes need a Unix system (signals, wait4); on others only the
+// certificates (tls.go) are there.
 package testbed

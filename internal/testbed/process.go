@@ -180,6 +180,14 @@ func (b *Builder) Build(tb TB, pkg string) string {
 	return b.build(tb, pkg, filepath.Base(pkg), "build")
 }
 
+// BuildVariant builds the main package pkg as Build does, with more go
+// build flags (-ldflags=-X=... to set a variable for a test), into an
+// executable called name.
+func (b *Builder) BuildVariant(tb TB, pkg, name string, flags ...string) string {
+	tb.Helper()
+	return b.build(tb, pkg, name, append([]string{"build"}, flags...)...)
+}
+
 // testBinaryName names pkg's test binary after its whole path
 // ("./cmd/handoff" → "cmd-handoff.test"), so that two packages with one
 // base name ("./handoff", "./cmd/handoff") get a binary each.
