@@ -21,10 +21,7 @@ type Build struct {
 // ownBuild is this binary's build.
 func ownBuild() Build {
 	v, rev, dirty := buildinfo.Own()
-	if dirty {
-		rev += "+dirty"
-	}
-	return Build{Version: v, Revision: rev}
+	return Build{Version: v, Revision: buildinfo.Revision(rev, dirty)}
 }
 
 // offer is what a process says it speaks in hello and welcome.

@@ -38,6 +38,9 @@ func init() {
 		}
 		wait, _ := time.ParseDuration(os.Getenv(envWait))
 		time.Sleep(wait) // the crash comes this long after ready: the test's subject
+		if os.Getenv(envDieBy) == "SIGKILL" {
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}
 		os.Exit(2)
 		return nil
 	})
@@ -70,6 +73,26 @@ func init() {
 
 // canaryOld is the old generation: an Upgrader with a canary window,
 // serving "old" over HTTP on a loopback port its successors take over.
+// envDieBy set to SIGKILL makes ready-then-die kill itself so, instead of
+// exiting with status 2.
+const envDieBy = "HANDOFF_TEST_DIE_BY"
+
+// TestCanaryRollbackSaysHow: the reason of a rollback names how the
+// successor ended as an operator would: "killed by SIGKILL", not Go's
+// "signal: killed".
+func TestCanaryRollbackSaysHow(t *testing.T) {
+	checkLeaks(t)
+	t.Setenv(envDieBy, "SIGKILL")
+	old, _ := canaryOld(t, 10*time.Second, "ready-then-die", "0s")
+	if err := old.Upgrade(context.Background()); err != nil {
+		t.Fatalf("Upgrade: %v", err)
+	}
+	waitFor(t, "the rollback", func() bool { r := old.Status().LastReload; return r != nil && r.RolledBack })
+	if r := old.Status().LastReload; !strings.Contains(r.Error, "ended (killed by SIGKILL)") {
+		t.Fatalf("rollback reason %q; want it to say the successor was killed by SIGKILL", r.Error)
+	}
+}
+
 func canaryOld(t *testing.T, window time.Duration, role, wait string) (*Upgrader, string) {
 	t.Helper()
 	cfg := testConfig(t)

@@ -89,32 +89,26 @@ type Config struct {
 // socketPath returns the control socket that a Config with this Name and
 // no Socket uses (control.SocketPath).
 func socketPath(name string) (string, error) {
-	c, err := Config{Name: name}.withDefaults()
+	c, err := Config{Name: name}.withDefaults(true)
 	return c.Socket, err
 }
 
 // withDefaults returns c with every zero field filled in and paths made
-// absolute, so that a later chdir changes nothing.
-func (c Config) withDefaults() (Config, error) {
+// absolute, so that a later chdir changes nothing. Without control (a
+// platform without the handoff) the control socket is left as it is:
+// nothing binds it.
+func (c Config) withDefaults(control bool) (Config, error) {
 	if c.Name == "" {
 		c.Name = filepath.Base(os.Args[0])
 	}
 	if strings.ContainsAny(c.Name, "/\x00") || len(c.Name) > wire.MaxStringLen {
-		return c, fmt.Errorf("handoff: invalid service name %q", c.Name)
-	}
-	if c.Socket == "" {
-		dir, err := defaultSocketDir()
-		if err != nil {
-			return c, err
-		}
-		c.Socket = filepath.Join(dir, c.Name+".sock")
+		return c, errorf("handoff: invalid service name %q", c.Name)
 	}
 	var err error
-	if c.Socket, err = filepath.Abs(c.Socket); err != nil {
-		return c, err
-	}
-	if len(c.Socket) > maxSocketPath {
-		return c, fmt.Errorf("handoff: control socket path %q is longer than %d bytes", c.Socket, maxSocketPath)
+	if control {
+		if c.Socket, err = controlSocket(c.Socket, c.Name); err != nil {
+			return c, err
+		}
 	}
 	if c.PIDFile != "" {
 		if c.PIDFile, err = filepath.Abs(c.PIDFile); err != nil {
@@ -137,6 +131,26 @@ func (c Config) withDefaults() (Config, error) {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c, nil
+}
+
+// controlSocket is the control socket path for socket as Config.Socket
+// has it (empty: the default for the service name), made absolute.
+func controlSocket(socket, name string) (string, error) {
+	if socket == "" {
+		dir, err := defaultSocketDir()
+		if err != nil {
+			return "", err
+		}
+		socket = filepath.Join(dir, name+".sock")
+	}
+	socket, err := filepath.Abs(socket)
+	if err != nil {
+		return "", err
+	}
+	if len(socket) > maxSocketPath {
+		return "", errorf("handoff: control socket path %q is longer than %d bytes", socket, maxSocketPath)
+	}
+	return socket, nil
 }
 
 // defaultSocketDir is $RUNTIME_DIRECTORY (its first entry), or a directory
@@ -174,15 +188,15 @@ func checkSocketDir(path string) error {
 func checkPlace(what, path, hint string) error {
 	dir, err := filepath.EvalSymlinks(filepath.Dir(path))
 	if err != nil {
-		return fmt.Errorf("handoff: %s directory: %w", what, err)
+		return errorf("handoff: %s directory: %w", what, err)
 	}
 	owner, mode, err := fileOwner(dir)
 	if err != nil {
-		return fmt.Errorf("handoff: %s directory: %w", what, err)
+		return errorf("handoff: %s directory: %w", what, err)
 	}
 	uid := os.Geteuid()
 	if owner != uid && owner != 0 {
-		return fmt.Errorf("handoff: %s directory %s belongs to uid %d: only the service's user (uid %d) or root may own it", what, dir, owner, uid)
+		return errorf("handoff: %s directory %s belongs to uid %d: only the service's user (uid %d) or root may own it", what, dir, owner, uid)
 	}
 	// Whoever can rename an ancestor can put a directory of their own in
 	// its place: every ancestor must be as safe, or sticky (where others
@@ -190,10 +204,10 @@ func checkPlace(what, path, hint string) error {
 	for a := filepath.Dir(dir); ; a = filepath.Dir(a) {
 		aOwner, aMode, err := fileOwner(a)
 		if err != nil {
-			return fmt.Errorf("handoff: %s directory: %w", what, err)
+			return errorf("handoff: %s directory: %w", what, err)
 		}
 		if aOwner != uid && aOwner != 0 || aMode&0o022 != 0 && aMode&os.ModeSticky == 0 {
-			return fmt.Errorf("handoff: %s directory %s is inside %s (uid %d, mode %v), which other users can change, and so stand in for the service: use a directory whose every parent only the service's user or root can write to (%s)", what, dir, a, aOwner, aMode.Perm(), hint)
+			return errorf("handoff: %s directory %s is inside %s (uid %d, mode %v), which other users can change, and so stand in for the service: use a directory whose every parent only the service's user or root can write to (%s)", what, dir, a, aOwner, aMode.Perm(), hint)
 		}
 		if a == filepath.Dir(a) {
 			break
@@ -203,10 +217,10 @@ func checkPlace(what, path, hint string) error {
 		return nil
 	}
 	if mode&os.ModeSticky == 0 {
-		return fmt.Errorf("handoff: %s directory %s (mode %v) can be written by other users, who could stand in for the service: use a directory only the service's user can write to (%s)", what, dir, mode.Perm(), hint)
+		return errorf("handoff: %s directory %s (mode %v) can be written by other users, who could stand in for the service: use a directory only the service's user can write to (%s)", what, dir, mode.Perm(), hint)
 	}
 	if fileUID, _, err := fileOwner(path); err == nil && fileUID != uid {
-		return fmt.Errorf("handoff: %s %s belongs to uid %d, not to this user (uid %d): remove it, or use a directory only the service's user can write to (%s)", what, path, fileUID, uid, hint)
+		return errorf("handoff: %s %s belongs to uid %d, not to this user (uid %d): remove it, or use a directory only the service's user can write to (%s)", what, path, fileUID, uid, hint)
 	}
 	return nil
 }
@@ -219,14 +233,14 @@ func checkPIDFile(path string) error {
 		return nil
 	}
 	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
-		return fmt.Errorf("handoff: pid file %s is not a regular file", path)
+		return errorf("handoff: pid file %s is not a regular file", path)
 	}
 	if err := checkPlace("pid file", path, "such as systemd's RuntimeDirectory=, /run/NAME"); err != nil {
 		return err
 	}
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
-		return fmt.Errorf("handoff: pid file %s cannot be written: %w", path, err)
+		return errorf("handoff: pid file %s cannot be written: %w", path, err)
 	}
 	f.Close()
 	return os.Remove(f.Name())

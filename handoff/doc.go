@@ -82,7 +82,13 @@
 //
 // # Platforms
 //
-// Linux. Elsewhere New returns an error matching ErrNotSupported.
+// The handoff needs Linux. Elsewhere (macOS, the BSDs, Windows) New
+// returns an Upgrader that serves without it: Listen, Ready, Stop, Exit,
+// Close, Status and HTTPServer work as for a process that is never
+// upgraded, no control socket is bound, and Upgrade fails with an error
+// matching ErrNotSupported; Status.NoHandoff says so. A server written for
+// Linux runs unchanged on a developer's laptop, and restarts there by
+// stopping and starting. docs/platforms.md says what works where.
 //
 // The wire protocol is specified in PROTOCOL.md.
 package handoff

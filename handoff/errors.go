@@ -3,6 +3,7 @@ package handoff
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/handoffd/handoff/internal/ctl"
 	"github.com/handoffd/handoff/internal/wire"
@@ -86,8 +87,13 @@ type RefusedError struct {
 	Reason string
 }
 
+// Error reads "handoff: peer refused (service name mismatch): REASON";
+// a refusal without a particular code leaves the code out.
 func (e *RefusedError) Error() string {
-	return fmt.Sprintf("handoff: refused by peer: %s: %s", e.Code, e.Reason)
+	if e.Code == RefusedOther {
+		return "handoff: peer refused: " + e.Reason
+	}
+	return fmt.Sprintf("handoff: peer refused (%s): %s", e.Code, e.Reason)
 }
 
 // Unwrap maps the refusal onto the matching sentinel error, so that
@@ -109,6 +115,27 @@ func (e *RefusedError) Unwrap() error {
 }
 
 var _ error = (*RefusedError)(nil)
+
+// errorf is fmt.Errorf for this package's errors, which say "handoff:"
+// once: the errors it wraps that begin with it too (sentinels, refusals)
+// lose it in the message, "handoff: take over: peer refused (...)" and
+// not "handoff: take over: handoff: peer refused (...)". errors.Is and
+// errors.As see every wrapped error as before.
+func errorf(format string, args ...any) error {
+	err := fmt.Errorf(format, args...)
+	return &stutterless{msg: strings.ReplaceAll(err.Error(), ": handoff: ", ": "), err: err}
+}
+
+// stutterless is an error with errorf's message.
+type stutterless struct {
+	msg string
+	err error
+}
+
+func (e *stutterless) Error() string { return e.msg }
+
+// Unwrap returns what fmt.Errorf made of the wrapped errors.
+func (e *stutterless) Unwrap() error { return e.err }
 
 // A denial is this process's own refusal of a peer, with the reason it
 // sends; unlike a RefusedError it was not received.

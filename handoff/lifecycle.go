@@ -58,15 +58,18 @@ func (s lifecycle) upgradeErr() error {
 }
 
 // startFresh makes this the first generation, serving ctrl, the control
-// socket it has just bound. Takeovers are refused until Ready.
+// socket it has just bound (nil without the handoff: none). Takeovers
+// are refused until Ready.
 func (u *Upgrader) startFresh(ctrl *net.UnixListener) {
 	u.mu.Lock()
 	u.ctrl, u.generation = ctrl, 1
 	u.log = u.log.With("generation", u.generation)
-	u.wg.Add(1)
 	u.mu.Unlock()
 	u.conns.finish() // nobody will hand connections over
-	go u.serveControl(ctrl)
+	if ctrl != nil {
+		u.wg.Add(1)
+		go u.serveControl(ctrl)
+	}
 }
 
 // succeed records the predecessor this process takes over from, once it
@@ -363,7 +366,8 @@ func (u *Upgrader) close() {
 			u.removeControlSocket(ctrl)
 		}
 	}
-	for _, cc := range sessions {
+	for _, cc := range sessions { // a successor or client learns why
+		refuse(cc, u.closingDenial())
 		cc.Close()
 	}
 	if pred != nil {
@@ -471,5 +475,5 @@ func (u *Upgrader) predecessorSending() bool {
 
 // notReadyErr says why a request that needs a ready process is refused.
 func (u *Upgrader) notReadyErr() error {
-	return fmt.Errorf("%w: pid %d started %s ago and has not called Ready yet", ErrNotReady, u.pid, time.Since(u.started).Round(time.Millisecond))
+	return errorf("%w: pid %d started %s ago and has not called Ready yet", ErrNotReady, u.pid, time.Since(u.started).Round(time.Millisecond))
 }

@@ -146,14 +146,14 @@ func (l *successorLink) batches() bool { return l.caps&wire.CapConnBatch != 0 }
 // that follow.
 func (l *successorLink) send(ctx context.Context, key string, sc syscall.Conn, state []byte) error {
 	if !l.accepts(key) {
-		return fmt.Errorf("%w: successor does not take connections for %q", ErrNoSuccessor, key)
+		return errorf("%w: successor does not take connections for socket %s", ErrNoSuccessor, describeKey(key))
 	}
 	if len(state) > maxConnState {
-		return fmt.Errorf("handoff: connection state of %d bytes exceeds %d", len(state), maxConnState)
+		return errorf("handoff: connection state of %d bytes exceeds %d", len(state), maxConnState)
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return fmt.Errorf("handoff: the connection to send: %w", err)
+		return errorf("handoff: the connection to send: %w", err)
 	}
 	until := time.Now().Add(l.step)
 	if d, ok := ctx.Deadline(); ok && d.Before(until) {
@@ -161,7 +161,7 @@ func (l *successorLink) send(ctx context.Context, key string, sc syscall.Conn, s
 	}
 	oc := &outConn{key: key, state: state, rc: rc, until: until, done: make(chan error, 1)}
 	if err := l.enqueue(oc); err != nil {
-		return fmt.Errorf("%w: %w", ErrNoSuccessor, err)
+		return errorf("%w: %w", ErrNoSuccessor, err)
 	}
 	timer := time.NewTimer(time.Until(until))
 	defer timer.Stop()
@@ -170,9 +170,9 @@ func (l *successorLink) send(ctx context.Context, key string, sc syscall.Conn, s
 	case err := <-oc.done:
 		return err
 	case <-timer.C:
-		why = fmt.Errorf("the successor did not take the connection within %s: %w", l.step, os.ErrDeadlineExceeded)
+		why = errorf("the successor did not take the connection within %s: %w", l.step, os.ErrDeadlineExceeded)
 	case <-ctx.Done():
-		why = fmt.Errorf("waiting for the successor to take the connection: %w", ctx.Err())
+		why = errorf("waiting for the successor to take the connection: %w", ctx.Err())
 	}
 	l.withdraw(oc, why)
 	// Settled now, or as soon as writeConns knows whether it went out,
@@ -192,7 +192,7 @@ func (l *successorLink) enqueue(oc *outConn) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.broken != nil {
-		return fmt.Errorf("link to successor lost: %w", l.broken)
+		return errorf("link to successor lost: %w", l.broken)
 	}
 	l.queue = append(l.queue, oc)
 	l.poke()
@@ -230,11 +230,11 @@ func (l *successorLink) withdraw(oc *outConn, why error) {
 				break
 			}
 		}
-		settleLocked(oc, fmt.Errorf("%w: %w", ErrNoSuccessor, why))
+		settleLocked(oc, errorf("%w: %w", ErrNoSuccessor, why))
 	case outWriting:
 		oc.canceled = why
 	case outSent:
-		settleLocked(oc, fmt.Errorf("%w: %w", ErrConnUnknown, why))
+		settleLocked(oc, errorf("%w: %w", ErrConnUnknown, why))
 	}
 }
 
@@ -319,7 +319,7 @@ func (l *successorLink) write(id uint64, sc *sentConns) {
 			if held[i] {
 				sent = append(sent, oc)
 			} else {
-				settleLocked(oc, fmt.Errorf("%w: the connection is closed", ErrNoSuccessor))
+				settleLocked(oc, errorf("%w: the connection is closed", ErrNoSuccessor))
 			}
 		}
 		l.inflightFDs -= len(sc.conns) - len(sent)
@@ -359,13 +359,13 @@ func (l *successorLink) write(id uint64, sc *sentConns) {
 	for _, oc := range sc.conns {
 		switch {
 		case err != nil:
-			settleLocked(oc, fmt.Errorf("%w: %w", ErrNoSuccessor, err))
+			settleLocked(oc, errorf("%w: %w", ErrNoSuccessor, err))
 		case l.broken != nil && l.inflight[id] != sc:
 			// fail found it being written: it went out, and nobody
 			// will ack it now.
-			settleLocked(oc, fmt.Errorf("%w: the link to the successor broke after the connection was sent: %w", ErrConnUnknown, l.broken))
+			settleLocked(oc, errorf("%w: the link to the successor broke after the connection was sent: %w", ErrConnUnknown, l.broken))
 		case oc.canceled != nil:
-			settleLocked(oc, fmt.Errorf("%w: %w", ErrConnUnknown, oc.canceled))
+			settleLocked(oc, errorf("%w: %w", ErrConnUnknown, oc.canceled))
 		case oc.phase == outWriting:
 			oc.phase = outSent
 		}
@@ -450,16 +450,16 @@ func (l *successorLink) settle(m wire.Message) error {
 	case wire.ConnsAck:
 		id, ok, reason, batch = a.ID, a.OK, a.Reason, true
 	default:
-		return fmt.Errorf("%w: expected %s message, got %s", ErrProtocol, wire.TypeConnAck, m.Type())
+		return errorf("%w: expected %s message, got %s", ErrProtocol, wire.TypeConnAck, m.Type())
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	sc := l.inflight[id]
 	switch {
 	case sc == nil:
-		return fmt.Errorf("%w: ack for connection %d, which is not in flight", ErrProtocol, id)
+		return errorf("%w: ack for connection %d, which is not in flight", ErrProtocol, id)
 	case sc.batch != batch || len(ok) != len(sc.conns):
-		return fmt.Errorf("%w: %s for %d connections answers %d", ErrProtocol, m.Type(), len(ok), len(sc.conns))
+		return errorf("%w: %s for %d connections answers %d", ErrProtocol, m.Type(), len(ok), len(sc.conns))
 	}
 	delete(l.inflight, id)
 	l.inflightFDs -= len(sc.conns)
@@ -467,7 +467,7 @@ func (l *successorLink) settle(m wire.Message) error {
 		if ok[i] {
 			settleLocked(oc, nil)
 		} else {
-			settleLocked(oc, fmt.Errorf("%w: successor refused the connection: %s", ErrNoSuccessor, reason))
+			settleLocked(oc, errorf("%w: successor refused the connection: %s", ErrNoSuccessor, reason))
 		}
 	}
 	return nil
@@ -486,13 +486,13 @@ func (l *successorLink) fail(err error) {
 	l.dead.Store(true)
 	close(l.lost)
 	for _, oc := range l.queue {
-		settleLocked(oc, fmt.Errorf("%w: link to successor lost: %w", ErrNoSuccessor, err))
+		settleLocked(oc, errorf("%w: link to successor lost: %w", ErrNoSuccessor, err))
 	}
 	l.queue = nil
 	for id, sc := range l.inflight {
 		for _, oc := range sc.conns {
 			if oc.phase == outSent {
-				settleLocked(oc, fmt.Errorf("%w: the link to the successor broke after connection %d was sent: %w", ErrConnUnknown, id, err))
+				settleLocked(oc, errorf("%w: the link to the successor broke after connection %d was sent: %w", ErrConnUnknown, id, err))
 			}
 		}
 		delete(l.inflight, id)
@@ -555,7 +555,7 @@ func (l *successorLink) close() {
 func (u *Upgrader) SendConn(ctx context.Context, c net.Conn, state []byte) error {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return fmt.Errorf("handoff: cannot hand over a %T: not a kernel socket", c)
+		return errorf("handoff: cannot hand over a %T: not a kernel socket", c)
 	}
 	if err := u.sendConn(ctx, "", sc, state); err != nil {
 		if errors.Is(err, ErrConnUnknown) {
@@ -730,11 +730,11 @@ func (u *Upgrader) forwardConn(key string, c net.Conn, state []byte) error {
 	defer cancel()
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return fmt.Errorf("handoff: cannot forward a %T", c)
+		return errorf("handoff: cannot forward a %T", c)
 	}
 	err := u.sendConn(ctx, key, sc, state)
 	if err != nil {
-		u.log.Warn("could not pass a handed-over connection on to the successor", "key", key, "err", err)
+		u.log.Warn("could not pass a handed-over connection on to the successor", "socket", describeKey(key), "err", err)
 	}
 	return err
 }

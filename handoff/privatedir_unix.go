@@ -3,7 +3,6 @@
 package handoff
 
 import (
-	"fmt"
 	"os"
 	"syscall"
 )
@@ -17,10 +16,10 @@ func checkPrivateDir(dir string) error {
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !fi.IsDir() || !ok {
-		return fmt.Errorf("handoff: %s is not a directory", dir)
+		return errorf("handoff: %s is not a directory", dir)
 	}
 	if int(st.Uid) != os.Geteuid() || fi.Mode().Perm()&0o022 != 0 {
-		return fmt.Errorf("handoff: %s must be owned by uid %d and not writable by others (owner %d, mode %v)", dir, os.Geteuid(), st.Uid, fi.Mode().Perm())
+		return errorf("handoff: %s must be owned by uid %d and not writable by others (owner %d, mode %v)", dir, os.Geteuid(), st.Uid, fi.Mode().Perm())
 	}
 	return nil
 }
@@ -34,7 +33,7 @@ func fileOwner(path string) (uid int, mode os.FileMode, err error) {
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
-		return 0, 0, fmt.Errorf("%s: no owner", path)
+		return 0, 0, errorf("%s: no owner", path)
 	}
 	return int(st.Uid), fi.Mode(), nil
 }

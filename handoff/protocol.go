@@ -3,8 +3,9 @@ package handoff
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/handoffd/handoff/internal/ctl"
@@ -36,26 +37,28 @@ func expect[T wire.Message](cc *ctl.Conn, deadline time.Time) (T, error) {
 	}
 	t, ok := m.(T)
 	if !ok {
-		return zero, fmt.Errorf("%w: expected %s message, got %s", ErrProtocol, zero.Type(), m.Type())
+		return zero, errorf("%w: expected %s message, got %s", ErrProtocol, zero.Type(), m.Type())
 	}
 	return t, nil
 }
 
-// refuse tells the peer why err ends the conversation.
+// refuse tells the peer why err ends the conversation. A refusal this
+// process received is passed on in its own words, so that reasons never
+// nest ("peer refused: peer refused: ...").
 func refuse(cc *ctl.Conn, err error) {
-	code := refusalFor(err)
 	var refused *RefusedError
 	if errors.As(err, &refused) {
-		code = refused.Code
+		cc.Refuse(uint16(refused.Code), refused.Reason)
+		return
 	}
-	cc.Refuse(uint16(code), err.Error())
+	cc.Refuse(uint16(refusalFor(err)), strings.TrimPrefix(err.Error(), "handoff: "))
 }
 
 // peerGone says in words that the peer closed the connection (it exited,
 // most likely), when err says so in a read's terms.
 func peerGone(who string, err error) error {
-	if errors.Is(err, io.EOF) {
-		return fmt.Errorf("%s closed the connection (exited?): %w", who, err)
+	if errors.Is(err, io.EOF) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
+		return errorf("%s closed the connection (exited?): %w", who, err)
 	}
 	return err
 }

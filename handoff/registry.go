@@ -3,7 +3,6 @@ package handoff
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"strconv"
@@ -110,6 +109,15 @@ func describe(e wire.Entry) string {
 	return where
 }
 
+// describeKey names the socket whose key is key for a person: its name,
+// or "tcp 127.0.0.1:8080" for the key "tcp|127.0.0.1:8080".
+func describeKey(key string) string {
+	if network, address, ok := strings.Cut(key, "|"); ok {
+		return network + " " + address
+	}
+	return key
+}
+
 // describe names the inherited socket for a person.
 func (in *inheritedFD) describe() string { return describe(in.Entry) }
 
@@ -135,7 +143,7 @@ func (r *registry) open(ctx context.Context, want wire.Entry) (*socket, error) {
 	switch {
 	case want.Kind == wire.KindListener && !listenNetworks[want.Network],
 		want.Kind == wire.KindPacket && !packetNetworks[want.Network]:
-		return nil, fmt.Errorf("handoff: cannot %s network %q", map[wire.Kind]string{wire.KindListener: "listen on", wire.KindPacket: "listen for packets on"}[want.Kind], want.Network)
+		return nil, wrongNetwork(want)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -144,7 +152,7 @@ func (r *registry) open(ctx context.Context, want wire.Entry) (*socket, error) {
 	}
 	for _, s := range r.sockets {
 		if s.Key() == want.Key() {
-			return nil, fmt.Errorf("handoff: socket %s is already in use", describe(want))
+			return nil, errorf("handoff: socket %s is already in use", describe(want))
 		}
 	}
 	s := &socket{Entry: want}
@@ -161,10 +169,24 @@ func (r *registry) open(ctx context.Context, want wire.Entry) (*socket, error) {
 		err = s.create(ctx, r.control)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("handoff: %s %s: %w", map[wire.Kind]string{wire.KindListener: "listen on", wire.KindPacket: "listen for packets on"}[want.Kind], describe(want), err)
+		return nil, errorf("handoff: %s %s: %w", map[wire.Kind]string{wire.KindListener: "listen on", wire.KindPacket: "listen for packets on"}[want.Kind], describe(want), err)
 	}
 	r.sockets = append(r.sockets, s)
 	return s, nil
+}
+
+// wrongNetwork says that want's network is not one its call serves, and
+// which call does.
+func wrongNetwork(want wire.Entry) error {
+	switch {
+	case want.Kind == wire.KindListener && packetNetworks[want.Network]:
+		return errorf("handoff: Listen cannot serve network %q: it is for datagrams; use ListenPacket", want.Network)
+	case want.Kind == wire.KindPacket && listenNetworks[want.Network]:
+		return errorf("handoff: ListenPacket cannot serve network %q: it is for streams; use Listen", want.Network)
+	case want.Kind == wire.KindListener:
+		return errorf("handoff: Listen cannot serve network %q: want tcp, tcp4, tcp6, unix or unixpacket", want.Network)
+	}
+	return errorf("handoff: ListenPacket cannot serve network %q: want udp, udp4, udp6 or unixgram", want.Network)
 }
 
 // match finds the inherited socket for want: first the predecessor's
@@ -397,7 +419,7 @@ func (r *registry) claimsPredecessor() error {
 	if r.claimed > 0 || len(left) == 0 {
 		return nil
 	}
-	return fmt.Errorf("it serves %s", strings.Join(left, ", "))
+	return errorf("it serves %s", strings.Join(left, ", "))
 }
 
 // dropUnclaimed closes the inherited sockets no Listen call claimed and

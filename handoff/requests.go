@@ -37,6 +37,10 @@ type Status struct {
 	// process did not claim (a port its config no longer has): it closed
 	// them once it served.
 	Dropped []SocketStatus `json:"dropped,omitempty"`
+	// NoHandoff says why this process serves without the handoff (the
+	// platform cannot pass sockets; see New): it can be restarted, not
+	// upgraded. Empty where it hands over.
+	NoHandoff string `json:"no_handoff,omitempty"`
 	// Detail is what the wrapper (`handoff run`) adds: its command and
 	// children. It is empty for a program's own Upgrader.
 	Detail json.RawMessage `json:"detail,omitempty"`
@@ -79,6 +83,9 @@ func (u *Upgrader) Status() Status {
 	}
 	detail := u.wrapper.StatusDetail
 	u.mu.Unlock()
+	if u.noHandoff != nil {
+		st.NoHandoff = u.noHandoff.Error()
+	}
 	for _, s := range u.reg.inventory() {
 		st.Sockets = append(st.Sockets, SocketStatus{Name: s.Name, Network: s.Network, Address: s.boundAddress()})
 	}
@@ -166,7 +173,7 @@ func (u *Upgrader) serveRequest(ctx context.Context, cc *ctl.Conn, req wire.Requ
 			return cc.Send(wire.Reply{Final: true, Text: "reloaded"}, nil, step())
 		}
 	default:
-		err = fmt.Errorf("%w: unknown request %q", ErrProtocol, req.Name)
+		err = errorf("%w: unknown request %q", ErrProtocol, req.Name)
 	}
 	refuse(cc, err)
 	return err
@@ -182,16 +189,16 @@ func roundTrip(ctx context.Context, path, name string, progress func(string)) (r
 	}
 	defer func() {
 		if err != nil {
-			err = fmt.Errorf("handoff: %s: %w", name, ctxErr(ctx, err))
+			err = errorf("handoff: %s: %w", name, ctxErr(ctx, err))
 		}
 	}()
 	cc, err := ctl.Dial(ctx, path, wire.MaxMessageSize, 0)
 	if err != nil {
 		var peer *ctl.PeerError
 		if errors.As(err, &peer) {
-			return reply, fmt.Errorf("%w: control socket %s: %w", ErrPeerRejected, path, err)
+			return reply, errorf("%w: control socket %s: %w", ErrPeerRejected, path, err)
 		}
-		return reply, fmt.Errorf("connect to %s: %w", path, err)
+		return reply, errorf("connect to %s: %w", path, err)
 	}
 	defer cc.Close()
 	stop := cc.Bind(ctx)
@@ -206,7 +213,7 @@ func roundTrip(ctx context.Context, path, name string, progress func(string)) (r
 		}
 		r, ok := m.(wire.Reply)
 		if !ok {
-			return reply, fmt.Errorf("%w: unexpected %s message", ErrProtocol, m.Type())
+			return reply, errorf("%w: unexpected %s message", ErrProtocol, m.Type())
 		}
 		if r.Final {
 			return r, nil

@@ -3,7 +3,6 @@ package handoff
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"syscall"
@@ -67,28 +66,53 @@ func (u *Upgrader) serveConn(ctx context.Context, cc *ctl.Conn) *successorLink {
 	}
 	m, err := recvMsg(cc, time.Now().Add(u.cfg.StepTimeout))
 	if err != nil {
-		refuse(cc, fmt.Errorf("waiting for hello: %w", err))
+		if u.closing() {
+			refuse(cc, u.closingDenial())
+			u.log.Debug("dropped a client of the control socket: closing", "err", err)
+			return nil
+		}
+		refuse(cc, errorf("waiting for hello: %w", err))
 		u.log.Warn("control socket client sent nothing usable; still serving", "err", err)
 		return nil
 	}
 	switch m := m.(type) {
 	case wire.Hello:
 		link, err := u.handOff(ctx, cc, nil, &m)
-		if err != nil {
+		switch {
+		case err == nil:
+		case u.closing():
+			u.log.Info("takeover abandoned: this process is closing", "err", err)
+		default:
 			u.log.Warn("takeover failed; still serving", "err", err)
 		}
 		return link
 	case wire.Request:
 		u.untrack(cc) // see untrack: a request ends by itself
-		if err := u.serveRequest(ctx, cc, m); err != nil && !errors.Is(err, ErrClosed) {
+		err := u.serveRequest(ctx, cc, m)
+		switch {
+		case err == nil || errors.Is(err, ErrClosed):
+		case u.closing():
+			u.log.Debug("request abandoned: closing", "request", m.Name, "err", err)
+		default:
 			u.log.Warn("request failed; still serving", "request", m.Name, "err", err)
 		}
 	default:
-		err := fmt.Errorf("%w: expected hello or request, got %s", ErrProtocol, m.Type())
+		err := errorf("%w: expected hello or request, got %s", ErrProtocol, m.Type())
 		refuse(cc, err)
 		u.log.Warn("control socket client broke the protocol; still serving", "err", err)
 	}
 	return nil
+}
+
+// closing reports whether Close has begun: what fails from then on fails
+// because of it, and nobody is still served.
+func (u *Upgrader) closing() bool { return u.ctx.Err() != nil }
+
+// closingDenial is what a peer is told once Close has begun. Both Close
+// and the session it interrupts send it, since either may close the
+// connection first; the peer reads the first.
+func (u *Upgrader) closingDenial() error {
+	return deny(RefusedClosing, "pid %d is shutting down", u.pid)
 }
 
 // checkClient accepts a client of the control socket only if it runs as
@@ -117,11 +141,17 @@ func (u *Upgrader) checkClient(cc *ctl.Conn) error {
 // SIGTERM, DrainTimeout to drain what it may have accepted, then SIGKILL;
 // this process keeps serving as before.
 //
+// Where the platform cannot pass sockets (see New), Upgrade fails at once
+// with an error matching ErrNotSupported, and the process serves on.
+//
 // Called before Ready, Upgrade waits for it: a SIGHUP that reaches a
 // successor while it completes its own takeover is not lost. (Install the
 // signal handler before calling Ready, or such a SIGHUP kills the
 // process.)
 func (u *Upgrader) Upgrade(ctx context.Context) error {
+	if u.noHandoff != nil {
+		return u.noHandoff
+	}
 	if err := u.waitReady(ctx); err != nil {
 		return err
 	}
@@ -132,7 +162,7 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 	start := time.Now()
 	child, cc, err := u.startSuccessor()
 	if err != nil {
-		err = fmt.Errorf("handoff: start successor: %w", err)
+		err = errorf("handoff: start successor: %w", err)
 		u.release(err)
 		u.recordUpgrade(start, 0, nil, err)
 		return err
@@ -186,13 +216,17 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctl.Conn, child *successorPr
 			return
 		}
 		err = ctxErr(ctx, err)
-		refuse(cc, err)
+		if u.closing() {
+			refuse(cc, u.closingDenial())
+		} else {
+			refuse(cc, err)
+		}
 		if child != nil {
 			u.stopSuccessor(child)
 		}
 		if reserved {
 			u.release(err)
-			err = fmt.Errorf("%w: %w", ErrSuccessorFailed, err)
+			err = errorf("%w: %w", ErrSuccessorFailed, err)
 			u.recordUpgrade(start, succPID, succBuild, err)
 		}
 	}()
@@ -204,9 +238,9 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctl.Conn, child *successorPr
 		h, err := expect[wire.Hello](cc, start.Add(u.cfg.ReadyTimeout))
 		if err != nil {
 			if ctl.IsTimeout(err) {
-				return nil, fmt.Errorf("successor pid %d did not call handoff.New within ReadyTimeout (%s)", succPID, u.cfg.ReadyTimeout)
+				return nil, errorf("successor pid %d did not call handoff.New within ReadyTimeout (%s)", succPID, u.cfg.ReadyTimeout)
 			}
-			return nil, fmt.Errorf("waiting for hello from successor pid %d: %w", succPID, peerGone("it", err))
+			return nil, errorf("waiting for hello from successor pid %d: %w", succPID, peerGone("it", err))
 		}
 		first = &h
 	}
@@ -242,20 +276,20 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctl.Conn, child *successorPr
 		return nil, err
 	}
 	if err := sendSockets(cc, items, u.cfg.StepTimeout); err != nil {
-		return nil, fmt.Errorf("sending sockets: %w", err)
+		return nil, errorf("sending sockets: %w", err)
 	}
 	r, err := expect[wire.Ready](cc, start.Add(u.cfg.ReadyTimeout))
 	if err != nil {
 		if ctl.IsTimeout(err) {
-			return nil, fmt.Errorf("successor pid %d did not call Ready within ReadyTimeout (%s)", succPID, u.cfg.ReadyTimeout)
+			return nil, errorf("successor pid %d did not call Ready within ReadyTimeout (%s)", succPID, u.cfg.ReadyTimeout)
 		}
-		return nil, fmt.Errorf("waiting for ready from successor pid %d: %w", succPID, peerGone("it", err))
+		return nil, errorf("waiting for ready from successor pid %d: %w", succPID, peerGone("it", err))
 	}
 	if int(r.PID) != int(h.PID) {
-		return nil, fmt.Errorf("%w: ready from pid %d, hello from pid %d", ErrProtocol, r.PID, h.PID)
+		return nil, errorf("%w: ready from pid %d, hello from pid %d", ErrProtocol, r.PID, h.PID)
 	}
 	if cc.PeerClosed() {
-		return nil, fmt.Errorf("successor pid %d exited right after saying it was ready", succPID)
+		return nil, errorf("successor pid %d exited right after saying it was ready", succPID)
 	}
 	// From the commit on, ctx has no say: whoever canceled it (perhaps
 	// reacting to Exit) must not cut the link to the successor.
@@ -274,10 +308,10 @@ func (u *Upgrader) handOff(ctx context.Context, cc *ctl.Conn, child *successorPr
 // connected.) It returns the successor's pid as this process sees it.
 func (u *Upgrader) checkSuccessor(cc *ctl.Conn, h wire.Hello, child *successorProcess) (int, error) {
 	if _, ok := speaks.choose(h.MinVersion, h.MaxVersion); !ok {
-		return 0, deny(RefusedVersion, "peer speaks protocol versions %d to %d, this process %d to %d", h.MinVersion, h.MaxVersion, speaks.minVersion, speaks.maxVersion)
+		return 0, deny(RefusedVersion, "pid %d speaks protocol versions %d to %d, the newcomer (pid %d) %d to %d", u.pid, speaks.minVersion, speaks.maxVersion, h.PID, h.MinVersion, h.MaxVersion)
 	}
 	if h.Name != u.cfg.Name {
-		return 0, deny(RefusedName, "peer is service %q, this is %q", h.Name, u.cfg.Name)
+		return 0, deny(RefusedName, "pid %d serves service %q on this control socket; the newcomer (pid %d) is service %q", u.pid, u.cfg.Name, h.PID, h.Name)
 	}
 	if child != nil {
 		return child.pid(), nil // a socketpair's credentials are our own
@@ -326,7 +360,7 @@ func sendSockets(cc *ctl.Conn, items []handoverItem, step time.Duration) error {
 			fd, err := ctl.DupFD(it.conn)
 			if err != nil {
 				ctl.CloseFDs(fds)
-				return fmt.Errorf("duplicate %s: %w", describe(it.Entry), err)
+				return errorf("duplicate %s: %w", describe(it.Entry), err)
 			}
 			fds = append(fds, fd)
 			batch.Entries = append(batch.Entries, it.Entry)
@@ -341,7 +375,7 @@ func sendSockets(cc *ctl.Conn, items []handoverItem, step time.Duration) error {
 			return err
 		}
 		if a.Seq != seq {
-			return fmt.Errorf("%w: ack for batch %d, expected %d", ErrProtocol, a.Seq, seq)
+			return errorf("%w: ack for batch %d, expected %d", ErrProtocol, a.Seq, seq)
 		}
 		items = items[n:]
 	}

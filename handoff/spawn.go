@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/handoffd/handoff/internal/ctl"
+	"github.com/handoffd/handoff/internal/exitstatus"
 	"github.com/handoffd/handoff/internal/sdnotify"
 )
 
@@ -111,7 +112,7 @@ func (p *successorProcess) exited() <-chan struct{} {
 // status says how the process ended, once exited is closed.
 func (p *successorProcess) status() string {
 	if st := p.cmd.ProcessState; st != nil {
-		return st.String()
+		return exitstatus.Describe(st)
 	}
 	return "status unknown: the service manager reaped it"
 }

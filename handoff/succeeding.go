@@ -3,7 +3,6 @@ package handoff
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"strconv"
@@ -34,7 +33,7 @@ func (u *Upgrader) findPredecessor(ctx context.Context) (*ctl.Conn, *net.UnixLis
 	defer cancel()
 	unlock, err := ctl.LockFile(lockCtx, u.lockPath())
 	if err != nil {
-		return nil, nil, fmt.Errorf("handoff: control socket %s: %w", path, err)
+		return nil, nil, errorf("handoff: control socket %s: %w", path, err)
 	}
 	defer unlock()
 	cc, err := ctl.Dial(ctx, path, wire.MaxMessageSize, wire.MaxFDs)
@@ -44,19 +43,19 @@ func (u *Upgrader) findPredecessor(ctx context.Context) (*ctl.Conn, *net.UnixLis
 	var peer *ctl.PeerError
 	switch {
 	case errors.As(err, &peer):
-		return nil, nil, fmt.Errorf("handoff: control socket %s is served by pid %d of uid %d, not by this user (uid %d) or root: refusing to trust it; keep the control socket in a directory only the service's user can write to: %w",
+		return nil, nil, errorf("handoff: control socket %s is served by pid %d of uid %d, not by this user (uid %d) or root: refusing to trust it; keep the control socket in a directory only the service's user can write to: %w",
 			path, peer.Cred.PID, peer.Cred.UID, os.Geteuid(), ErrPeerRejected)
 	case ctl.IsConnRefused(err):
 		u.log.Info("replacing stale control socket", "socket", path)
 		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
-			return nil, nil, fmt.Errorf("handoff: remove stale control socket: %w", err)
+			return nil, nil, errorf("handoff: remove stale control socket: %w", err)
 		}
 	case !ctl.IsNotExist(err):
-		return nil, nil, fmt.Errorf("handoff: connect to control socket: %w", err)
+		return nil, nil, errorf("handoff: connect to control socket: %w", err)
 	}
 	ln, err := ctl.ListenControlSocket(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("handoff: control socket: %w", err)
+		return nil, nil, errorf("handoff: control socket: %w", err)
 	}
 	return nil, ln, nil
 }
@@ -73,16 +72,16 @@ func inheritedControlConn() (*ctl.Conn, error) {
 	}
 	fd, err := strconv.Atoi(fdStr)
 	if err != nil || fd < 3 {
-		return nil, fmt.Errorf("handoff: bad %s=%q", ctl.EnvFD, fdStr)
+		return nil, errorf("handoff: bad %s=%q", ctl.EnvFD, fdStr)
 	}
 	c, err := ctl.UnixConnFromFD(fd)
 	if err != nil {
-		return nil, fmt.Errorf("handoff: %s=%d: %w", ctl.EnvFD, fd, err)
+		return nil, errorf("handoff: %s=%d: %w", ctl.EnvFD, fd, err)
 	}
 	cc := ctl.NewConn(c, wire.MaxMessageSize, wire.MaxFDs)
 	if err := cc.CheckPeer(); err != nil {
 		cc.Close()
-		return nil, fmt.Errorf("handoff: %s=%d: %w: %w", ctl.EnvFD, fd, ErrPeerRejected, err)
+		return nil, errorf("handoff: %s=%d: %w: %w", ctl.EnvFD, fd, ErrPeerRejected, err)
 	}
 	return cc, nil
 }
@@ -95,14 +94,14 @@ func (u *Upgrader) takeOver(ctx context.Context, cc *ctl.Conn) error {
 	step := func() time.Time { return time.Now().Add(u.cfg.StepTimeout) }
 	h := wire.Hello{MinVersion: speaks.minVersion, MaxVersion: speaks.maxVersion, Caps: speaks.caps, PID: uint32(u.pid), Name: u.cfg.Name, Build: speaks.build.wire()}
 	if err := cc.Send(h, nil, step()); err != nil {
-		return fmt.Errorf("handoff: take over: %w", ctxErr(ctx, err))
+		return errorf("handoff: take over: %w", ctxErr(ctx, err))
 	}
 	w, err := expect[wire.Welcome](cc, step())
 	if err != nil {
-		return fmt.Errorf("handoff: take over: %w", ctxErr(ctx, err))
+		return errorf("handoff: take over: %w", ctxErr(ctx, err))
 	}
 	if w.Version < speaks.minVersion || w.Version > speaks.maxVersion {
-		return fmt.Errorf("handoff: take over: %w: predecessor chose version %d", ErrProtocol, w.Version)
+		return errorf("handoff: take over: %w: predecessor chose version %d", ErrProtocol, w.Version)
 	}
 	u.mu.Lock()
 	u.predBuild = &Build{Version: w.Build.Version, Revision: w.Build.Revision}
@@ -110,7 +109,7 @@ func (u *Upgrader) takeOver(ctx context.Context, cc *ctl.Conn) error {
 	u.succeed(cc, w.Generation, int(w.PID), w.Caps&speaks.caps) // in effect only when both have them
 	inherit := func(e wire.Entry, fd int) { u.reg.inherit(e, fd, fromPredecessor) }
 	if err := receiveSockets(cc, w.Sockets, u.cfg.StepTimeout, inherit); err != nil {
-		return fmt.Errorf("handoff: take over: receive sockets: %w", ctxErr(ctx, err))
+		return errorf("handoff: take over: receive sockets: %w", ctxErr(ctx, err))
 	}
 	u.log.Info("received sockets from predecessor", "predecessor", w.PID, "sockets", w.Sockets)
 	return nil
@@ -129,13 +128,13 @@ func receiveSockets(cc *ctl.Conn, total uint32, step time.Duration, inherit func
 		batch, ok := m.(wire.FDBatch)
 		switch {
 		case !ok:
-			err = fmt.Errorf("%w: expected fds message, got %s", ErrProtocol, m.Type())
+			err = errorf("%w: expected fds message, got %s", ErrProtocol, m.Type())
 		case batch.Seq != seq:
-			err = fmt.Errorf("%w: fd batch %d, expected %d", ErrProtocol, batch.Seq, seq)
+			err = errorf("%w: fd batch %d, expected %d", ErrProtocol, batch.Seq, seq)
 		case len(batch.Entries) == 0 || len(batch.Entries) != len(fds):
-			err = fmt.Errorf("%w: fd batch of %d entries carries %d descriptors", ErrProtocol, len(batch.Entries), len(fds))
+			err = errorf("%w: fd batch of %d entries carries %d descriptors", ErrProtocol, len(batch.Entries), len(fds))
 		case uint64(received)+uint64(len(fds)) > uint64(total):
-			err = fmt.Errorf("%w: more sockets than the %d announced", ErrProtocol, total)
+			err = errorf("%w: more sockets than the %d announced", ErrProtocol, total)
 		}
 		if err != nil {
 			ctl.CloseFDs(fds)
@@ -158,23 +157,31 @@ func receiveSockets(cc *ctl.Conn, total uint32, step time.Duration, inherit func
 func (u *Upgrader) completeTakeover(pred *ctl.Conn) (*net.UnixListener, error) {
 	fd := u.reg.takeControl()
 	if fd < 0 {
-		return nil, fmt.Errorf("handoff: %w: predecessor sent no control socket", ErrProtocol)
+		return nil, errorf("handoff: %w: predecessor sent no control socket", ErrProtocol)
 	}
 	f := os.NewFile(uintptr(fd), u.cfg.Socket)
 	ln, err := net.FileListener(f)
 	f.Close()
 	if err != nil {
-		return nil, fmt.Errorf("handoff: inherited control socket: %w", err)
+		return nil, errorf("handoff: inherited control socket: %w", err)
 	}
 	ctrl, ok := ln.(*net.UnixListener)
 	if !ok {
 		ln.Close()
-		return nil, fmt.Errorf("handoff: %w: control socket is %T", ErrProtocol, ln)
+		return nil, errorf("handoff: %w: control socket is %T", ErrProtocol, ln)
 	}
 	ctrl.SetUnlinkOnClose(false) // the path outlives this process's copy
 	if err := pred.Send(wire.Ready{PID: uint32(u.pid), Keys: u.reg.keys()}, nil, time.Now().Add(u.cfg.StepTimeout)); err != nil {
 		ctrl.Close()
-		return nil, fmt.Errorf("handoff: tell predecessor: %w", err)
+		// The predecessor hung up: its refusal, if it sent one, says why.
+		var refused *RefusedError
+		if _, rerr := recvMsg(pred, time.Now().Add(100*time.Millisecond)); errors.As(rerr, &refused) {
+			return nil, errorf("handoff: predecessor gave up: %w", refused)
+		}
+		u.mu.Lock()
+		predPID := u.predPID
+		u.mu.Unlock()
+		return nil, errorf("handoff: tell predecessor pid %d that this process is ready: %w", predPID, peerGone("it", err))
 	}
 	// Once it has read ready the predecessor stops for good, so from here
 	// on this process serves whatever the predecessor answers.
@@ -185,7 +192,7 @@ func (u *Upgrader) completeTakeover(pred *ctl.Conn) (*net.UnixListener, error) {
 		u.log.Info("predecessor stopped accepting; serving")
 	case errors.As(err, &refused):
 		ctrl.Close()
-		return nil, fmt.Errorf("handoff: predecessor gave up: %w", err)
+		return nil, errorf("handoff: predecessor gave up: %w", err)
 	default:
 		u.log.Warn("predecessor did not confirm the handover; serving anyway", "err", err)
 	}

@@ -58,7 +58,7 @@ func (u *Upgrader) inheritSystemd() {
 			u.log.Warn("ignoring a descriptor passed by systemd", "name", f.Name(), "err", err)
 		case stored && fromUnits[id]:
 			err = errors.New("duplicate")
-			u.log.Debug("dropping the fd store's copy of a socket a socket unit passed", "key", key)
+			u.log.Debug("dropping the fd store's copy of a socket a socket unit passed", "socket", describeKey(key))
 		}
 		if err != nil {
 			f.Close()
@@ -136,7 +136,7 @@ func (u *Upgrader) syncFDStore(dropped []inheritedFD) {
 		}
 		name, ok := sdnotify.StoreName(s.Key())
 		if !ok {
-			u.log.Warn("not storing a socket whose key is too long for an fd store name", "key", s.Key())
+			u.log.Warn("not storing a socket whose name or address is too long for an fd store name", "socket", describe(s.Entry))
 			continue
 		}
 		if stored == u.sd.storeMax {
@@ -144,7 +144,7 @@ func (u *Upgrader) syncFDStore(dropped []inheritedFD) {
 			break
 		}
 		if err := storeSocket(name, s.conn()); err != nil {
-			u.log.Warn("cannot store a socket in the fd store", "key", s.Key(), "err", err)
+			u.log.Warn("cannot store a socket in the fd store", "socket", describe(s.Entry), "err", err)
 			continue
 		}
 		stored++

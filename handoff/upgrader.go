@@ -2,7 +2,6 @@ package handoff
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -37,6 +36,9 @@ type Upgrader struct {
 	pid     int
 	image   image
 	started time.Time
+	// noHandoff says why this platform serves without the handoff (see
+	// New); nil where it hands over. Set by New, then only read.
+	noHandoff error
 
 	reg   registry
 	conns connQueue // connections handed over for AcceptConn
@@ -87,23 +89,32 @@ type Upgrader struct {
 // socket's directory can be written by other users (unless it is sticky,
 // as /tmp is, and any socket file there is this user's), or when the pid
 // file cannot be written.
+//
+// On a platform that cannot pass sockets between processes (all but
+// Linux today), New returns an Upgrader that serves without the handoff:
+// Listen binds (or takes systemd's sockets), Ready, Stop, Exit, Close,
+// Status and HTTPServer work as for a first generation that is never
+// upgraded; no control socket is bound, and Upgrade (and a reload
+// request) fail with ErrNotSupported. A server written for Linux thus
+// runs unchanged on a developer's Mac, and restarts there by stopping
+// and starting. Status.NoHandoff says so.
 func New(ctx context.Context, cfg Config) (*Upgrader, error) {
-	if err := ctl.Supported(); err != nil {
-		return nil, err
-	}
-	cfg, err := cfg.withDefaults()
+	noHandoff := handoffSupport()
+	cfg, err := cfg.withDefaults(noHandoff == nil)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkSocketDir(cfg.Socket); err != nil {
-		return nil, err
+	if noHandoff == nil {
+		if err := checkSocketDir(cfg.Socket); err != nil {
+			return nil, err
+		}
 	}
 	if err := checkPIDFile(cfg.PIDFile); err != nil {
 		return nil, err
 	}
 	img, err := currentImage()
 	if err != nil {
-		return nil, fmt.Errorf("handoff: locate own executable: %w", err)
+		return nil, errorf("handoff: locate own executable: %w", err)
 	}
 	u := &Upgrader{
 		cfg:      cfg,
@@ -117,6 +128,12 @@ func New(ctx context.Context, cfg Config) (*Upgrader, error) {
 	u.log = cfg.Logger.With("pid", u.pid)
 	u.ctx, u.cancel = context.WithCancel(context.Background())
 	u.inheritSystemd()
+	if noHandoff != nil {
+		u.noHandoff = noHandoff
+		u.startFresh(nil)
+		u.log.Info("serving without handoff: Upgrade and takeovers are not supported here; restart by stopping and starting", "reason", noHandoff)
+		return u, nil
+	}
 
 	pred, ctrl, err := u.findPredecessor(ctx)
 	if err != nil {
@@ -176,14 +193,14 @@ func (u *Upgrader) ListenPacketNamed(name, network, address string) (net.PacketC
 
 func (u *Upgrader) open(e wire.Entry) (*socket, error) {
 	if len(e.Name) > wire.MaxStringLen || len(e.Network) > wire.MaxStringLen || len(e.Address) > wire.MaxStringLen {
-		return nil, fmt.Errorf("handoff: socket description longer than %d bytes", wire.MaxStringLen)
+		return nil, errorf("handoff: socket description longer than %d bytes", wire.MaxStringLen)
 	}
 	s, err := u.reg.open(u.ctx, e)
 	if err != nil {
 		return nil, err
 	}
 	if s.source != "" {
-		u.log.Debug("using inherited socket", "key", s.Key(), "from", s.source)
+		u.log.Debug("using inherited socket", "socket", describe(s.Entry), "from", s.source)
 	}
 	return s, nil
 }
@@ -218,11 +235,11 @@ func (u *Upgrader) Ready() error {
 	var ctrl *net.UnixListener
 	if pred != nil {
 		if err := u.reg.claimsPredecessor(); err != nil {
-			err = fmt.Errorf("handoff: pid %d already serves service %q on control socket %s, and this process claimed none of its sockets (%w): "+
+			err = errorf("handoff: pid %d already serves service %q on control socket %s, and this process claimed none of its sockets (%w): "+
 				"it is another instance, not a successor, and pid %d keeps serving; to run both, give each its own Config.Name or Config.Socket",
 				predPID, u.cfg.Name, u.cfg.Socket, err, predPID)
 			refuse(pred, deny(RefusedOther, "pid %d claimed none of the sockets: another instance of the program, not a successor", u.pid))
-			return fmt.Errorf("%w: %w", ErrPeerRejected, err)
+			return errorf("%w: %w", ErrPeerRejected, err)
 		}
 		var err error
 		if ctrl, err = u.completeTakeover(pred); err != nil {

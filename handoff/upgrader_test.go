@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -450,17 +452,32 @@ func fdsTo(t testing.TB, link string) int {
 func TestListenErrors(t *testing.T) {
 	checkLeaks(t)
 	u := newUpgrader(t, testConfig(t))
-	if _, err := u.Listen("udp", "127.0.0.1:0"); err == nil {
-		t.Error("Listen on udp succeeded")
-	}
-	if _, err := u.ListenPacket("tcp", "127.0.0.1:0"); err == nil {
-		t.Error("ListenPacket on tcp succeeded")
+	for _, tt := range []struct {
+		call func() error
+		want string
+	}{
+		{func() error { _, err := u.Listen("udp", "127.0.0.1:0"); return err }, `handoff: Listen cannot serve network "udp": it is for datagrams; use ListenPacket`},
+		{func() error { _, err := u.ListenPacket("tcp", "127.0.0.1:0"); return err }, `handoff: ListenPacket cannot serve network "tcp": it is for streams; use Listen`},
+		{func() error { _, err := u.Listen("sctp", "127.0.0.1:0"); return err }, `handoff: Listen cannot serve network "sctp": want tcp, tcp4, tcp6, unix or unixpacket`},
+		{func() error { _, err := u.ListenPacket("ip4:1", "127.0.0.1"); return err }, `handoff: ListenPacket cannot serve network "ip4:1": want udp, udp4, udp6 or unixgram`},
+	} {
+		if err := tt.call(); err == nil || err.Error() != tt.want {
+			t.Errorf("error %v, want %q", err, tt.want)
+		}
 	}
 	if _, err := u.ListenNamed("web", "tcp", "127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := u.ListenNamed("web", "tcp", "127.0.0.1:0"); err == nil {
-		t.Error("two sockets with the same name")
+	if _, err := u.ListenNamed("web", "tcp", "127.0.0.1:0"); err == nil || err.Error() != "handoff: socket web (tcp 127.0.0.1:0) is already in use" {
+		t.Errorf("two sockets with the same name: %v", err)
+	}
+	if _, err := u.Listen("tcp", "127.0.0.1:18199"); err != nil {
+		t.Fatal(err)
+	}
+	// A socket without a name is named by where it is, never by its
+	// internal key ("tcp|127.0.0.1:18199").
+	if _, err := u.Listen("tcp", "127.0.0.1:18199"); err == nil || err.Error() != "handoff: socket tcp 127.0.0.1:18199 is already in use" {
+		t.Errorf("the same address twice: %v", err)
 	}
 	u.Close()
 	if _, err := u.Listen("tcp", "127.0.0.1:0"); !errors.Is(err, ErrClosed) {
@@ -471,6 +488,40 @@ func TestListenErrors(t *testing.T) {
 	}
 }
 
+// TestTakeoverOtherService: a process of another service on the same
+// control socket is refused, and the error says why once, in words.
+func TestTakeoverOtherService(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	old, _ := servingUpgrader(t, cfg, "old")
+	other := cfg
+	other.Name = "other"
+	_, err := New(context.Background(), other)
+	want := fmt.Sprintf(`handoff: take over: peer refused (service name mismatch): pid %d serves service %q on this control socket; the newcomer (pid %d) is service "other"`, os.Getpid(), cfg.Name, os.Getpid())
+	if !errors.Is(err, ErrPeerRejected) || err.Error() != want {
+		t.Fatalf("New = %v\nwant %s", err, want)
+	}
+	if st := old.Status(); st.State != "serving" {
+		t.Fatalf("the serving process is %s after refusing", st.State)
+	}
+}
+
+// TestRefusedErrorWords: a refusal reads "peer refused (CODE): REASON",
+// the code left out when it says nothing more than "refused".
+func TestRefusedErrorWords(t *testing.T) {
+	for _, tt := range []struct {
+		err  RefusedError
+		want string
+	}{
+		{RefusedError{Code: RefusedInProgress, Reason: "pid 7 is upgrading to pid 9"}, "handoff: peer refused (upgrade in progress): pid 7 is upgrading to pid 9"},
+		{RefusedError{Code: RefusedOther, Reason: "another instance"}, "handoff: peer refused: another instance"},
+	} {
+		if got := tt.err.Error(); got != tt.want {
+			t.Errorf("%+v: %q, want %q", tt.err, got, tt.want)
+		}
+	}
+}
+
 func TestConfigErrors(t *testing.T) {
 	long := Config{Socket: "/tmp/" + string(make([]byte, 200))}
 	if _, err := New(context.Background(), long); err == nil {
@@ -478,5 +529,58 @@ func TestConfigErrors(t *testing.T) {
 	}
 	if _, err := New(context.Background(), Config{Name: "a/b"}); err == nil {
 		t.Error("New accepted a name with a slash")
+	}
+}
+
+// lockedBuffer is a log destination that goroutines share.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestCloseDuringTakeover: a process closed while a successor takes over
+// tells the successor why, and its log does not warn that it is "still
+// serving" as it exits.
+func TestCloseDuringTakeover(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	var logs lockedBuffer
+	oldCfg := cfg
+	oldCfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	old, _ := servingUpgrader(t, oldCfg, "old")
+	succ := newUpgrader(t, cfg)
+	if _, err := succ.Listen("tcp", "127.0.0.1:0"); err != nil { // the predecessor's
+		t.Fatal(err)
+	}
+	old.Close()
+	err := succ.Ready()
+	want := fmt.Sprintf("handoff: predecessor gave up: peer refused (closing): pid %d is shutting down", os.Getpid())
+	if !errors.Is(err, ErrHandedOver) || err.Error() != want {
+		t.Fatalf("Ready = %v\nwant %s", err, want)
+	}
+	if got := logs.String(); strings.Contains(got, "still serving") || strings.Contains(got, "level=WARN") {
+		t.Errorf("the closed process's log warns:\n%s", got)
+	}
+}
+
+// TestDescribeKey: messages name a socket by its name or by "network
+// address", never by the internal key "network|address".
+func TestDescribeKey(t *testing.T) {
+	for key, want := range map[string]string{"web": "web", "tcp|127.0.0.1:8080": "tcp 127.0.0.1:8080", "unix|/run/a.sock": "unix /run/a.sock"} {
+		if got := describeKey(key); got != want {
+			t.Errorf("describeKey(%q) = %q, want %q", key, got, want)
+		}
 	}
 }

@@ -73,7 +73,7 @@ func TestCanaryRollbackUnderLoad(t *testing.T) {
 			t.Fatalf("%s: status %+v, last reload %+v; want pid %d serving, rolled back from %d", step, st, st.LastReload, old, succ)
 		}
 		t.Logf("%s: %s", step, st.LastReload.Error)
-		if !strings.Contains(st.LastReload.Error, "signal: killed") && !strings.Contains(st.LastReload.Error, "exit status 2") {
+		if !strings.Contains(st.LastReload.Error, "killed by SIGKILL") && !strings.Contains(st.LastReload.Error, "exit status 2") {
 			t.Errorf("%s: the reason does not say how the successor ended: %s", step, st.LastReload.Error)
 		}
 		waitReaped(t, succ)

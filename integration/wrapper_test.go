@@ -571,7 +571,7 @@ func TestWrapperKeepsNonblock(t *testing.T) {
 		child = servingChild(t, s, child)
 	}
 	out, err := exec.Command(bin, "status", "-socket", s.Socket).CombinedOutput()
-	for _, want := range []string{fmt.Sprintf("wrapper:    pid %d, generation 1, serving", wrapper), fmt.Sprintf("child:      pid %d (serving, child 11 ", child), "last reload:", ", ok",
+	for _, want := range []string{fmt.Sprintf("wrapper:    pid %d (handoff run), generation 1, serving", wrapper), fmt.Sprintf("child:      serving (pid %d, child 11 ", child), "\n  runs:     ", "last reload:", ", ok",
 		"socket mode: web=tcp://" + s.Addr + " at " + s.Addr + ": shared (-socket-mode shared)"} {
 		if err != nil || !strings.Contains(string(out), want) {
 			t.Fatalf("handoff status: %v; want %q in:\n%s", err, want, out)
@@ -747,7 +747,7 @@ func TestWrapperBadInput(t *testing.T) {
 		{"no command", []string{"run", "-listen", "tcp://" + shared}, 2, "no COMMAND"},
 		{"port in use", []string{"run", "-socket", dir + "/a.sock", "-listen", "tcp://" + busy.Addr, "--", "true"}, 1, "address already in use"},
 		{"command not found", []string{"run", "-socket", dir + "/b.sock", "-listen", "tcp://" + shared, "--", "no-such-command-here"}, 1, `"no-such-command-here": executable file not found`},
-		{"reload, no wrapper", []string{"reload", "-socket", dir + "/none.sock"}, 1, "no wrapper is running on " + dir + "/none.sock: no such file or directory"},
+		{"reload, no wrapper", []string{"reload", "-socket", dir + "/none.sock"}, 1, "nothing serves the control socket " + dir + "/none.sock: there is no such file (is the service running, and with this -socket or -name?): no such file or directory"},
 		{"status, no socket", []string{"status"}, 2, "give -socket PATH or -name NAME"},
 		{"unknown command", []string{"restart"}, 2, `unknown command "restart"`},
 	} {

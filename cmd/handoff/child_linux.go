@@ -3,11 +3,13 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"syscall"
 	"time"
 
+	"github.com/handoffd/handoff/handoff"
+	"github.com/handoffd/handoff/internal/buildinfo"
+	"github.com/handoffd/handoff/internal/exitstatus"
 	"golang.org/x/sys/unix"
 )
 
@@ -20,6 +22,7 @@ type child struct {
 	started time.Time
 	proc    *os.Process
 	exe     *os.File    // the executable it runs, open; nil once handed on or closed
+	exeInfo *exeStatus  // what it was when the child started, for status
 	gen     *generation // its sockets (shared with a child restarted in its place)
 	done    chan struct{}
 	status  syscall.WaitStatus // valid once done is closed
@@ -55,6 +58,21 @@ func watchChild(pid, number int) (*child, error) {
 		}
 	}()
 	return c, nil
+}
+
+// describeExe says what exe, the open executable at path, is: its size
+// and time, and the Go build stamped into it, if any. nil if it cannot
+// be read.
+func describeExe(path string, exe *os.File) *exeStatus {
+	fi, err := exe.Stat()
+	if err != nil {
+		return nil
+	}
+	e := &exeStatus{Path: path, Size: fi.Size(), Modified: fi.ModTime().UTC()}
+	if v, rev, dirty, ok := buildinfo.File(exe); ok {
+		e.Build = &handoff.Build{Version: v, Revision: buildinfo.Revision(rev, dirty)}
+	}
+	return e
 }
 
 // closeExe closes the child's executable, unless it was handed on.
@@ -107,13 +125,7 @@ func (c *child) kill() {
 
 // describe says how the child ended.
 func (c *child) describe() string {
-	switch {
-	case c.status.Exited():
-		return fmt.Sprintf("exit status %d", c.status.ExitStatus())
-	case c.status.Signaled():
-		return "killed by " + unix.SignalName(c.status.Signal())
-	}
-	return fmt.Sprintf("wait status %#x", uint32(c.status))
+	return exitstatus.Wait(c.status)
 }
 
 // exitCode is the wrapper's exit code for a child stopped with stopSig:

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -15,11 +16,17 @@ import (
 )
 
 // noWrapper rewords the failure to reach a control socket that nobody
-// serves.
+// serves: a wrapper or a server that embeds the library.
 func noWrapper(socket string, err error) error {
 	var errno syscall.Errno
-	if errors.As(err, &errno) && (errno == syscall.ENOENT || errno == syscall.ECONNREFUSED) {
-		return fmt.Errorf("no wrapper is running on %s: %w", socket, errno)
+	switch {
+	case errors.Is(err, handoff.ErrNotSupported):
+		return fmt.Errorf("nothing serves a control socket here: the handoff needs Linux, and servers on %s run without it (docs/platforms.md): %w", runtime.GOOS, err)
+	case !errors.As(err, &errno):
+	case errno == syscall.ENOENT:
+		return fmt.Errorf("nothing serves the control socket %s: there is no such file (is the service running, and with this -socket or -name?): %w", socket, errno)
+	case errno == syscall.ECONNREFUSED:
+		return fmt.Errorf("nothing serves the control socket %s: the file is left from a process that has exited: %w", socket, errno)
 	}
 	return err
 }
@@ -28,19 +35,19 @@ func noWrapper(socket string, err error) error {
 // wrapper's own ready and drain timeouts.
 const clientTimeout = 10 * time.Second
 
-// clientFlags parses the flags of reload and status and returns the
-// control socket. Help requested with -h is flag.ErrHelp.
-func clientFlags(cmd string, args []string, help io.Writer, extra func(*flag.FlagSet)) (string, error) {
+// clientFlags parses the flags of reload and status (usage is the
+// synopsis after the command) and returns the control socket. Help requested with -h is flag.ErrHelp.
+func clientFlags(cmd, usage string, args []string, help io.Writer, extra func(*flag.FlagSet)) (string, error) {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	socket := fs.String("socket", "", "control socket `PATH` of the wrapper or service (its directory must be writable only by the service's user); the request gives up after control.DefaultTimeout (5m)")
-	name := fs.String("name", "", "service `NAME`: the wrapper's default control socket for it")
+	socket := fs.String("socket", "", "control socket `PATH` of the wrapper, or of a server that embeds the library")
+	name := fs.String("name", "", "service `NAME`: the default control socket of a wrapper or server of that name started without -socket")
 	if extra != nil {
 		extra(fs)
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(help, "Usage: handoff %s [-socket PATH | -name NAME]\n\nFlags:\n", cmd)
+			fmt.Fprintf(help, "Usage: handoff %s %s\n\nFlags:\n", cmd, usage)
 			fs.SetOutput(help)
 			fs.PrintDefaults()
 			return "", err
@@ -64,7 +71,7 @@ func clientFlags(cmd string, args []string, help io.Writer, extra func(*flag.Fla
 // exits 0 once the new child serves, 1 with the reason if it was rolled
 // back.
 func cmdReload(args []string, stdout, stderr io.Writer) int {
-	socket, err := clientFlags("reload", args, stdout, nil)
+	socket, err := clientFlags("reload", "[-socket PATH | -name NAME]\n\nReloads, printing the progress; exits 0 once the new child (or successor) serves,\n1 with the reason if the reload was rolled back. Gives up after "+control.DefaultTimeout.String()+".", args, stdout, nil)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}
@@ -86,7 +93,7 @@ func cmdReload(args []string, stdout, stderr io.Writer) int {
 // cmdStatus is `handoff status`.
 func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	var asJSON bool
-	socket, err := clientFlags("status", args, stdout, func(fs *flag.FlagSet) {
+	socket, err := clientFlags("status", "[-socket PATH | -name NAME] [-json]\n\nShows what serves: the process or wrapper, its build, children, sockets and\nlast reload. Gives up after "+clientTimeout.String()+".", args, stdout, func(fs *flag.FlagSet) {
 		fs.BoolVar(&asJSON, "json", false, "print the status as JSON")
 	})
 	if errors.Is(err, flag.ErrHelp) {

@@ -88,8 +88,10 @@ func report(stderr io.Writer, cmd string, err error) int {
 	if cmd != "" {
 		prefix += " " + cmd
 	}
-	// The library's errors say "handoff:" already; once is enough.
-	msg := strings.TrimPrefix(strings.ReplaceAll(err.Error(), "\n", " "), "handoff: ")
+	// The library's errors say "handoff:" already, some of them again
+	// where one wraps another; the prefix says it once.
+	msg := strings.ReplaceAll(err.Error(), "\n", " ")
+	msg = strings.ReplaceAll(strings.TrimPrefix(msg, "handoff: "), ": handoff: ", ": ")
 	var ue *usageError
 	if errors.As(err, &ue) {
 		hint := "handoff help"

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/handoffd/handoff/handoff"
+	"github.com/handoffd/handoff/internal/exitstatus"
 )
 
 var (
@@ -29,7 +30,7 @@ func handledSignals() []os.Signal {
 // A stopError ends the wrapper because of a stop signal.
 type stopError struct{ sig os.Signal }
 
-func (e *stopError) Error() string { return "stopped by " + e.sig.String() }
+func (e *stopError) Error() string { return "stopped by " + exitstatus.Signal(e.sig) }
 
 // signalActor handles signals until ctx ends: SIGHUP reloads (in its own
 // goroutine, so that a second SIGHUP meanwhile is told "in progress"),
@@ -60,14 +61,14 @@ func signalActor(ctx context.Context, sigs <-chan os.Signal, log *slog.Logger, r
 					log.Info("reloaded")
 				}()
 			case syscall.SIGTERM, syscall.SIGINT:
-				log.Info("stopping", "signal", sig.String())
+				log.Info("stopping", "signal", exitstatus.Signal(sig))
 				return &stopError{sig: sig}
 			default:
 				if c := sup.currentChild(); c != nil {
 					if err := c.signal(sig); err != nil {
-						log.Warn("cannot forward signal", "signal", sig.String(), "child", c.pid, "err", fmt.Errorf("%w", err))
+						log.Warn("cannot forward signal", "signal", exitstatus.Signal(sig), "child", c.pid, "err", fmt.Errorf("%w", err))
 					} else {
-						log.Info("forwarded signal", "signal", sig.String(), "child", c.pid)
+						log.Info("forwarded signal", "signal", exitstatus.Signal(sig), "child", c.pid)
 					}
 				}
 			}

@@ -12,6 +12,9 @@ import (
 
 // statusDetail is what the wrapper adds to `handoff status`.
 type statusDetail struct {
+	// Version is the wrapper's `handoff version` line, with the release
+	// version that Status.Build (the module's) may not know.
+	Version  string        `json:"version,omitempty"`
 	Command  []string      `json:"command"`
 	Ready    string        `json:"ready"`
 	Children []childStatus `json:"children"`
@@ -43,6 +46,29 @@ type childStatus struct {
 	Number  int       `json:"number"` // 1 for the wrapper's first child
 	Role    string    `json:"role"`   // serving, starting, stopping
 	Started time.Time `json:"started"`
+	// Exe is the executable it runs, as it was when the child started.
+	Exe *exeStatus `json:"exe,omitempty"`
+}
+
+// exeStatus is what the wrapper knows of a child's build: the file, and
+// for a Go binary what the toolchain stamped into it.
+type exeStatus struct {
+	Path     string    `json:"path"`
+	Size     int64     `json:"size"`
+	Modified time.Time `json:"modified"`
+	// Build is the Go build information in the file; nil for a program
+	// that is not written in Go (or was built without it).
+	Build *handoff.Build `json:"build,omitempty"`
+}
+
+// text is e for a person: "/usr/bin/app (modified 2026-12-03T06:00:00Z,
+// 8.1 MB), build v1.2.0, rev 380d2cc1a2b3".
+func (e *exeStatus) text() string {
+	t := fmt.Sprintf("%s (modified %s, %.1f MB)", e.Path, e.Modified.Format(time.RFC3339), float64(e.Size)/1e6)
+	if e.Build == nil {
+		return t + ", no Go build information"
+	}
+	return t + ", build " + buildText(e.Build)
 }
 
 // printStatus writes st for a person.
@@ -50,12 +76,16 @@ func printStatus(w io.Writer, st handoff.Status) {
 	fmt.Fprintf(w, "service:    %s\n", st.Service)
 	var d statusDetail
 	wrapper := len(st.Detail) > 0 && json.Unmarshal(st.Detail, &d) == nil && d.Command != nil
-	label := "process:   " // a server that embeds the library
+	label := "process:    pid %d (embeds the handoff library)"
 	if wrapper {
-		label = "wrapper:   "
+		label = "wrapper:    pid %d (handoff run)"
 	}
-	fmt.Fprintf(w, "%s pid %d, generation %d, %s, up %v\n", label, st.PID, st.Generation, st.State, time.Since(st.Started).Round(time.Second))
-	fmt.Fprintf(w, "build:      %s\n", buildText(&st.Build))
+	fmt.Fprintf(w, label+", generation %d, %s, up %v\n", st.PID, st.Generation, st.State, time.Since(st.Started).Round(time.Second))
+	if wrapper && d.Version != "" {
+		fmt.Fprintf(w, "version:    %s\n", d.Version) // the wrapper's own, with its revision
+	} else {
+		fmt.Fprintf(w, "build:      %s\n", buildText(&st.Build))
+	}
 	if st.PredecessorBuild != nil {
 		fmt.Fprintf(w, "took over:  from build %s\n", buildText(st.PredecessorBuild))
 	}
@@ -63,10 +93,13 @@ func printStatus(w io.Writer, st handoff.Status) {
 		fmt.Fprintf(w, "command:    %s\n", strings.Join(d.Command, " "))
 		fmt.Fprintf(w, "ready:      %s\n", d.Ready)
 		if len(d.Children) == 0 {
-			fmt.Fprintf(w, "child:      none running\n")
+			fmt.Fprintf(w, "child:      none running (a crashed child is restarted after a backoff)\n")
 		}
 		for _, c := range d.Children {
-			fmt.Fprintf(w, "child:      pid %d (%s, child %d of this wrapper, up %v)\n", c.PID, c.Role, c.Number, time.Since(c.Started).Round(time.Second))
+			fmt.Fprintf(w, "child:      %s (pid %d, child %d of this wrapper, up %v)\n", c.Role, c.PID, c.Number, time.Since(c.Started).Round(time.Second))
+			if c.Exe != nil {
+				fmt.Fprintf(w, "  runs:     %s\n", c.Exe.text())
+			}
 		}
 		fmt.Fprintf(w, "restarts:   %d\n", d.Restarts)
 		if !d.CanaryUntil.IsZero() {

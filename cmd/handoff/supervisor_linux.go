@@ -128,7 +128,14 @@ func (s *supervisor) run(ctx context.Context, deps supervisorDeps) error {
 	if err != nil {
 		return err
 	}
-	if err := s.waitReady(ctx, first); err != nil {
+	s.mu.Lock()
+	s.starting = first // for status, till it is ready
+	s.mu.Unlock()
+	err = s.waitReady(ctx, first)
+	s.mu.Lock()
+	s.starting = nil
+	s.mu.Unlock()
+	if err != nil {
 		return err
 	}
 	s.setCurrent(first)
@@ -230,6 +237,7 @@ func (s *supervisor) startFrom(exe *os.File, gen *generation) (*child, error) {
 		return nil, err
 	}
 	c.exe, c.gen = exe, gen
+	c.exeInfo = describeExe(s.cfg.path, exe)
 	s.log.Info("started child", "child", pid, "number", n, "sockets_of_generation", gen.number)
 	return c, nil
 }
@@ -499,13 +507,13 @@ func (s *supervisor) currentChild() *child {
 func (s *supervisor) detail() any {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	d := statusDetail{Command: s.cfg.argv, Ready: s.cfg.ready.String(), Restarts: s.restarts, Children: []childStatus{}, LastRollback: s.lastRollback, CanaryUntil: s.canaryUntil}
+	d := statusDetail{Version: versionLine(), Command: s.cfg.argv, Ready: s.cfg.ready.String(), Restarts: s.restarts, Children: []childStatus{}, LastRollback: s.lastRollback, CanaryUntil: s.canaryUntil}
 	if s.sockets != nil {
 		d.Sockets = s.sockets.modes()
 	}
 	add := func(c *child, role string) {
 		if c != nil {
-			d.Children = append(d.Children, childStatus{PID: c.pid, Number: c.number, Role: role, Started: c.started})
+			d.Children = append(d.Children, childStatus{PID: c.pid, Number: c.number, Role: role, Started: c.started, Exe: c.exeInfo})
 		}
 	}
 	add(s.current, "serving")

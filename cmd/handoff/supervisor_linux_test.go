@@ -451,3 +451,19 @@ func TestSupervisorDrainsBeforeStop(t *testing.T) {
 		t.Fatalf("old child after the reload: %s; want killed by SIGTERM", first.describe())
 	}
 }
+
+// TestSupervisorFirstChildStarting: while the first child is not ready
+// yet, the status lists it as starting, with the executable it runs (the
+// test binary, a Go program: its build is known).
+func TestSupervisorFirstChildStarting(t *testing.T) {
+	ts := startSupervisor(t, runConfig{}, scriptedReady{}) // never ready
+	var d statusDetail
+	waitUntil(t, "the first child listed as starting", func() bool {
+		d = ts.detail().(statusDetail)
+		return len(d.Children) == 1 && d.Children[0].Role == "starting"
+	})
+	c := d.Children[0]
+	if c.Number != 1 || c.PID == 0 || c.Exe == nil || c.Exe.Path != ts.cfg.path || c.Exe.Size == 0 || c.Exe.Build == nil {
+		t.Fatalf("starting child %+v, exe %+v; want child 1 running %s, with its Go build", c, c.Exe, ts.cfg.path)
+	}
+}

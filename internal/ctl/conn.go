@@ -122,11 +122,25 @@ func (cc *Conn) RecvMsg(deadline time.Time) (wire.Message, error) {
 
 // Refuse tells the peer why it is being dropped, without waiting long for
 // a peer that does not read. A reason over the protocol's limit is cut.
+// It writes even once Bind's context has ended, which is often the
+// reason.
 func (cc *Conn) Refuse(code uint16, reason string) {
 	if len(reason) > wire.MaxStringLen {
 		reason = reason[:wire.MaxStringLen]
 	}
-	cc.Send(wire.Refusal{Code: code, Reason: reason}, nil, time.Now().Add(100*time.Millisecond))
+	b, err := wire.Encode(wire.Refusal{Code: code, Reason: reason})
+	if err != nil {
+		return
+	}
+	// Under mu, so that Bind's cancellation, which takes it, cannot cut
+	// the write short; it waits for at most the write's deadline.
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	cc.c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	writeMsg(cc.c, b, nil)
+	if cc.canceled {
+		cc.c.SetDeadline(longAgo)
+	}
 }
 
 // Peer returns the credentials of the process at the other end, as the
