@@ -16,7 +16,7 @@ UNIT_PKGS = $$($(GO) list ./... | grep -v /integration)
 MINGO := 1.24.0
 OLDGO_TOOLCHAIN ?= 1
 
-.PHONY: help build release demo test integration websocket check fuzz fuzz-ci lint cover bench deps oldgo
+.PHONY: help build release demo test integration websocket check fuzz fuzz-ci lint cover bench scale deps oldgo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -82,6 +82,11 @@ bench: ## restarts under load side by side with the peers, and micro-benchmarks:
 	$(GO) test -run='^$$' -bench=. -benchmem ./handoff > docs/bench-micro.txt || { cat docs/bench-micro.txt; exit 1; }
 	cd integration/bench && $(GO) test -run='^$$' -bench=. . >> ../../docs/bench-micro.txt || { cat ../../docs/bench-micro.txt; exit 1; }
 	cat docs/bench-micro.txt
+
+SCALE_CONNS ?= 18000
+scale: ## SCALE_CONNS (18,000) idle keep-alive connections through one restart of examples/httpserver, and the connection-handover benchmark up to 18,000: docs/performance.md's connection figures
+	HANDOFF_SCALE_CONNS=$(SCALE_CONNS) $(GO) test -count=1 -v -run='^TestIdleConnectionsMoveAtScale$$' ./integration/
+	$(GO) test -run='^$$' -bench='^BenchmarkConnHandover$$' -benchtime=5x -benchmem ./handoff
 
 deps: ## install the system packages the tests need (Debian)
 	./scripts/deps.sh

@@ -26,6 +26,9 @@ var compatOffers = map[string]offer{
 	// old: the first protocol version with no capability and no build
 	// in hello or welcome (what a build before them sends).
 	"old": {minVersion: 1, maxVersion: 1},
+	// batchless: a build from before conn-batch: it moves connections
+	// one to a message (TestLinkPipelines plays its successor).
+	"batchless": {minVersion: 1, maxVersion: 1, caps: wire.CapConns | wire.CapCanary},
 	// new: this build, with a build to exchange (a test binary has none
 	// stamped).
 	"new": {minVersion: wire.Version, maxVersion: wire.Version, caps: wire.SupportedCaps,
@@ -69,6 +72,8 @@ func TestProtocolCompat(t *testing.T) {
 		{serving: "new", successor: "future", canary: true},
 		{serving: "future", successor: "new", canary: true},
 		{serving: "old", successor: "future"},
+		{serving: "new", successor: "batchless", canary: true},
+		{serving: "batchless", successor: "new", canary: true},
 		{serving: "new", successor: "v2only", refused: true},
 		{serving: "v2only", successor: "new", refused: true},
 	} {

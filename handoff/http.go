@@ -36,6 +36,9 @@ var busyWindow = 10 * time.Millisecond
 //     the last 10 ms moves right after its next one, or once it has been
 //     idle that long, so that its client's next request seldom waits for
 //     the move;
+//   - keeps serving a connection the successor did not take (it was out of
+//     descriptors, or refused it), and offers it again after a pause, so
+//     that a client that may be sending is never cut off;
 //   - answers the next request on any other HTTP/1 connection (TLS, or no
 //     successor) with "Connection: close", and closes it only after that
 //     response;
@@ -67,7 +70,11 @@ type HTTPServer struct {
 	mu        sync.Mutex
 	conns     map[net.Conn]*connTrack
 	listeners map[*trackingListener]struct{}
-	serving   bool // a Serve began: it installs the HTTP/2 wrapping
+	kept      *keptListener // while Shutdown serves kept connections
+	serving   bool          // a Serve began: it installs the HTTP/2 wrapping
+
+	moved     atomic.Int64 // connections handed to the successor
+	keptConns atomic.Int64 // connections the successor did not take at first
 
 	nextProto    sync.Once
 	nextProtoSet chan struct{} // closed once the HTTP/2 wrapping is installed, or cannot be
@@ -294,8 +301,23 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 	if m != nil {
 		m.waitLink(ctx)
 	}
+	start := time.Now()
+	// net/http reads TLSNextProto as a Serve starts: not while a first
+	// Accept wraps it (installNextProto), which from now on none does.
+	s.installNextProto(false)
+	kl := newKeptListener(s)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		s.Server.Serve(kl)
+	}()
+	defer func() {
+		kl.Close() // should Serve have found the server shut down already
+		<-served
+	}()
 	s.mu.Lock()
 	s.draining.Store(true)
+	s.kept = kl
 	listeners := s.listeners
 	s.listeners = map[*trackingListener]struct{}{}
 	s.mu.Unlock()
@@ -327,6 +349,9 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 		}
 		break
 	}
+	if moved, kept := s.moved.Load(), s.keptConns.Load(); moved+kept > 0 {
+		s.logger().Info("handed over idle connections to the successor", "moved", moved, "kept", kept, "in", time.Since(start))
+	}
 	err := s.Server.Shutdown(ctx)
 	if err != nil {
 		s.Server.Close()
@@ -335,8 +360,13 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 }
 
 // releaseHTTP1 asks every idle HTTP/1 connection to go to the successor
-// and returns how many HTTP/1 connections are still open.
+// and returns how many HTTP/1 connections are still open. It runs every
+// few milliseconds over every connection while the drain lasts, so it
+// asks the successor once per socket key, not once per connection.
 func (s *HTTPServer) releaseHTTP1() int {
+	m := s.mover()
+	takes := map[string]bool{}
+	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
@@ -345,10 +375,19 @@ func (s *HTTPServer) releaseHTTP1() int {
 			continue
 		}
 		n++
-		if t.hc != nil && t.hc.answeredWithin(busyWindow) {
-			continue // connState releases it after its next response
+		if t.hc == nil || m == nil {
+			continue
 		}
-		s.release(t)
+		ok, seen := takes[t.hc.key]
+		if !seen {
+			ok = m.takesConns(t.hc.key)
+			takes[t.hc.key] = ok
+		}
+		if ok {
+			// One answered in the last busyWindow goes after its
+			// next response (connState releases it then).
+			t.hc.releaseIdle(now, busyWindow)
+		}
 	}
 	return n
 }

@@ -45,6 +45,11 @@ type httpConn struct {
 	// from that first byte.
 	awaitingFirst bool
 	handedAt      time.Time
+	// A connection the successor did not take is served here again
+	// (HTTPServer.keep): kept counts the attempts, and release waits
+	// until retryAt before the next.
+	kept    int
+	retryAt time.Time
 }
 
 // kernelDeadlineLocked is the read deadline the kernel socket should
@@ -135,19 +140,26 @@ func (c *httpConn) cancelStealLocked() {
 func (c *httpConn) release() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.stealing || c.stolen || c.unclean || c.readSinceIdle || c.phase == http.StateActive {
+	c.releaseLocked(time.Now())
+}
+
+// releaseIdle is release, unless the connection got a response less
+// than busy before now: its client most likely sends again soon.
+func (c *httpConn) releaseIdle(now time.Time, busy time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stealing || c.stolen || (c.phase == http.StateIdle && now.Sub(c.idleSince) < busy) {
+		return
+	}
+	c.releaseLocked(now)
+}
+
+func (c *httpConn) releaseLocked(now time.Time) {
+	if c.stealing || c.stolen || c.unclean || c.readSinceIdle || c.phase == http.StateActive || now.Before(c.retryAt) {
 		return
 	}
 	c.stealing = true
 	c.Conn.SetReadDeadline(longAgo) // wakes a Read blocked waiting for the client
-}
-
-// answeredWithin reports whether the connection is idle after a response
-// sent less than d ago.
-func (c *httpConn) answeredWithin(d time.Duration) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.phase == http.StateIdle && time.Since(c.idleSince) < d
 }
 
 // setPhase follows net/http's view of the connection; a handler starting
@@ -183,15 +195,26 @@ func (c *httpConn) SetDeadline(t time.Time) error {
 }
 
 // Close hands a released connection to the successor (net/http believes
-// the client left), and closes every other.
+// the client left), and closes every other. One the successor did not
+// take stays open: HTTPServer serves it here again (keep), since its
+// client may be sending on it right now. Only one whose fate is unknown
+// (it went out, and no ack came) is closed: the successor may serve it.
 func (c *httpConn) Close() error {
 	c.mu.Lock()
 	stolen := c.stolen
 	c.stolen = false
 	c.mu.Unlock()
 	if stolen {
-		if err := c.srv.handOver(c); err != nil {
-			c.srv.logger().Warn("could not hand an idle connection to the successor; closing it", "remote", c.RemoteAddr(), "err", err)
+		err := c.srv.handOver(c)
+		switch {
+		case err == nil:
+			c.srv.moved.Add(1)
+		case errors.Is(err, ErrConnUnknown):
+			c.srv.logger().Warn("an idle connection went to the successor, which did not say whether it took it; closing it here", "remote", c.RemoteAddr(), "err", err)
+		case c.srv.keep(c, err):
+			return nil
+		default:
+			c.srv.logger().Warn("could not hand an idle connection to the successor, nor serve it here any more; closing it", "remote", c.RemoteAddr(), "err", err)
 		}
 	}
 	return c.Conn.Close()

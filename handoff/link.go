@@ -17,12 +17,23 @@ import (
 	"github.com/handoffd/handoff/internal/wire"
 )
 
-// The connection link: after the handover the control connection stays open while the old
-// process drains: it carries established connections to the successor
-// (msgConn with one fd, answered by msgConnAck with the same ID). Several
-// may be in flight at once, so that moving every idle connection costs
-// about one round trip, not one per connection. Its end, when the old
-// process exits, tells the successor that no more will come.
+// The connection link: after the handover the control connection stays
+// open while the old process drains: it carries established connections
+// to the successor. One writer (writeConns) sends them: to a successor
+// that said conn-batch, as many as are waiting, up to wire.MaxFDs, in one
+// conns message answered by one conns-ack; to an older one, one conn
+// message each, answered by a conn-ack. Several messages may be in flight
+// at once, so that moving every idle connection costs a few round trips,
+// not one per connection. No descriptor is duplicated: the message
+// carries the connection's own, held open until it is written, and its
+// owner closes it once the successor has it. Its end, when the old process
+// exits, tells the successor that no more will come.
+
+// maxInFlightFDs bounds the connections sent and not yet acknowledged.
+// The kernel counts descriptors in flight against the sender, and a
+// successor's receive queue has its limits: the writer waits for acks
+// rather than run into ETOOMANYREFS.
+const maxInFlightFDs = 4 * wire.MaxFDs
 
 // successorLink is the old process's end of that connection.
 type successorLink struct {
@@ -36,24 +47,57 @@ type successorLink struct {
 	// (connections may only follow done); after that it orders writes.
 	gate   sync.Mutex
 	opened chan struct{}  // closed by open
-	acks   sync.WaitGroup // readAcks, started by open
+	acks   sync.WaitGroup // readAcks and writeConns, started by open
+	wake   chan struct{}  // tells writeConns to look again: a connection queued, an ack came
 
-	mu      sync.Mutex
-	nextID  uint64
-	pending map[uint64]chan wire.ConnAck // connections sent and not yet acknowledged
-	broken  error                        // why the link failed
-	dead    atomic.Bool                  // broken != nil, readable without waiting for mu
-	lost    chan struct{}                // closed when the link fails
+	mu          sync.Mutex
+	nextID      uint64
+	queue       []*outConn            // waiting for writeConns
+	inflight    map[uint64]*sentConns // sent and not yet acknowledged
+	inflightFDs int                   // connections in inflight
+	broken      error                 // why the link failed
+	dead        atomic.Bool           // broken != nil, readable without waiting for mu
+	lost        chan struct{}         // closed when the link fails
 	// released is closed when the successor says, with release, that this
 	// process need not stand by any more; releasedWhy says why.
 	released    chan struct{}
 	releasedWhy string
 }
 
+// outConn is one connection on its way to the successor. Its fields
+// past rc are guarded by the link's mu.
+type outConn struct {
+	key   string
+	state []byte
+	rc    syscall.RawConn // the owner's own descriptor
+	until time.Time       // when its sender stops waiting
+
+	phase    outPhase
+	canceled error      // the sender stopped waiting while it was written: why
+	done     chan error // its outcome, exactly once (room for one)
+}
+
+type outPhase uint8
+
+const (
+	outQueued  outPhase = iota // in queue: not sent
+	outWriting                 // writeConns is writing it
+	outSent                    // the successor may have it: waiting for the ack
+	outSettled                 // done has its outcome
+)
+
+// sentConns is one message in flight: one connection (conn) or a batch
+// (conns).
+type sentConns struct {
+	batch bool
+	conns []*outConn
+}
+
 // newSuccessorLink returns a link that holds every send until open.
 func newSuccessorLink(cc *ctl.Conn, pid int, keys []string, caps uint64, step time.Duration) *successorLink {
 	l := &successorLink{cc: cc, pid: pid, keys: make(map[string]bool, len(keys)), caps: caps, step: step,
-		opened: make(chan struct{}), pending: make(map[uint64]chan wire.ConnAck), lost: make(chan struct{}), released: make(chan struct{})}
+		opened: make(chan struct{}), wake: make(chan struct{}, 1), inflight: make(map[uint64]*sentConns),
+		lost: make(chan struct{}), released: make(chan struct{})}
 	for _, k := range keys {
 		l.keys[k] = true
 	}
@@ -67,8 +111,9 @@ func (l *successorLink) open(err error) {
 	if err != nil {
 		l.fail(err)
 	} else {
-		l.acks.Add(1)
+		l.acks.Add(2)
 		go l.readAcks()
+		go l.writeConns()
 	}
 	close(l.opened)
 	l.gate.Unlock()
@@ -87,12 +132,18 @@ func (l *successorLink) accepts(key string) bool {
 	return l.caps&wire.CapConns != 0 && !l.dead.Load() && (key == "" || l.keys[key])
 }
 
+// batches reports whether the successor takes many connections to a
+// message.
+func (l *successorLink) batches() bool { return l.caps&wire.CapConnBatch != 0 }
+
 // send passes the connection behind sc to the successor and waits until
-// it has taken it. The caller keeps its own descriptor. An error wrapping
-// ErrConnUnknown means the connection went out and its fate is unknown;
-// any other error, that the successor does not have it. Whatever happens
-// to one connection affects no other: only a broken link (the successor
-// gone) fails those that follow.
+// it has taken it. The caller keeps its descriptor, which goes out
+// itself, not a duplicate: it must not close it before send returns,
+// and closes it after a success. An error wrapping ErrConnUnknown means
+// the connection went out and its fate is unknown; any other error, that
+// the successor does not have it. Whatever happens to one connection
+// affects no other: only a broken link (the successor gone) fails those
+// that follow.
 func (l *successorLink) send(ctx context.Context, key string, sc syscall.Conn, state []byte) error {
 	if !l.accepts(key) {
 		return errorf("%w: successor does not take connections for socket %s", ErrNoSuccessor, describeKey(key))
@@ -100,75 +151,264 @@ func (l *successorLink) send(ctx context.Context, key string, sc syscall.Conn, s
 	if len(state) > maxConnState {
 		return errorf("handoff: connection state of %d bytes exceeds %d", len(state), maxConnState)
 	}
-	fd, err := ctl.DupFD(sc)
+	rc, err := sc.SyscallConn()
 	if err != nil {
-		return errorf("handoff: duplicate the connection to send it: %w", err)
+		return errorf("handoff: the connection to send: %w", err)
 	}
-	defer ctl.CloseFDs([]int{fd}) // after the ack: until then the connection is ours too
-
-	deadline := time.Now().Add(l.step)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
+	until := time.Now().Add(l.step)
+	if d, ok := ctx.Deadline(); ok && d.Before(until) {
+		until = d
 	}
-	id, acked, err := l.post(key, state, fd, deadline)
-	if err != nil {
-		return errorf("%w: %w", ErrNoSuccessor, err) // not sent
+	oc := &outConn{key: key, state: state, rc: rc, until: until, done: make(chan error, 1)}
+	if err := l.enqueue(oc); err != nil {
+		return errorf("%w: %w", ErrNoSuccessor, err)
 	}
-	timer := time.NewTimer(time.Until(deadline))
+	timer := time.NewTimer(time.Until(until))
 	defer timer.Stop()
+	var why error
 	select {
-	case a, ok := <-acked:
-		if !ok {
-			return errorf("%w: the link to the successor broke after connection %d was sent: %w", ErrConnUnknown, id, l.err())
-		}
-		if !a.OK {
-			return errorf("%w: successor refused the connection: %s", ErrNoSuccessor, a.Reason)
-		}
-		return nil
+	case err := <-oc.done:
+		return err
 	case <-timer.C:
-		err = errorf("no acknowledgement for connection %d within %s: %w", id, l.step, os.ErrDeadlineExceeded)
+		why = errorf("the successor did not take the connection within %s: %w", l.step, os.ErrDeadlineExceeded)
 	case <-ctx.Done():
-		err = errorf("waiting for the acknowledgement of connection %d: %w", id, ctx.Err())
+		why = errorf("waiting for the successor to take the connection: %w", ctx.Err())
 	}
-	// The ack may still come: readAcks then drops it into acked, whose
-	// room for one keeps it from blocking.
-	return errorf("%w: %w", ErrConnUnknown, err)
+	l.withdraw(oc, why)
+	// Settled now, or as soon as writeConns knows whether it went out,
+	// which its write deadline (until, at the latest) bounds.
+	return <-oc.done
 }
 
 // maxConnState bounds the state sent with a connection: what fits in one
 // message beside its key.
-const maxConnState = wire.MaxMessageSize - wire.HeaderSize - 8 - 2 - wire.MaxStringLen - 4
+const maxConnState = wire.MaxMessageSize - wire.HeaderSize - 8 - 2 - 2 - wire.MaxStringLen - 4
 
-// post sends one connection and returns the channel its ack comes on. A
-// message on a SOCK_SEQPACKET socket goes out whole or not at all, so on
-// error the successor did not get it. An error other than a timeout
-// breaks the link.
-func (l *successorLink) post(key string, state []byte, fd int, deadline time.Time) (uint64, chan wire.ConnAck, error) {
-	l.gate.Lock()
-	defer l.gate.Unlock()
+// maxBatchBody bounds the entries of one conns message.
+const maxBatchBody = wire.MaxMessageSize - wire.HeaderSize - 8 - 2
+
+// enqueue queues oc for writeConns.
+func (l *successorLink) enqueue(oc *outConn) error {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.broken != nil {
-		l.mu.Unlock()
-		return 0, nil, errorf("link to successor lost: %w", l.broken)
+		return errorf("link to successor lost: %w", l.broken)
 	}
-	l.nextID++
-	id := l.nextID
-	acked := make(chan wire.ConnAck, 1)
-	l.pending[id] = acked
-	l.mu.Unlock()
-	if err := l.cc.Send(wire.Conn{ID: id, Key: key, State: state}, []int{fd}, deadline); err != nil {
-		l.mu.Lock()
-		delete(l.pending, id)
-		l.mu.Unlock()
-		if !ctl.IsTimeout(err) && !errors.Is(err, ErrProtocol) {
-			l.fail(err)
-		}
-		return 0, nil, err
-	}
-	return id, acked, nil
+	l.queue = append(l.queue, oc)
+	l.poke()
+	return nil
 }
 
-// readAcks hands each ack to the send waiting for it, until the link
+// poke wakes writeConns.
+func (l *successorLink) poke() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// settleLocked gives oc its outcome, unless it has one.
+func settleLocked(oc *outConn, err error) {
+	if oc.phase == outSettled {
+		return
+	}
+	oc.phase = outSettled
+	oc.done <- err
+}
+
+// withdraw settles oc, whose sender stops waiting for why: a queued
+// connection was never sent and stays the sender's; one that was sent may
+// be the successor's. One being written is settled by writeConns.
+func (l *successorLink) withdraw(oc *outConn, why error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch oc.phase {
+	case outQueued:
+		for i, q := range l.queue {
+			if q == oc {
+				l.queue = append(l.queue[:i], l.queue[i+1:]...)
+				break
+			}
+		}
+		settleLocked(oc, errorf("%w: %w", ErrNoSuccessor, why))
+	case outWriting:
+		oc.canceled = why
+	case outSent:
+		settleLocked(oc, errorf("%w: %w", ErrConnUnknown, why))
+	}
+}
+
+// writeConns sends the queued connections, as many to a message as the
+// successor takes, until the link fails.
+func (l *successorLink) writeConns() {
+	defer l.acks.Done()
+	for {
+		id, msg, ok := l.nextMessage()
+		if !ok {
+			return
+		}
+		l.write(id, msg)
+	}
+}
+
+// nextMessage takes the next connections to send from the queue, once
+// there are some and the acks of those in flight leave room for them; ok
+// is false once the link has failed.
+func (l *successorLink) nextMessage() (uint64, *sentConns, bool) {
+	for {
+		l.mu.Lock()
+		if l.broken != nil {
+			l.mu.Unlock()
+			return 0, nil, false
+		}
+		if room := maxInFlightFDs - l.inflightFDs; len(l.queue) > 0 && room > 0 {
+			limit := 1
+			if l.batches() {
+				limit = min(room, wire.MaxFDs)
+			}
+			n, size := 0, 0
+			for n < len(l.queue) && n < limit {
+				e := wire.ConnEntry{Key: l.queue[n].key, State: l.queue[n].state}
+				if n > 0 && size+e.EncodedLen() > maxBatchBody {
+					break
+				}
+				size += e.EncodedLen()
+				n++
+			}
+			sc := &sentConns{batch: l.batches(), conns: append([]*outConn(nil), l.queue[:n]...)}
+			l.queue = append(l.queue[:0], l.queue[n:]...)
+			for _, oc := range sc.conns {
+				oc.phase = outWriting
+			}
+			// In flight before it is written: its ack may come before
+			// the write returns.
+			l.nextID++
+			id := l.nextID
+			l.inflight[id] = sc
+			l.inflightFDs += len(sc.conns)
+			l.mu.Unlock()
+			return id, sc, true
+		}
+		l.mu.Unlock()
+		select {
+		case <-l.wake:
+		case <-l.lost:
+		}
+	}
+}
+
+// write sends one message of connections. A message on a SOCK_SEQPACKET
+// socket goes out whole or not at all, so on error the successor got
+// none of them. An error other than a timeout breaks the link.
+func (l *successorLink) write(id uint64, sc *sentConns) {
+	rcs := make([]syscall.RawConn, len(sc.conns))
+	for i, oc := range sc.conns {
+		rcs[i] = oc.rc
+	}
+	var err error
+	until := sc.conns[0].until
+	for _, oc := range sc.conns {
+		if oc.until.After(until) {
+			until = oc.until // one sender's deadline must not fail the batch
+		}
+	}
+	ctl.HoldFDs(rcs, func(fds []int, held []bool) {
+		l.mu.Lock()
+		var sent []*outConn
+		for i, oc := range sc.conns {
+			if held[i] {
+				sent = append(sent, oc)
+			} else {
+				settleLocked(oc, errorf("%w: the connection is closed", ErrNoSuccessor))
+			}
+		}
+		l.inflightFDs -= len(sc.conns) - len(sent)
+		sc.conns = sent // what the ack answers
+		l.mu.Unlock()
+		if len(sent) == 0 {
+			err = errNothingToSend
+			return
+		}
+		var msg wire.Message
+		if sc.batch {
+			m := wire.Conns{ID: id, Entries: make([]wire.ConnEntry, len(sent))}
+			for i, oc := range sent {
+				m.Entries[i] = wire.ConnEntry{Key: oc.key, State: oc.state}
+			}
+			msg = m
+		} else {
+			msg = wire.Conn{ID: id, Key: sent[0].key, State: sent[0].state}
+		}
+		l.gate.Lock()
+		defer l.gate.Unlock()
+		for {
+			err = l.cc.Send(msg, fds, until)
+			// The kernel's limit on descriptors in flight: wait for an
+			// ack of an earlier message, then try again.
+			if !errors.Is(err, syscall.ETOOMANYREFS) && !errors.Is(err, syscall.ENOBUFS) || !l.waitAck(until) {
+				return
+			}
+		}
+	})
+
+	l.mu.Lock()
+	if err != nil && l.inflight[id] == sc {
+		delete(l.inflight, id)
+		l.inflightFDs -= len(sc.conns)
+	}
+	for _, oc := range sc.conns {
+		switch {
+		case err != nil:
+			settleLocked(oc, errorf("%w: %w", ErrNoSuccessor, err))
+		case l.broken != nil && l.inflight[id] != sc:
+			// fail found it being written: it went out, and nobody
+			// will ack it now.
+			settleLocked(oc, errorf("%w: the link to the successor broke after the connection was sent: %w", ErrConnUnknown, l.broken))
+		case oc.canceled != nil:
+			settleLocked(oc, errorf("%w: %w", ErrConnUnknown, oc.canceled))
+		case oc.phase == outWriting:
+			oc.phase = outSent
+		}
+	}
+	l.mu.Unlock()
+	if err != nil && err != errNothingToSend && !ctl.IsTimeout(err) && !errors.Is(err, ErrProtocol) {
+		l.fail(err)
+	}
+}
+
+var errNothingToSend = errors.New("every connection of the message is closed")
+
+// waitAck waits until one more message has been acknowledged, or until;
+// it reports false if no other is in flight to wait for, or the link
+// failed.
+func (l *successorLink) waitAck(until time.Time) bool {
+	l.mu.Lock()
+	before := len(l.inflight)
+	l.mu.Unlock()
+	if before <= 1 { // only the one being written
+		return false
+	}
+	timer := time.NewTimer(time.Until(until))
+	defer timer.Stop()
+	for {
+		select {
+		case <-l.wake:
+		case <-l.lost:
+			return false
+		case <-timer.C:
+			return false
+		}
+		l.mu.Lock()
+		now := len(l.inflight)
+		l.mu.Unlock()
+		if now < before {
+			l.poke() // for nextMessage: the wake may have been a queued connection's
+			return true
+		}
+	}
+}
+
+// readAcks settles the connections each ack answers, until the link
 // fails or the successor exits.
 func (l *successorLink) readAcks() {
 	defer l.acks.Done()
@@ -187,25 +427,55 @@ func (l *successorLink) readAcks() {
 			l.mu.Unlock()
 			continue
 		}
-		a, ok := m.(wire.ConnAck)
-		if !ok {
-			l.fail(errorf("%w: expected %s message, got %s", ErrProtocol, wire.TypeConnAck, m.Type()))
+		if err := l.settle(m); err != nil {
+			l.fail(err)
 			return
 		}
-		l.mu.Lock()
-		acked, ok := l.pending[a.ID]
-		delete(l.pending, a.ID)
-		l.mu.Unlock()
-		if !ok {
-			l.fail(errorf("%w: ack for connection %d, which is not in flight", ErrProtocol, a.ID))
-			return
-		}
-		acked <- a
+		l.poke()
 	}
 }
 
-// fail marks the link unusable, for the first reason given, and wakes
-// every send waiting for an ack: their connections' fate is unknown.
+// settle gives the connections an ack answers their outcomes. One that
+// its sender gave up waiting for has one already: a late ack is dropped.
+func (l *successorLink) settle(m wire.Message) error {
+	var (
+		id     uint64
+		ok     []bool
+		reason string
+		batch  bool
+	)
+	switch a := m.(type) {
+	case wire.ConnAck:
+		id, ok, reason = a.ID, []bool{a.OK}, a.Reason
+	case wire.ConnsAck:
+		id, ok, reason, batch = a.ID, a.OK, a.Reason, true
+	default:
+		return errorf("%w: expected %s message, got %s", ErrProtocol, wire.TypeConnAck, m.Type())
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	sc := l.inflight[id]
+	switch {
+	case sc == nil:
+		return errorf("%w: ack for connection %d, which is not in flight", ErrProtocol, id)
+	case sc.batch != batch || len(ok) != len(sc.conns):
+		return errorf("%w: %s for %d connections answers %d", ErrProtocol, m.Type(), len(ok), len(sc.conns))
+	}
+	delete(l.inflight, id)
+	l.inflightFDs -= len(sc.conns)
+	for i, oc := range sc.conns {
+		if ok[i] {
+			settleLocked(oc, nil)
+		} else {
+			settleLocked(oc, errorf("%w: successor refused the connection: %s", ErrNoSuccessor, reason))
+		}
+	}
+	return nil
+}
+
+// fail marks the link unusable, for the first reason given, and settles
+// every connection: those queued stay their senders', those in flight
+// are of unknown fate. One being written is writeConns's to settle.
 func (l *successorLink) fail(err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -215,10 +485,19 @@ func (l *successorLink) fail(err error) {
 	l.broken = err
 	l.dead.Store(true)
 	close(l.lost)
-	for id, acked := range l.pending {
-		close(acked)
-		delete(l.pending, id)
+	for _, oc := range l.queue {
+		settleLocked(oc, errorf("%w: link to successor lost: %w", ErrNoSuccessor, err))
 	}
+	l.queue = nil
+	for id, sc := range l.inflight {
+		for _, oc := range sc.conns {
+			if oc.phase == outSent {
+				settleLocked(oc, errorf("%w: the link to the successor broke after connection %d was sent: %w", ErrConnUnknown, id, err))
+			}
+		}
+		delete(l.inflight, id)
+	}
+	l.inflightFDs = 0
 }
 
 // proven tells the successor that the handover is final, if it
@@ -268,7 +547,11 @@ func (l *successorLink) close() {
 // successor does not have it, and c is still the caller's, untouched.
 //
 // c must be a connection from the kernel (*net.TCPConn, *net.UnixConn),
-// not a TLS connection: TLS session keys cannot be handed over.
+// not a TLS connection: TLS session keys cannot be handed over. Its own
+// descriptor goes to the successor, not a duplicate, so that a process
+// at its open-file limit can still hand every connection over; do not
+// close c while SendConn runs. Concurrent calls share messages: a
+// successor of this version gets up to 253 connections in one.
 func (u *Upgrader) SendConn(ctx context.Context, c net.Conn, state []byte) error {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
@@ -304,12 +587,15 @@ func (u *Upgrader) AcceptConn(ctx context.Context) (net.Conn, []byte, error) {
 
 // receiveConns serves the link to the predecessor after Ready: it adopts
 // every connection the predecessor sends, until the predecessor exits.
+// Descriptors this process had no room for (the kernel cuts the control
+// data: MSG_CTRUNC) are connections it did not take, which it says in the
+// ack: the predecessor keeps them.
 func (u *Upgrader) receiveConns(pred *ctl.Conn) {
 	defer u.wg.Done()
 	defer u.conns.finish()
 	defer u.dropPredecessor(pred)
 	for {
-		m, fds, err := pred.Recv(time.Time{})
+		m, fds, cut, err := pred.RecvCut(time.Time{})
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				u.log.Info("predecessor exited")
@@ -318,22 +604,84 @@ func (u *Upgrader) receiveConns(pred *ctl.Conn) {
 			}
 			return
 		}
-		if _, ok := m.(wire.Proven); ok && len(fds) == 0 {
-			u.announceProven()
-			continue
+		var ack wire.Message
+		switch m := m.(type) {
+		case wire.Proven:
+			if len(fds) == 0 && !cut {
+				u.announceProven()
+				continue
+			}
+		case wire.Conn:
+			if len(fds) == 1 || (len(fds) == 0 && cut) {
+				reasons := u.adoptConns([]wire.ConnEntry{{Key: m.Key, State: m.State}}, fds)
+				ack = wire.ConnAck{ID: m.ID, OK: reasons[0] == "", Reason: reasons[0]}
+			}
+		case wire.Conns:
+			if len(fds) == len(m.Entries) || (len(fds) < len(m.Entries) && cut) {
+				ack = connsAck(m.ID, u.adoptConns(m.Entries, fds))
+			}
 		}
-		cm, ok := m.(wire.Conn)
-		if !ok || len(fds) != 1 {
+		if ack == nil {
 			ctl.CloseFDs(fds)
-			u.log.Warn("predecessor broke the protocol", "message", m.Type(), "fds", len(fds))
+			u.log.Warn("predecessor broke the protocol", "message", m.Type(), "fds", len(fds), "truncated", cut)
 			return
 		}
-		reason := u.adoptConn(cm, fds[0])
-		if err := pred.Send(wire.ConnAck{ID: cm.ID, OK: reason == "", Reason: reason}, nil, time.Now().Add(u.cfg.StepTimeout)); err != nil {
+		if err := pred.Send(ack, nil, time.Now().Add(u.cfg.StepTimeout)); err != nil {
 			u.log.Warn("link to predecessor failed", "err", err)
 			return
 		}
 	}
+}
+
+// errNoDescriptor is why a connection whose descriptor did not arrive
+// was not taken.
+const errNoDescriptor = "out of descriptors: the connection's descriptor did not arrive (EMFILE)"
+
+// adoptConns adopts each connection of a message, the i-th with fds[i];
+// those past the last fd did not arrive. It returns, for each, why it
+// was not taken, or "".
+func (u *Upgrader) adoptConns(entries []wire.ConnEntry, fds []int) []string {
+	reasons := make([]string, len(entries))
+	for i := len(fds); i < len(entries); i++ {
+		reasons[i] = errNoDescriptor
+	}
+	// A few at a time: adopting is mostly system calls, and one that goes
+	// on down the line waits for its own successor's ack.
+	var wg sync.WaitGroup
+	workers := min(len(fds), adoptWorkers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(fds); i += workers {
+				reasons[i] = u.adoptConn(wire.Conn{Key: entries[i].Key, State: entries[i].State}, fds[i])
+			}
+		}()
+	}
+	wg.Wait()
+	if n := len(entries) - len(fds); n > 0 {
+		u.log.Warn("out of descriptors: the predecessor keeps connections this process could not receive", "connections", n)
+	}
+	return reasons
+}
+
+// maxAckReason keeps a conns-ack of wire.MaxFDs connections well within
+// what the serving side receives (ctl.SmallMessage).
+const maxAckReason = 1024
+
+// adoptWorkers is how many connections of one message are adopted at once.
+const adoptWorkers = 4
+
+// connsAck answers a conns message with the reasons adoptConns gave.
+func connsAck(id uint64, reasons []string) wire.ConnsAck {
+	a := wire.ConnsAck{ID: id, OK: make([]bool, len(reasons))}
+	for i, r := range reasons {
+		a.OK[i] = r == ""
+		if r != "" && a.Reason == "" {
+			a.Reason = r[:min(len(r), maxAckReason)]
+		}
+	}
+	return a
 }
 
 // adoptConn takes ownership of fd, a connection the predecessor sent, and
@@ -484,10 +832,9 @@ func (u *Upgrader) waitLink(ctx context.Context) {
 	}
 }
 
+// moveConn is bounded by the link's step deadline, which send applies.
 func (u *Upgrader) moveConn(key string, sc syscall.Conn) error {
-	ctx, cancel := context.WithTimeout(u.ctx, u.cfg.StepTimeout)
-	defer cancel()
-	return u.sendConn(ctx, key, sc, nil)
+	return u.sendConn(u.ctx, key, sc, nil)
 }
 
 func (u *Upgrader) logger() *slog.Logger { return u.log }

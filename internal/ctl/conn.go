@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/handoffd/handoff/internal/wire"
@@ -90,7 +91,20 @@ func (cc *Conn) Send(m wire.Message, fds []int, deadline time.Time) error {
 // every descriptor that arrived has been closed.
 func (cc *Conn) Recv(deadline time.Time) (wire.Message, []int, error) {
 	cc.setDeadline(cc.c.SetReadDeadline, deadline)
-	return readMsg(cc.c, cc.buf, cc.oob)
+	m, fds, _, err := readMsg(cc.c, cc.buf, cc.oob, false)
+	return m, fds, err
+}
+
+// RecvCut reads one message as Recv does, except that descriptors the
+// kernel could not deliver (MSG_CTRUNC: this process is out of
+// descriptors, or more came than fit) are no error: the message comes
+// back with those that arrived, the first ones sent, in order, and cut
+// reports that the rest are lost here (the sender still has its own).
+// For messages whose descriptors stand each for itself, so that the
+// receiver can tell the sender which it took.
+func (cc *Conn) RecvCut(deadline time.Time) (m wire.Message, fds []int, cut bool, err error) {
+	cc.setDeadline(cc.c.SetReadDeadline, deadline)
+	return readMsg(cc.c, cc.buf, cc.oob, true)
 }
 
 // RecvMsg reads one message that must carry no fds.
@@ -208,7 +222,8 @@ func WriteMsg(c *net.UnixConn, m wire.Message, fds []int) error {
 // descriptors from c, as Conn.Recv does, leaving c's deadlines as they
 // are.
 func ReadMsg(c *net.UnixConn, bufSize, maxFDs int) (wire.Message, []int, error) {
-	return readMsg(c, make([]byte, bufSize), make([]byte, oobSpace(maxFDs)))
+	m, fds, _, err := readMsg(c, make([]byte, bufSize), make([]byte, oobSpace(maxFDs)), false)
+	return m, fds, err
 }
 
 // Drain reads and drops what the peer sends, closing any descriptors,
@@ -224,4 +239,30 @@ func (cc *Conn) Drain(d time.Duration) {
 			CloseFDs(fds)
 		}
 	}
+}
+
+// HoldFDs calls f with the descriptors behind conns, none duplicated:
+// each stays open (held through its RawConn's Control) until f returns,
+// so that a concurrent Close waits, and f may pass it in a message. The
+// owners keep their descriptors. held[i] says whether conns[i]'s is
+// among fds (in order); one whose connection is closed already is not.
+func HoldFDs(conns []syscall.RawConn, f func(fds []int, held []bool)) {
+	fds := make([]int, 0, len(conns))
+	held := make([]bool, len(conns))
+	var hold func(i int)
+	hold = func(i int) {
+		if i == len(conns) {
+			f(fds, held)
+			return
+		}
+		err := conns[i].Control(func(fd uintptr) {
+			fds = append(fds, int(fd))
+			held[i] = true
+			hold(i + 1)
+		})
+		if err != nil {
+			hold(i + 1)
+		}
+	}
+	hold(0)
 }

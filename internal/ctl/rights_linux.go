@@ -35,20 +35,25 @@ func writeMsg(c *net.UnixConn, b []byte, fds []int) error {
 // readMsg receives one message from c into buf and oob. Descriptors that
 // arrive with it are close-on-exec (ReadMsgUnix uses MSG_CMSG_CLOEXEC on
 // Linux) and owned by the caller; on any error every one of them has
-// already been closed.
-func readMsg(c *net.UnixConn, buf, oob []byte) (wire.Message, []int, error) {
+// already been closed. Truncated control data (MSG_CTRUNC) is an error
+// unless allowCut: then the message comes back with the descriptors that
+// arrived and cut set. The kernel installs a message's descriptors in
+// order and stops at the first it cannot (EMFILE, or no room in oob),
+// closing the rest, so those that arrived are the first ones sent.
+func readMsg(c *net.UnixConn, buf, oob []byte, allowCut bool) (wire.Message, []int, bool, error) {
 	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
 	fds, _, perr := ParseControl(oob[:oobn])
-	fail := func(err error) (wire.Message, []int, error) {
+	cut := flags&unix.MSG_CTRUNC != 0
+	fail := func(err error) (wire.Message, []int, bool, error) {
 		CloseFDs(fds)
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	switch {
 	case err != nil:
 		return fail(fmt.Errorf("receive: %w", err))
 	case perr != nil:
 		return fail(fmt.Errorf("%w: bad control message: %w", wire.ErrProtocol, perr))
-	case flags&unix.MSG_CTRUNC != 0:
+	case cut && !allowCut:
 		return fail(fmt.Errorf("%w: control data truncated: more than %d descriptors, or out of descriptors", wire.ErrProtocol, fdCapacity(oob)))
 	case flags&unix.MSG_TRUNC != 0:
 		return fail(fmt.Errorf("%w: message larger than %d bytes", wire.ErrProtocol, len(buf)))
@@ -59,7 +64,7 @@ func readMsg(c *net.UnixConn, buf, oob []byte) (wire.Message, []int, error) {
 	if err != nil {
 		return fail(err)
 	}
-	return m, fds, nil
+	return m, fds, cut, nil
 }
 
 // ParseControl returns every descriptor (SCM_RIGHTS) in a message's

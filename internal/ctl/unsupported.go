@@ -21,8 +21,8 @@ func oobSpace(int) int { return 0 }
 
 func writeMsg(*net.UnixConn, []byte, []int) error { return notSupported() }
 
-func readMsg(*net.UnixConn, []byte, []byte) (wire.Message, []int, error) {
-	return nil, nil, notSupported()
+func readMsg(*net.UnixConn, []byte, []byte, bool) (wire.Message, []int, bool, error) {
+	return nil, nil, false, notSupported()
 }
 
 // CloseFDs closes each of fds.

@@ -60,8 +60,14 @@ const (
 	// Release and sends Proven when the handover is final.
 	CapCanary uint64 = 1 << 1
 
+	// CapConnBatch: the peer sends or receives established connections
+	// many to a message (Conns / ConnsAck), up to MaxFDs at a time, as
+	// well as one to a message (Conn / ConnAck). In effect only with
+	// CapConns.
+	CapConnBatch uint64 = 1 << 2
+
 	// SupportedCaps is every capability this package implements.
-	SupportedCaps = CapConns | CapCanary
+	SupportedCaps = CapConns | CapCanary | CapConnBatch
 )
 
 // Type is a message's type code, the third field of its header.
@@ -69,19 +75,21 @@ type Type uint16
 
 // Message types; the numbers are part of the protocol.
 const (
-	TypeHello   Type = 1  // successor → serving: who I am, versions I speak
-	TypeWelcome Type = 2  // serving → successor: accepted; how many sockets follow
-	TypeRefuse  Type = 3  // either way: no, and why; the sender then closes
-	TypeFDs     Type = 4  // serving → successor: a batch of socket entries + fds
-	TypeAck     Type = 5  // successor → serving: batch received
-	TypeReady   Type = 6  // successor → serving: I serve; stop accepting
-	TypeDone    Type = 7  // serving → successor: stopped accepting; draining
-	TypeConn    Type = 8  // serving → successor: one established connection + fd
-	TypeConnAck Type = 9  // successor → serving: connection taken (or not)
-	TypeRequest Type = 10 // client → serving, instead of hello: run a request
-	TypeReply   Type = 11 // serving → client: progress, then the final answer
-	TypeRelease Type = 12 // successor → predecessor: stop standing by; I stop or have handed over
-	TypeProven  Type = 13 // serving → successor: the handover is final; you are the main process
+	TypeHello    Type = 1  // successor → serving: who I am, versions I speak
+	TypeWelcome  Type = 2  // serving → successor: accepted; how many sockets follow
+	TypeRefuse   Type = 3  // either way: no, and why; the sender then closes
+	TypeFDs      Type = 4  // serving → successor: a batch of socket entries + fds
+	TypeAck      Type = 5  // successor → serving: batch received
+	TypeReady    Type = 6  // successor → serving: I serve; stop accepting
+	TypeDone     Type = 7  // serving → successor: stopped accepting; draining
+	TypeConn     Type = 8  // serving → successor: one established connection + fd
+	TypeConnAck  Type = 9  // successor → serving: connection taken (or not)
+	TypeRequest  Type = 10 // client → serving, instead of hello: run a request
+	TypeReply    Type = 11 // serving → client: progress, then the final answer
+	TypeRelease  Type = 12 // successor → predecessor: stop standing by; I stop or have handed over
+	TypeProven   Type = 13 // serving → successor: the handover is final; you are the main process
+	TypeConns    Type = 14 // serving → successor: a batch of established connections + fds
+	TypeConnsAck Type = 15 // successor → serving: which connections of a batch were taken
 )
 
 func (t Type) String() string {
@@ -112,6 +120,10 @@ func (t Type) String() string {
 		return "release"
 	case TypeProven:
 		return "proven"
+	case TypeConns:
+		return "conns"
+	case TypeConnsAck:
+		return "conns-ack"
 	}
 	return fmt.Sprintf("type(%d)", uint16(t))
 }
@@ -237,6 +249,31 @@ type ConnAck struct {
 	Reason string // why not, when !OK
 }
 
+// Conns carries a batch of established connections, at most MaxFDs; their
+// fds ride beside it, the i-th for the i-th entry.
+type Conns struct {
+	ID      uint64
+	Entries []ConnEntry
+}
+
+// ConnEntry is one connection of a Conns batch.
+type ConnEntry struct {
+	Key   string // as in Conn
+	State []byte // as in Conn
+}
+
+// EncodedLen is the number of bytes e adds to a Conns message.
+func (e ConnEntry) EncodedLen() int { return 2 + len(e.Key) + 4 + len(e.State) }
+
+// ConnsAck answers the Conns with the same ID: OK[i] says whether the
+// successor took the i-th connection; Reason, why it did not take the
+// first one it refused.
+type ConnsAck struct {
+	ID     uint64
+	OK     []bool
+	Reason string
+}
+
 // Request is a client's first message instead of a Hello.
 type Request struct {
 	Name string // "reload" or "status"
@@ -260,19 +297,21 @@ type Release struct {
 // window passed, or there was none): it is the service's main process now.
 type Proven struct{}
 
-func (Hello) Type() Type   { return TypeHello }
-func (Welcome) Type() Type { return TypeWelcome }
-func (Refusal) Type() Type { return TypeRefuse }
-func (FDBatch) Type() Type { return TypeFDs }
-func (Ack) Type() Type     { return TypeAck }
-func (Ready) Type() Type   { return TypeReady }
-func (Done) Type() Type    { return TypeDone }
-func (Conn) Type() Type    { return TypeConn }
-func (ConnAck) Type() Type { return TypeConnAck }
-func (Request) Type() Type { return TypeRequest }
-func (Reply) Type() Type   { return TypeReply }
-func (Release) Type() Type { return TypeRelease }
-func (Proven) Type() Type  { return TypeProven }
+func (Hello) Type() Type    { return TypeHello }
+func (Welcome) Type() Type  { return TypeWelcome }
+func (Refusal) Type() Type  { return TypeRefuse }
+func (FDBatch) Type() Type  { return TypeFDs }
+func (Ack) Type() Type      { return TypeAck }
+func (Ready) Type() Type    { return TypeReady }
+func (Done) Type() Type     { return TypeDone }
+func (Conn) Type() Type     { return TypeConn }
+func (ConnAck) Type() Type  { return TypeConnAck }
+func (Request) Type() Type  { return TypeRequest }
+func (Reply) Type() Type    { return TypeReply }
+func (Release) Type() Type  { return TypeRelease }
+func (Proven) Type() Type   { return TypeProven }
+func (Conns) Type() Type    { return TypeConns }
+func (ConnsAck) Type() Type { return TypeConnsAck }
 func (m Hello) appendBody(b []byte) []byte {
 	b = binary.BigEndian.AppendUint16(b, m.MinVersion)
 	b = binary.BigEndian.AppendUint16(b, m.MaxVersion)
@@ -339,6 +378,25 @@ func (m Conn) appendBody(b []byte) []byte {
 func (m ConnAck) appendBody(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, m.ID)
 	b = append(b, boolByte(m.OK))
+	return appendString(b, m.Reason)
+}
+
+func (m Conns) appendBody(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, m.ID)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(m.Entries)))
+	for _, e := range m.Entries {
+		b = appendString(b, e.Key)
+		b = appendBytes(b, e.State)
+	}
+	return b
+}
+
+func (m ConnsAck) appendBody(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, m.ID)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(m.OK)))
+	for _, ok := range m.OK {
+		b = append(b, boolByte(ok))
+	}
 	return appendString(b, m.Reason)
 }
 
@@ -416,6 +474,18 @@ func checkLimits(m Message) error {
 		strs = []string{m.Key}
 	case ConnAck:
 		strs = []string{m.Reason}
+	case Conns:
+		if len(m.Entries) > MaxFDs {
+			return fmt.Errorf("%w: batch of %d connections exceeds %d", ErrProtocol, len(m.Entries), MaxFDs)
+		}
+		for _, e := range m.Entries {
+			strs = append(strs, e.Key)
+		}
+	case ConnsAck:
+		if len(m.OK) > MaxFDs {
+			return fmt.Errorf("%w: ack of %d connections exceeds %d", ErrProtocol, len(m.OK), MaxFDs)
+		}
+		strs = []string{m.Reason}
 	case Request:
 		strs = []string{m.Name}
 	case Reply:
@@ -483,6 +553,27 @@ func Decode(b []byte) (Message, error) {
 		m = Conn{ID: r.u64(), Key: r.str(), State: r.bytes()}
 	case TypeConnAck:
 		m = ConnAck{ID: r.u64(), OK: r.u8() != 0, Reason: r.str()}
+	case TypeConns:
+		batch := Conns{ID: r.u64()}
+		n := int(r.u16())
+		if n > MaxFDs {
+			return nil, fmt.Errorf("%w: batch of %d connections exceeds %d", ErrProtocol, n, MaxFDs)
+		}
+		for i := 0; i < n && r.err == nil; i++ {
+			batch.Entries = append(batch.Entries, ConnEntry{Key: r.str(), State: r.bytes()})
+		}
+		m = batch
+	case TypeConnsAck:
+		a := ConnsAck{ID: r.u64()}
+		n := int(r.u16())
+		if n > MaxFDs {
+			return nil, fmt.Errorf("%w: ack of %d connections exceeds %d", ErrProtocol, n, MaxFDs)
+		}
+		for i := 0; i < n && r.err == nil; i++ {
+			a.OK = append(a.OK, r.u8() != 0)
+		}
+		a.Reason = r.str()
+		m = a
 	case TypeRequest:
 		m = Request{Name: r.str()}
 	case TypeReply:

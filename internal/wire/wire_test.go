@@ -16,6 +16,10 @@ func wireSamples() []Message {
 	for i := range many {
 		many[i] = Entry{Kind: KindListener, Network: "tcp", Address: "127.0.0.1:0", Name: strings.Repeat("n", i%7)}
 	}
+	manyConns := make([]ConnEntry, MaxFDs)
+	for i := range manyConns {
+		manyConns[i] = ConnEntry{Key: "tcp|127.0.0.1:8080"}
+	}
 	return []Message{
 		Hello{MinVersion: 1, MaxVersion: 1, Caps: CapConns, PID: 4242, Name: "api"},
 		Hello{MinVersion: 0, MaxVersion: 65535, Caps: ^uint64(0), PID: ^uint32(0), Name: strings.Repeat("x", MaxStringLen)},
@@ -39,6 +43,10 @@ func wireSamples() []Message {
 		Reply{Final: true, Text: "ok", Data: []byte(`{"pid":1}`)},
 		Release{Reason: "stopping"},
 		Proven{},
+		Conns{ID: 7, Entries: []ConnEntry{{Key: "web", State: []byte{1, 2}}, {Key: ""}, {Key: "tcp|:8080"}}},
+		Conns{ID: 1 << 50, Entries: manyConns},
+		ConnsAck{ID: 7, OK: []bool{true, false, true}, Reason: "out of descriptors"},
+		ConnsAck{ID: 8, OK: make([]bool, MaxFDs)},
 	}
 }
 
@@ -58,6 +66,21 @@ func normalize(m Message) Message {
 	case Conn:
 		if len(m.State) == 0 {
 			m.State = nil
+		}
+		return m
+	case Conns:
+		if len(m.Entries) == 0 {
+			m.Entries = nil
+		}
+		for i, e := range m.Entries {
+			if len(e.State) == 0 {
+				m.Entries[i].State = nil
+			}
+		}
+		return m
+	case ConnsAck:
+		if len(m.OK) == 0 {
+			m.OK = nil
 		}
 		return m
 	case Reply:
@@ -175,6 +198,8 @@ func TestWireEncodeLimits(t *testing.T) {
 		Welcome{Build: Build{Revision: strings.Repeat("x", MaxStringLen+1)}},
 		FDBatch{Entries: make([]Entry, MaxFDs+1)},
 		Conn{State: make([]byte, MaxMessageSize)},
+		Conns{Entries: make([]ConnEntry, MaxFDs+1)},
+		ConnsAck{OK: make([]bool, MaxFDs+1)},
 	} {
 		if _, err := Encode(m); !errors.Is(err, ErrProtocol) {
 			t.Errorf("encode(%s) = %v, want ErrProtocol", m.Type(), err)
