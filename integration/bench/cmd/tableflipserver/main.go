@@ -35,9 +35,11 @@ func main() {
 	}
 	defer upg.Stop()
 
+	// Catch SIGHUP before Ready writes the pid file: a restart that reads
+	// it may signal at once, and an uncaught SIGHUP kills the process.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGHUP)
 	go func() {
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, syscall.SIGHUP)
 		for range sig {
 			if err := upg.Upgrade(); err != nil {
 				log.Println("upgrade failed:", err)
