@@ -359,6 +359,52 @@ func TestPausedListener(t *testing.T) {
 	}
 }
 
+// TestPauseTakesNothingAfter: pause returns only once an Accept that
+// waited in the kernel has come back, so that a connection made after
+// pause returns waits for the successor (or a rollback) and is never
+// accepted here: Upgrade returns after the pause, and whoever connects
+// then must reach the successor. Tried many times, each with a
+// connection racing the pause.
+func TestPauseTakesNothingAfter(t *testing.T) {
+	checkLeaks(t)
+	for i := range 300 {
+		tcp, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := newListener(tcp, "test")
+		accepted := make(chan net.Conn, 2)
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					close(accepted)
+					return
+				}
+				accepted <- c
+			}
+		}()
+		racing, err := net.Dial("tcp", tcp.Addr().String()) // may be accepted: it races the pause
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.pause()
+		after, err := net.Dial("tcp", tcp.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Close()
+		for c := range accepted {
+			if c.RemoteAddr().String() == after.LocalAddr().String() {
+				t.Fatalf("try %d: Accept took a connection made after pause returned", i)
+			}
+			c.Close()
+		}
+		racing.Close()
+		after.Close()
+	}
+}
+
 // TestPausedListenerClosedTakesNothing: when a canary window ends for
 // good, the paused listener is detached before this process's copy of
 // the socket closes; an Accept that waited while paused must end then,

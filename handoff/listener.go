@@ -23,7 +23,13 @@ type listener struct {
 	paused   chan struct{}     // while a canary window runs: closed by resume or Close
 	injected chan struct{}     // wakes an Accept that waits while paused; room for one
 	closed   bool
+	inKernel int           // Accept calls waiting in the kernel
+	left     chan struct{} // closed when inKernel drops to 0, for pause
 }
+
+// pauseWait bounds pause's wait for an Accept in the kernel to return,
+// which the deadline it sets makes prompt.
+const pauseWait = time.Second
 
 // deadliner is the part of *net.TCPListener and *net.UnixListener that
 // lets inject interrupt a blocked Accept.
@@ -68,11 +74,18 @@ func (l *listener) Accept() (net.Conn, error) {
 			l.woken = false
 			l.Listener.(deadliner).SetDeadline(time.Time{})
 		}
+		l.inKernel++
 		l.mu.Unlock()
 
 		c, err := l.Listener.Accept()
+		l.mu.Lock()
+		if l.inKernel--; l.inKernel == 0 && l.left != nil {
+			close(l.left)
+			l.left = nil
+		}
+		l.mu.Unlock()
 		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-			continue // woken by inject
+			continue // woken by inject, pause or detach
 		}
 		return c, err
 	}
@@ -116,17 +129,48 @@ func (l *listener) inject(c net.Conn) bool {
 	return true
 }
 
-// pause stops Accept from taking connections, and wakes one that waits
-// in the kernel, until resume or Close.
+// pause stops Accept from taking connections until resume or Close. It
+// wakes an Accept that waits in the kernel and returns once that has
+// come back (bounded by pauseWait), so that no connection made after
+// pause returns is accepted here: one the kernel had already given that
+// Accept is this process's to serve.
 func (l *listener) pause() {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.closed || l.paused != nil {
+		l.mu.Unlock()
 		return
 	}
 	l.paused = make(chan struct{})
 	l.woken = true
 	l.Listener.(deadliner).SetDeadline(longAgo)
+	left := l.waitKernelLocked()
+	l.mu.Unlock()
+	waitLeft(left)
+}
+
+// waitKernelLocked returns a channel closed once no Accept waits in the
+// kernel, or nil if none does. l.mu is held.
+func (l *listener) waitKernelLocked() chan struct{} {
+	if l.inKernel == 0 {
+		return nil
+	}
+	if l.left == nil {
+		l.left = make(chan struct{})
+	}
+	return l.left
+}
+
+// waitLeft waits, at most pauseWait, for left (nil: nothing to wait for).
+func waitLeft(left chan struct{}) {
+	if left == nil {
+		return
+	}
+	t := time.NewTimer(pauseWait)
+	defer t.Stop()
+	select {
+	case <-left:
+	case <-t.C:
+	}
 }
 
 // resume lets Accept take connections again.
