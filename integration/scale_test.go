@@ -4,6 +4,7 @@ package integration_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -15,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoffd/handoff/internal/loadgen"
+	"github.com/handoffd/handoff/internal/procfs"
 	"github.com/handoffd/handoff/internal/testbed"
 )
 
@@ -47,7 +50,11 @@ func plainBinary(t testing.TB, pkg string) string {
 // room for every connection once, not twice. One SIGHUP; once the old
 // process has exited, every connection sends a request: none gets EOF or
 // a reset, and the successor answers every one. It logs the old
-// process's exit time after its successor was ready.
+// process's exit time after its successor was ready, both processes' CPU
+// time, the successor's RSS per moved connection, and the latency of
+// other requests (new connections from clients that never retry, none of
+// which may fail) while the successor adopts the connections, beside
+// their steady latency before the restart.
 func TestIdleConnectionsMoveAtScale(t *testing.T) {
 	n := 2000
 	if v := os.Getenv(envScaleConns); v != "" {
@@ -81,17 +88,30 @@ func TestIdleConnectionsMoveAtScale(t *testing.T) {
 	pid := start()
 	s.WaitPID(pid, 0, 30*time.Second)
 	testbed.WaitServing(t, s.Addr, pid)
+	rssEmpty := mustRSS(t, pid)
 
 	clients := scaleClients(t, s.Addr, n)
-	t.Logf("%d idle keep-alive connections to process %d (open-file limit %d)", n, pid, serverLimit)
+	rssHolding := mustRSS(t, pid)
+	t.Logf("%d idle keep-alive connections to process %d (open-file limit %d); its RSS %s with none, %s with them (%s per connection)",
+		n, pid, serverLimit, mib(rssEmpty), mib(rssHolding), perConn(rssHolding-rssEmpty, n))
+
+	// Other requests, each on a new connection, from clients that never
+	// retry: a steady second of them before the restart, then from the
+	// successor's ready until the old process has exited (the new
+	// connections all go to the successor while it adopts the old ones).
+	other := loadgen.Config{Addr: s.Addr, Mode: loadgen.NewConn, Workers: 2, Interval: 2 * time.Millisecond, Timeout: 10 * time.Second}
+	steadyCtx, stopSteady := context.WithTimeout(context.Background(), time.Second)
+	steady := loadgen.Run(steadyCtx, other)
+	stopSteady()
+	requireNoFailures(t, steady)
 
 	from := s.LogSize()
-	cpuBefore, _ := cpuTime(pid)
+	cpuBefore, _ := procfs.CPUTime(pid)
 	oldCPU := make(chan time.Duration, 1)
 	go func() { // the old process's CPU time, up to its last moment
 		last := cpuBefore
 		for {
-			d, err := cpuTime(pid)
+			d, err := procfs.CPUTime(pid)
 			if err != nil {
 				oldCPU <- last - cpuBefore
 				return
@@ -104,9 +124,16 @@ func TestIdleConnectionsMoveAtScale(t *testing.T) {
 	s.Signal(pid, syscall.SIGHUP)
 	next := s.WaitPID(0, pid, 60*time.Second)
 	ready := time.Now()
+	rssReady, _ := procfs.RSS(next) // already adopting, perhaps: a lower bound
+	moveCtx, stopMove := context.WithCancel(context.Background())
+	during := make(chan *loadgen.Result, 1)
+	go func() { during <- loadgen.Run(moveCtx, other) }()
 	ws := s.WaitExit(pid, 60*time.Second)
 	exited := time.Now()
-	nextCPU, _ := cpuTime(next)
+	stopMove()
+	duringMove := <-during
+	rssMoved := mustRSS(t, next)
+	nextCPU, _ := procfs.CPUTime(next)
 	if ws.ExitStatus() != 0 {
 		t.Errorf("old process %d exited with %v", pid, ws)
 	}
@@ -128,8 +155,14 @@ func TestIdleConnectionsMoveAtScale(t *testing.T) {
 		}
 	}
 	t.Logf("%d warnings in the log", failures)
+	requireNoFailures(t, duringMove)
+	t.Logf("other requests (new connections, %d clients every %v): steady before the restart p50 %v p99 %v max %v (%d); "+
+		"from ready until the old process exited p50 %v p99 %v max %v (%d, answered by %v)",
+		other.Workers, other.Interval,
+		steady.Latency.Quantile(0.5), steady.Latency.Quantile(0.99), steady.Latency.Max(), steady.Latency.Count(),
+		duringMove.Latency.Quantile(0.5), duringMove.Latency.Quantile(0.99), duringMove.Latency.Max(), duringMove.Latency.Count(), duringMove.PIDs)
 
-	var eof, other, wrong atomic.Int64
+	var eof, otherErr, wrong atomic.Int64
 	var firstErr atomic.Value
 	sent := time.Now()
 	forEach(clients, func(c *rawClient) {
@@ -139,7 +172,7 @@ func TestIdleConnectionsMoveAtScale(t *testing.T) {
 			if strings.Contains(err.Error(), "EOF") || strings.Contains(err.Error(), "reset") {
 				eof.Add(1)
 			} else {
-				other.Add(1)
+				otherErr.Add(1)
 			}
 			firstErr.CompareAndSwap(nil, err.Error())
 		case !strings.HasPrefix(body, strconv.Itoa(next)+"\n"):
@@ -148,10 +181,14 @@ func TestIdleConnectionsMoveAtScale(t *testing.T) {
 		}
 	})
 	t.Logf("%d requests after the restart answered in %v: %d EOF/reset, %d other errors, %d not by the successor %d (first: %v)",
-		n, time.Since(sent), eof.Load(), other.Load(), wrong.Load(), next, firstErr.Load())
-	if eof.Load()+other.Load()+wrong.Load() > 0 {
-		t.Errorf("%d of %d connections lost or not answered by the successor", eof.Load()+other.Load()+wrong.Load(), n)
+		n, time.Since(sent), eof.Load(), otherErr.Load(), wrong.Load(), next, firstErr.Load())
+	if eof.Load()+otherErr.Load()+wrong.Load() > 0 {
+		t.Errorf("%d of %d connections lost or not answered by the successor", eof.Load()+otherErr.Load()+wrong.Load(), n)
 	}
+	rssServed := mustRSS(t, next)
+	t.Logf("successor %d's RSS: %s at ready, %s once the old process had exited, %s once every connection was served again: "+
+		"%s per moved connection after the move, %s after a request on each (over the first process's %s with no connections)",
+		next, mib(rssReady), mib(rssMoved), mib(rssServed), perConn(rssMoved-rssEmpty, n), perConn(rssServed-rssEmpty, n), mib(rssEmpty))
 	for _, c := range clients {
 		c.conn.Close()
 	}
@@ -221,22 +258,17 @@ func forEach(clients []*rawClient, f func(*rawClient)) {
 	wg.Wait()
 }
 
-// cpuTime is the user and system CPU time pid has used, from
-// /proc/PID/stat, in clock ticks of 10 ms.
-func cpuTime(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+// mustRSS is process pid's resident set size, or fails t.
+func mustRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := procfs.RSS(pid)
 	if err != nil {
-		return 0, err
+		t.Fatal(err)
 	}
-	// The fields after the command (in parentheses, which may hold spaces).
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
-	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %q %q", pid, f[11], f[12])
-	}
-	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+	return b
 }
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// perConn is b bytes shared out over n connections, in KiB.
+func perConn(b int64, n int) string { return fmt.Sprintf("%.1f KiB", float64(b)/1024/float64(n)) }
