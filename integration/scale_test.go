@@ -88,12 +88,12 @@ func TestIdleConnectionsMoveAtScale(t *testing.T) {
 	pid := start()
 	s.WaitPID(pid, 0, 30*time.Second)
 	testbed.WaitServing(t, s.Addr, pid)
-	rssEmpty := mustRSS(t, pid)
+	rssEmpty := testbed.RSS(t, pid)
 
 	clients := scaleClients(t, s.Addr, n)
-	rssHolding := mustRSS(t, pid)
+	rssHolding := testbed.RSS(t, pid)
 	t.Logf("%d idle keep-alive connections to process %d (open-file limit %d); its RSS %s with none, %s with them (%s per connection)",
-		n, pid, serverLimit, mib(rssEmpty), mib(rssHolding), perConn(rssHolding-rssEmpty, n))
+		n, pid, serverLimit, testbed.MiB(rssEmpty), testbed.MiB(rssHolding), testbed.PerConn(rssHolding-rssEmpty, n))
 
 	// Other requests, each on a new connection, from clients that never
 	// retry: a steady second of them before the restart, then from the
@@ -106,43 +106,21 @@ func TestIdleConnectionsMoveAtScale(t *testing.T) {
 	requireNoFailures(t, steady)
 
 	from := s.LogSize()
-	cpuBefore, _ := procfs.CPUTime(pid)
-	oldCPU := make(chan time.Duration, 1)
-	go func() { // the old process's CPU time, up to its last moment
-		last := cpuBefore
-		for {
-			d, err := procfs.CPUTime(pid)
-			if err != nil {
-				oldCPU <- last - cpuBefore
-				return
-			}
-			last = d
-			time.Sleep(time.Millisecond)
-		}
-	}()
-	hup := time.Now()
-	s.Signal(pid, syscall.SIGHUP)
-	next := s.WaitPID(0, pid, 60*time.Second)
-	ready := time.Now()
-	rssReady, _ := procfs.RSS(next) // already adopting, perhaps: a lower bound
 	moveCtx, stopMove := context.WithCancel(context.Background())
 	during := make(chan *loadgen.Result, 1)
-	go func() { during <- loadgen.Run(moveCtx, other) }()
-	ws := s.WaitExit(pid, 60*time.Second)
-	exited := time.Now()
+	var rssReady int64
+	m := testbed.MoveOnce(t, s, pid, time.Minute, func(next int) {
+		rssReady, _ = procfs.RSS(next) // already adopting, perhaps: a lower bound
+		go func() { during <- loadgen.Run(moveCtx, other) }()
+	})
 	stopMove()
 	duringMove := <-during
-	rssMoved := mustRSS(t, next)
-	nextCPU, _ := procfs.CPUTime(next)
-	if ws.ExitStatus() != 0 {
-		t.Errorf("old process %d exited with %v", pid, ws)
+	next := m.Next
+	rssMoved := testbed.RSS(t, next)
+	if m.Status.ExitStatus() != 0 {
+		t.Errorf("old process %d exited with %v", pid, m.Status)
 	}
-	var load string
-	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
-		load = strings.Join(strings.Fields(string(b))[:3], " ")
-	}
-	t.Logf("SIGHUP → successor ready %v; ready → old process exited %v (CPU time: old process %v from SIGHUP to exit, successor %v from its start; load average %s)",
-		ready.Sub(hup), exited.Sub(ready), <-oldCPU, nextCPU, load)
+	t.Log(m)
 	failures := 0
 	for _, line := range strings.Split(string(s.LogFrom(from)), "\n") {
 		switch {
@@ -165,7 +143,8 @@ func TestIdleConnectionsMoveAtScale(t *testing.T) {
 	var eof, otherErr, wrong atomic.Int64
 	var firstErr atomic.Value
 	sent := time.Now()
-	forEach(clients, func(c *rawClient) {
+	testbed.ForEach(len(clients), func(_, i int) error {
+		c := clients[i]
 		body, _, err := c.get("/after")
 		switch {
 		case err != nil:
@@ -179,16 +158,17 @@ func TestIdleConnectionsMoveAtScale(t *testing.T) {
 			wrong.Add(1)
 			firstErr.CompareAndSwap(nil, "answered "+strings.SplitN(body, "\n", 2)[0])
 		}
+		return nil
 	})
 	t.Logf("%d requests after the restart answered in %v: %d EOF/reset, %d other errors, %d not by the successor %d (first: %v)",
 		n, time.Since(sent), eof.Load(), otherErr.Load(), wrong.Load(), next, firstErr.Load())
 	if eof.Load()+otherErr.Load()+wrong.Load() > 0 {
 		t.Errorf("%d of %d connections lost or not answered by the successor", eof.Load()+otherErr.Load()+wrong.Load(), n)
 	}
-	rssServed := mustRSS(t, next)
+	rssServed := testbed.RSS(t, next)
 	t.Logf("successor %d's RSS: %s at ready, %s once the old process had exited, %s once every connection was served again: "+
 		"%s per moved connection after the move, %s after a request on each (over the first process's %s with no connections)",
-		next, mib(rssReady), mib(rssMoved), mib(rssServed), perConn(rssMoved-rssEmpty, n), perConn(rssServed-rssEmpty, n), mib(rssEmpty))
+		next, testbed.MiB(rssReady), testbed.MiB(rssMoved), testbed.MiB(rssServed), testbed.PerConn(rssMoved-rssEmpty, n), testbed.PerConn(rssServed-rssEmpty, n), testbed.MiB(rssEmpty))
 	for _, c := range clients {
 		c.conn.Close()
 	}
@@ -206,29 +186,18 @@ func scaleClients(t *testing.T, addr string, n int) []*rawClient {
 	for i := range clients {
 		clients[i] = &rawClient{}
 	}
-	var failed atomic.Value
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for w := range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+w%16))}}
-			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
-				c, err := d.Dial("tcp", addr)
-				if err != nil {
-					failed.CompareAndSwap(nil, fmt.Sprintf("dial %d: %v", i, err))
-					return
-				}
-				clients[i].conn, clients[i].br = c, bufio.NewReader(c)
-				if _, _, err := clients[i].get("/"); err != nil {
-					failed.CompareAndSwap(nil, fmt.Sprintf("request %d: %v", i, err))
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	err := testbed.ForEach(n, func(w, i int) error {
+		d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+w%16))}}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("dial %d: %w", i, err)
+		}
+		clients[i].conn, clients[i].br = c, bufio.NewReader(c)
+		if _, _, err := clients[i].get("/"); err != nil {
+			return fmt.Errorf("request %d: %w", i, err)
+		}
+		return nil
+	})
 	t.Cleanup(func() {
 		for _, c := range clients {
 			if c.conn != nil {
@@ -236,39 +205,8 @@ func scaleClients(t *testing.T, addr string, n int) []*rawClient {
 			}
 		}
 	})
-	if f := failed.Load(); f != nil {
-		t.Fatal(f)
-	}
-	return clients
-}
-
-// forEach runs f on every client, a few at a time.
-func forEach(clients []*rawClient, f func(*rawClient)) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := int(next.Add(1) - 1); i < len(clients); i = int(next.Add(1) - 1) {
-				f(clients[i])
-			}
-		}()
-	}
-	wg.Wait()
-}
-
-// mustRSS is process pid's resident set size, or fails t.
-func mustRSS(t *testing.T, pid int) int64 {
-	t.Helper()
-	b, err := procfs.RSS(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return b
+	return clients
 }
-
-func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
-
-// perConn is b bytes shared out over n connections, in KiB.
-func perConn(b int64, n int) string { return fmt.Sprintf("%.1f KiB", float64(b)/1024/float64(n)) }

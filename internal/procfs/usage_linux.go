@@ -46,3 +46,24 @@ func RSS(pid int) (int64, error) {
 	}
 	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
 }
+
+// CPUUntilExit samples process pid's CPU time every millisecond until it
+// can no longer read it (the process is gone and reaped) and then sends,
+// once, the CPU time pid used from the call to its last sample. The
+// goroutine it starts ends with the process.
+func CPUUntilExit(pid int) <-chan time.Duration {
+	used := make(chan time.Duration, 1)
+	first, err := CPUTime(pid)
+	go func() {
+		last := first
+		for err == nil {
+			var d time.Duration
+			if d, err = CPUTime(pid); err == nil {
+				last = d
+				time.Sleep(time.Millisecond)
+			}
+		}
+		used <- last - first
+	}()
+	return used
+}

@@ -2,6 +2,7 @@ package procfs
 
 import (
 	"os"
+	"os/exec"
 	"testing"
 	"time"
 )
@@ -30,5 +31,24 @@ func TestUsageOfNoProcess(t *testing.T) {
 	}
 	if _, err := CPUTime(-1); err == nil {
 		t.Error("CPUTime(-1) succeeded")
+	}
+}
+
+func TestCPUUntilExit(t *testing.T) {
+	cmd := exec.Command("/bin/sh", "-c", `i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done`)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	used := CPUUntilExit(cmd.Process.Pid)
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-used:
+		if d <= 0 {
+			t.Errorf("a shell counting to 200,000 used %v of CPU", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no CPU time 10 s after the process was reaped")
 	}
 }
