@@ -107,6 +107,7 @@ func TestIdleConnectionsMoveAtScale(t *testing.T) {
 
 	from := s.LogSize()
 	moveCtx, stopMove := context.WithCancel(context.Background())
+	defer stopMove() // if the move fails the test: the load ends with it
 	during := make(chan *loadgen.Result, 1)
 	var rssReady int64
 	m := testbed.MoveOnce(t, s, pid, time.Minute, func(next int) {
