@@ -39,7 +39,7 @@ integration: deps ## integration tests: real binaries, processes, sockets and lo
 	$(GO) test -race -count=1 -timeout 25m ./integration/...
 	cd examples/grpc && $(GO) test -race -count=1 -timeout 5m ./...
 
-websocket: deps ## examples/websocket's tests: 200 clients and headless Chromium across restarts (WS_CLIENTS, WS_RESTARTS, WS_INTERVAL_MS, WS_BROWSER_RESTARTS size them; WS_SCREENSHOT=../../docs/websocket.png remakes the screenshot)
+websocket: deps ## examples/websocket's tests: 200 clients and headless Chromium across restarts (WS_CLIENTS, WS_RESTARTS, WS_INTERVAL_MS, WS_BROWSER_RESTARTS, WS_SCALE_CONNS size them; WS_SCREENSHOT=../../docs/websocket.png remakes the screenshot)
 	cd examples/websocket && $(GO) test -race -count=1 -timeout 10m ./...
 
 oldgo: ## go.mod's go line is still MINGO, and go vet and the unit tests pass with the go$(MINGO) toolchain itself (OLDGO_TOOLCHAIN= skips that part)
@@ -84,8 +84,9 @@ bench: ## restarts under load side by side with the peers, and micro-benchmarks:
 	cat docs/bench-micro.txt
 
 SCALE_CONNS ?= 18000
-scale: ## SCALE_CONNS (18,000) idle keep-alive connections through one restart of examples/httpserver, and the connection-handover benchmark up to 18,000: docs/performance.md's connection figures
+scale: ## SCALE_CONNS (18,000) idle keep-alive connections, then as many WebSockets, through one restart of examples/httpserver and examples/websocket, and the connection-handover benchmark up to 18,000: docs/performance.md's connection figures
 	HANDOFF_SCALE_CONNS=$(SCALE_CONNS) $(GO) test -count=1 -v -run='^TestIdleConnectionsMoveAtScale$$' ./integration/
+	cd examples/websocket && WS_SCALE_CONNS=$(SCALE_CONNS) $(GO) test -count=1 -v -run='^TestWebSocketsMoveAtScale$$' .
 	$(GO) test -run='^$$' -bench='^BenchmarkConnHandover$$' -benchtime=5x -benchmem ./handoff
 
 deps: ## install the system packages the tests need (Debian)

@@ -4,6 +4,7 @@ package integration_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -15,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoffd/handoff/internal/loadgen"
+	"github.com/handoffd/handoff/internal/procfs"
 	"github.com/handoffd/handoff/internal/testbed"
 )
 
@@ -47,7 +50,11 @@ func plainBinary(t testing.TB, pkg string) string {
 // room for every connection once, not twice. One SIGHUP; once the old
 // process has exited, every connection sends a request: none gets EOF or
 // a reset, and the successor answers every one. It logs the old
-// process's exit time after its successor was ready.
+// process's exit time after its successor was ready, both processes' CPU
+// time, the successor's RSS per moved connection, and the latency of
+// other requests (new connections from clients that never retry, none of
+// which may fail) while the successor adopts the connections, beside
+// their steady latency before the restart.
 func TestIdleConnectionsMoveAtScale(t *testing.T) {
 	n := 2000
 	if v := os.Getenv(envScaleConns); v != "" {
@@ -81,41 +88,40 @@ func TestIdleConnectionsMoveAtScale(t *testing.T) {
 	pid := start()
 	s.WaitPID(pid, 0, 30*time.Second)
 	testbed.WaitServing(t, s.Addr, pid)
+	rssEmpty := testbed.RSS(t, pid)
 
 	clients := scaleClients(t, s.Addr, n)
-	t.Logf("%d idle keep-alive connections to process %d (open-file limit %d)", n, pid, serverLimit)
+	rssHolding := testbed.RSS(t, pid)
+	t.Logf("%d idle keep-alive connections to process %d (open-file limit %d); its RSS %s with none, %s with them (%s per connection)",
+		n, pid, serverLimit, testbed.MiB(rssEmpty), testbed.MiB(rssHolding), testbed.PerConn(rssHolding-rssEmpty, n))
+
+	// Other requests, each on a new connection, from clients that never
+	// retry: a steady second of them before the restart, then from the
+	// successor's ready until the old process has exited (the new
+	// connections all go to the successor while it adopts the old ones).
+	other := loadgen.Config{Addr: s.Addr, Mode: loadgen.NewConn, Workers: 2, Interval: 2 * time.Millisecond, Timeout: 10 * time.Second}
+	steadyCtx, stopSteady := context.WithTimeout(context.Background(), time.Second)
+	steady := loadgen.Run(steadyCtx, other)
+	stopSteady()
+	requireNoFailures(t, steady)
 
 	from := s.LogSize()
-	cpuBefore, _ := cpuTime(pid)
-	oldCPU := make(chan time.Duration, 1)
-	go func() { // the old process's CPU time, up to its last moment
-		last := cpuBefore
-		for {
-			d, err := cpuTime(pid)
-			if err != nil {
-				oldCPU <- last - cpuBefore
-				return
-			}
-			last = d
-			time.Sleep(time.Millisecond)
-		}
-	}()
-	hup := time.Now()
-	s.Signal(pid, syscall.SIGHUP)
-	next := s.WaitPID(0, pid, 60*time.Second)
-	ready := time.Now()
-	ws := s.WaitExit(pid, 60*time.Second)
-	exited := time.Now()
-	nextCPU, _ := cpuTime(next)
-	if ws.ExitStatus() != 0 {
-		t.Errorf("old process %d exited with %v", pid, ws)
+	moveCtx, stopMove := context.WithCancel(context.Background())
+	defer stopMove() // if the move fails the test: the load ends with it
+	during := make(chan *loadgen.Result, 1)
+	var rssReady int64
+	m := testbed.MoveOnce(t, s, pid, time.Minute, func(next int) {
+		rssReady, _ = procfs.RSS(next) // already adopting, perhaps: a lower bound
+		go func() { during <- loadgen.Run(moveCtx, other) }()
+	})
+	stopMove()
+	duringMove := <-during
+	next := m.Next
+	rssMoved := testbed.RSS(t, next)
+	if m.Status.ExitStatus() != 0 {
+		t.Errorf("old process %d exited with %v", pid, m.Status)
 	}
-	var load string
-	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
-		load = strings.Join(strings.Fields(string(b))[:3], " ")
-	}
-	t.Logf("SIGHUP → successor ready %v; ready → old process exited %v (CPU time: old process %v from SIGHUP to exit, successor %v from its start; load average %s)",
-		ready.Sub(hup), exited.Sub(ready), <-oldCPU, nextCPU, load)
+	t.Log(m)
 	failures := 0
 	for _, line := range strings.Split(string(s.LogFrom(from)), "\n") {
 		switch {
@@ -128,30 +134,42 @@ func TestIdleConnectionsMoveAtScale(t *testing.T) {
 		}
 	}
 	t.Logf("%d warnings in the log", failures)
+	requireNoFailures(t, duringMove)
+	t.Logf("other requests (new connections, %d clients every %v): steady before the restart p50 %v p99 %v max %v (%d); "+
+		"from ready until the old process exited p50 %v p99 %v max %v (%d, answered by %v)",
+		other.Workers, other.Interval,
+		steady.Latency.Quantile(0.5), steady.Latency.Quantile(0.99), steady.Latency.Max(), steady.Latency.Count(),
+		duringMove.Latency.Quantile(0.5), duringMove.Latency.Quantile(0.99), duringMove.Latency.Max(), duringMove.Latency.Count(), duringMove.PIDs)
 
-	var eof, other, wrong atomic.Int64
+	var eof, otherErr, wrong atomic.Int64
 	var firstErr atomic.Value
 	sent := time.Now()
-	forEach(clients, func(c *rawClient) {
+	testbed.ForEach(len(clients), func(_, i int) error {
+		c := clients[i]
 		body, _, err := c.get("/after")
 		switch {
 		case err != nil:
 			if strings.Contains(err.Error(), "EOF") || strings.Contains(err.Error(), "reset") {
 				eof.Add(1)
 			} else {
-				other.Add(1)
+				otherErr.Add(1)
 			}
 			firstErr.CompareAndSwap(nil, err.Error())
 		case !strings.HasPrefix(body, strconv.Itoa(next)+"\n"):
 			wrong.Add(1)
 			firstErr.CompareAndSwap(nil, "answered "+strings.SplitN(body, "\n", 2)[0])
 		}
+		return nil
 	})
 	t.Logf("%d requests after the restart answered in %v: %d EOF/reset, %d other errors, %d not by the successor %d (first: %v)",
-		n, time.Since(sent), eof.Load(), other.Load(), wrong.Load(), next, firstErr.Load())
-	if eof.Load()+other.Load()+wrong.Load() > 0 {
-		t.Errorf("%d of %d connections lost or not answered by the successor", eof.Load()+other.Load()+wrong.Load(), n)
+		n, time.Since(sent), eof.Load(), otherErr.Load(), wrong.Load(), next, firstErr.Load())
+	if eof.Load()+otherErr.Load()+wrong.Load() > 0 {
+		t.Errorf("%d of %d connections lost or not answered by the successor", eof.Load()+otherErr.Load()+wrong.Load(), n)
 	}
+	rssServed := testbed.RSS(t, next)
+	t.Logf("successor %d's RSS: %s at ready, %s once the old process had exited, %s once every connection was served again: "+
+		"%s per moved connection after the move, %s after a request on each (over the first process's %s with no connections)",
+		next, testbed.MiB(rssReady), testbed.MiB(rssMoved), testbed.MiB(rssServed), testbed.PerConn(rssMoved-rssEmpty, n), testbed.PerConn(rssServed-rssEmpty, n), testbed.MiB(rssEmpty))
 	for _, c := range clients {
 		c.conn.Close()
 	}
@@ -169,29 +187,18 @@ func scaleClients(t *testing.T, addr string, n int) []*rawClient {
 	for i := range clients {
 		clients[i] = &rawClient{}
 	}
-	var failed atomic.Value
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for w := range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+w%16))}}
-			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
-				c, err := d.Dial("tcp", addr)
-				if err != nil {
-					failed.CompareAndSwap(nil, fmt.Sprintf("dial %d: %v", i, err))
-					return
-				}
-				clients[i].conn, clients[i].br = c, bufio.NewReader(c)
-				if _, _, err := clients[i].get("/"); err != nil {
-					failed.CompareAndSwap(nil, fmt.Sprintf("request %d: %v", i, err))
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	err := testbed.ForEach(n, func(w, i int) error {
+		d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+w%16))}}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("dial %d: %w", i, err)
+		}
+		clients[i].conn, clients[i].br = c, bufio.NewReader(c)
+		if _, _, err := clients[i].get("/"); err != nil {
+			return fmt.Errorf("request %d: %w", i, err)
+		}
+		return nil
+	})
 	t.Cleanup(func() {
 		for _, c := range clients {
 			if c.conn != nil {
@@ -199,44 +206,8 @@ func scaleClients(t *testing.T, addr string, n int) []*rawClient {
 			}
 		}
 	})
-	if f := failed.Load(); f != nil {
-		t.Fatal(f)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return clients
-}
-
-// forEach runs f on every client, a few at a time.
-func forEach(clients []*rawClient, f func(*rawClient)) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := int(next.Add(1) - 1); i < len(clients); i = int(next.Add(1) - 1) {
-				f(clients[i])
-			}
-		}()
-	}
-	wg.Wait()
-}
-
-// cpuTime is the user and system CPU time pid has used, from
-// /proc/PID/stat, in clock ticks of 10 ms.
-func cpuTime(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The fields after the command (in parentheses, which may hold spaces).
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
-	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %q %q", pid, f[11], f[12])
-	}
-	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/handoffd/handoff/handoff"
 	"github.com/handoffd/handoff/handoff/control"
 	"github.com/handoffd/handoff/internal/loadgen"
+	"github.com/handoffd/handoff/internal/procfs"
 	"github.com/handoffd/handoff/internal/testbed"
 )
 
@@ -140,20 +141,13 @@ func stopWrapper(t testing.TB, s *testbed.Service, wrapper, child int) {
 }
 
 // rss returns a process's resident set size in KiB.
-func rss(t testing.TB, pid int) int {
+func rss(t testing.TB, pid int) int64 {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	b, err := procfs.RSS(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			return kb
-		}
-	}
-	t.Fatalf("no VmRSS for %d", pid)
-	return 0
+	return b >> 10
 }
 
 // reloadsUnderLoad reloads the wrapper n times with SIGHUP under steady

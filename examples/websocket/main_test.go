@@ -14,8 +14,9 @@ import (
 )
 
 // The tests run the example as real processes: built once with the race
-// detector, started and signalled by the pids they know, reaped as
-// orphans once their parent has exited.
+// detector (WS_RACE=0 builds it without, to measure it at full speed),
+// started and signalled by the pids they know, reaped as orphans once
+// their parent has exited.
 var (
 	reaper  *testbed.Reaper
 	builder *testbed.Builder
@@ -32,7 +33,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	builder = &testbed.Builder{ModuleRoot: ".", Dir: dir, Race: true}
+	builder = &testbed.Builder{ModuleRoot: ".", Dir: dir, Race: os.Getenv("WS_RACE") != "0"}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
