@@ -142,7 +142,7 @@ func main() {
 const (
 	defaultModes         = "keepalive,newconn,mixed"
 	defaultProtocols     = "http1,tls,h2c,h2"
-	defaultProtocolModes = "keepalive,mixed"
+	defaultProtocolModes = "keepalive"
 )
 
 // parseList parses a comma-separated flag value, or exits.

@@ -73,8 +73,8 @@ func (r row) outage() time.Duration {
 }
 
 func (r row) summary() string {
-	return fmt.Sprintf("%d restarts, %d requests, %d failed; p99 %s (steady %s); restart %s",
-		len(r.durations), r.load.Requests, r.load.FailedCount(), ms(r.load.Latency.Quantile(0.99)),
+	return fmt.Sprintf("%d restarts, %d requests, %d failed, %d rerouted; p99 %s (steady %s); restart %s",
+		len(r.durations), r.load.Requests, r.load.FailedCount(), r.load.Rerouted, ms(r.load.Latency.Quantile(0.99)),
 		ms(r.steady.Latency.Quantile(0.99)), ms(testbed.Median(r.durations)))
 }
 
