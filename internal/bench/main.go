@@ -10,7 +10,14 @@
 //	go run ./internal/bench [-restarts 10] [-period 250ms] [-steady 2.5s]
 //	    [-clients 8] [-interval 2ms]
 //	    [-modes keepalive,newconn,mixed] [-scenarios naive,...]
+//	    [-protocols http1,tls,h2c,h2] [-protocol-modes keepalive] [-streams 4]
 //	    [-out docs/bench.md] [-svg docs/bench.svg]
+//
+// Every scenario runs over cleartext HTTP/1.1 (http1) in every -modes;
+// tableflip and handoff-embedded also over HTTP/1.1 over TLS (tls), h2c
+// and HTTP/2 over TLS (h2), in -protocol-modes. The HTTP/2 clients go
+// through net/http's Transport, and a request it retried counts as
+// failed (internal/loadgen).
 //
 // Scenarios: spawn-only (no restart: a second process starts and stops
 // beside the server; the latency cost of a process start alone on this
@@ -45,9 +52,9 @@ var prog = &testbed.Program{Name: "bench"}
 
 // A scenario is one way of restarting a server.
 type scenario struct {
-	name   string
-	how    string // what one restart is, for the report
-	bin    string // the server's executable
+	name string
+	how  string // what one restart is, for the report
+	bin  string // the server's executable
 	// server returns the scenario's server on s, with flags for a
 	// protocol other than cleartext HTTP/1.1 (see protocolFlags).
 	server func(s *testbed.Service, flags []string) server
