@@ -14,10 +14,13 @@ import (
 )
 
 // TestBenchSmoke runs `make bench`'s driver (internal/bench) small: every
-// scenario, two restarts, keep-alive load. It must finish, write its report
-// and plot, and show no failed request for any handoff scenario, nor for
-// the baseline that restarts nothing; with the library, keep-alive
-// connections move to the new process.
+// scenario, two restarts, keep-alive load, and for tableflip and
+// handoff-embedded the rows over TLS, h2c and h2 too. It must finish,
+// write its report and plot, and show no failed request for any handoff
+// scenario in any protocol (over HTTP/2, a request net/http's Transport
+// retried counts as failed), nor for the baseline that restarts nothing;
+// with the library, cleartext HTTP/1.1 keep-alive connections move to the
+// new process.
 func TestBenchSmoke(t *testing.T) {
 	checkNoChildren(t)
 	dir := t.TempDir()
@@ -43,7 +46,8 @@ func TestBenchSmoke(t *testing.T) {
 		}
 		return i
 	}
-	scenario, failed, moved := column("scenario"), column("failed (by kind)"), column("moved (n, p50)")
+	scenario, protocol, failed, moved := column("scenario"), column("protocol"), column("failed (by kind)"), column("moved (n, p50)")
+	seen := map[string]int{} // rows by scenario and protocol
 	for _, cells := range rows {
 		if len(cells) != len(header) {
 			t.Errorf("row %q has %d cells, want the header's %d", cells, len(cells), len(header))
@@ -61,13 +65,21 @@ func TestBenchSmoke(t *testing.T) {
 				t.Errorf("failed requests in %q", cells)
 			}
 		}
+		seen[cells[scenario]+" "+cells[protocol]]++
 		library := cells[scenario] == "handoff-embedded" || cells[scenario] == "handoff-takeover"
-		if library && cells[moved] == "—" {
+		if library && cells[protocol] == "http1" && cells[moved] == "—" {
 			t.Errorf("no connection moved in %q", cells)
 		}
 	}
-	if len(rows) != 12*2 { // twelve scenarios in two modes
-		t.Errorf("%d table rows, want 12 scenarios in 2 modes:\n%s", len(rows), b)
+	for _, sc := range []string{"tableflip", "handoff-embedded"} {
+		for _, proto := range []string{"tls", "h2c", "h2"} {
+			if seen[sc+" "+proto] != 1 {
+				t.Errorf("%d rows for %s over %s, want 1 (keep-alive)", seen[sc+" "+proto], sc, proto)
+			}
+		}
+	}
+	if len(rows) != 12*2+2*3 { // twelve scenarios in two modes, two of them over three more protocols in one
+		t.Errorf("%d table rows, want 12 scenarios in 2 modes and 2 over 3 more protocols:\n%s", len(rows), b)
 	}
 	if svg, err := os.ReadFile(plot); err != nil || !strings.Contains(string(svg), "</svg>") {
 		t.Errorf("plot: %v", err)

@@ -10,7 +10,14 @@
 //	go run ./internal/bench [-restarts 10] [-period 250ms] [-steady 2.5s]
 //	    [-clients 8] [-interval 2ms]
 //	    [-modes keepalive,newconn,mixed] [-scenarios naive,...]
+//	    [-protocols http1,tls,h2c,h2] [-protocol-modes keepalive] [-streams 4]
 //	    [-out docs/bench.md] [-svg docs/bench.svg]
+//
+// Every scenario runs over cleartext HTTP/1.1 (http1) in every -modes;
+// tableflip and handoff-embedded also over HTTP/1.1 over TLS (tls), h2c
+// and HTTP/2 over TLS (h2), in -protocol-modes. The HTTP/2 clients go
+// through net/http's Transport, and a request it retried counts as
+// failed (internal/loadgen).
 //
 // Scenarios: spawn-only (no restart: a second process starts and stops
 // beside the server; the latency cost of a process start alone on this
@@ -45,10 +52,15 @@ var prog = &testbed.Program{Name: "bench"}
 
 // A scenario is one way of restarting a server.
 type scenario struct {
-	name   string
-	how    string // what one restart is, for the report
-	bin    string // the server's executable
-	server func(s *testbed.Service) server
+	name string
+	how  string // what one restart is, for the report
+	bin  string // the server's executable
+	// server returns the scenario's server on s, with flags for a
+	// protocol other than cleartext HTTP/1.1 (see protocolFlags).
+	server func(s *testbed.Service, flags []string) server
+	// protocols: it serves TLS and HTTP/2 too, with the flags of
+	// examples/httpserver; the others serve cleartext HTTP/1.1 only.
+	protocols bool
 }
 
 func main() {
@@ -57,7 +69,10 @@ func main() {
 	steady := flag.Duration("steady", 0, "load without restarts first, per scenario and mode, for the steady-state latency (default: as long as the restarts take, restarts × period, so that both p99s rest on as many requests)")
 	clients := flag.Int("clients", 8, "concurrent clients")
 	interval := flag.Duration("interval", 2*time.Millisecond, "each client starts a request at most this often")
-	modes := flag.String("modes", "keepalive,newconn,mixed", "load modes")
+	modes := flag.String("modes", defaultModes, "load modes")
+	protocols := flag.String("protocols", defaultProtocols, "protocols: http1 for every scenario; tls, h2c and h2 for those that serve them (tableflip, handoff-embedded)")
+	protocolModes := flag.String("protocol-modes", defaultProtocolModes, "load modes for the protocols other than http1")
+	streams := flag.Int("streams", loadgen.DefaultStreams, "HTTP/2: clients that share a connection kept open, as many streams in flight on it")
 	only := flag.String("scenarios", "", "run only these scenarios (comma-separated)")
 	out := flag.String("out", "", "also write the report (markdown) here")
 	svg := flag.String("svg", "", "write the plot (SVG) here")
@@ -67,14 +82,8 @@ func main() {
 		*steady = time.Duration(*restarts) * *period
 	}
 
-	var loadModes []loadgen.Mode
-	for _, m := range strings.Split(*modes, ",") {
-		mode, err := loadgen.ParseMode(m)
-		if err != nil {
-			prog.Fatalf("%v", err)
-		}
-		loadModes = append(loadModes, mode)
-	}
+	loadModes, otherModes := parseList(*modes, loadgen.ParseMode), parseList(*protocolModes, loadgen.ParseMode)
+	protos := parseList(*protocols, loadgen.ParseProtocol)
 	if err := testbed.BecomeSubreaper(); err != nil {
 		prog.Fatalf("%v", err)
 	}
@@ -88,6 +97,7 @@ func main() {
 
 	fmt.Fprintln(os.Stderr, "bench: building the servers")
 	all := scenarios(dir, reaper)
+	cert, key := testbed.WriteSelfSigned(prog, dir)
 	env := describeMachine()
 	var rows []row
 	started := time.Now()
@@ -95,15 +105,33 @@ func main() {
 		if *only != "" && !slices.Contains(strings.Split(*only, ","), sc.name) {
 			continue
 		}
-		for _, mode := range loadModes {
-			s := testbed.NewService(prog, reaper, sc.bin)
-			load := loadgen.Config{Addr: s.Addr, Mode: mode, Workers: *clients, Interval: *interval, Timeout: 10 * time.Second}
-			r := measure(sc, sc.server(s), load, *steady, *restarts, *period)
-			fmt.Fprintf(os.Stderr, "bench: %-16s %-9s %s\n", sc.name, mode, r.summary())
-			rows = append(rows, r)
+		for _, proto := range protos {
+			modes := loadModes
+			if proto != loadgen.HTTP1 {
+				if !sc.protocols {
+					continue
+				}
+				modes = otherModes
+			}
+			for _, mode := range modes {
+				s := testbed.NewService(prog, reaper, sc.bin)
+				load := loadgen.Config{Addr: s.Addr, Mode: mode, Protocol: proto, Streams: *streams, Workers: *clients, Interval: *interval, Timeout: 10 * time.Second}
+				r := measure(sc, sc.server(s, protocolFlags(proto, cert, key)), load, *steady, *restarts, *period)
+				fmt.Fprintf(os.Stderr, "bench: %-16s %-5s %-9s %s\n", sc.name, proto, mode, r.summary())
+				rows = append(rows, r)
+			}
 		}
 	}
-	report := markdown(env, all, rows, fmt.Sprintf("-restarts %d -period %v -steady %v -clients %d -interval %v", *restarts, *period, *steady, *clients, *interval), time.Since(started))
+	flags := fmt.Sprintf("-restarts %d -period %v -steady %v -clients %d -interval %v", *restarts, *period, *steady, *clients, *interval)
+	for _, f := range []struct{ name, value, def string }{
+		{"scenarios", *only, ""}, {"modes", *modes, defaultModes}, {"protocols", *protocols, defaultProtocols},
+		{"protocol-modes", *protocolModes, defaultProtocolModes}, {"streams", fmt.Sprint(*streams), fmt.Sprint(loadgen.DefaultStreams)},
+	} {
+		if f.value != f.def {
+			flags += fmt.Sprintf(" -%s %s", f.name, f.value)
+		}
+	}
+	report := markdown(env, all, rows, flags, time.Since(started))
 	fmt.Print(report)
 	if *out != "" {
 		if err := os.WriteFile(*out, []byte(report), 0o644); err != nil {
@@ -115,6 +143,38 @@ func main() {
 			prog.Fatalf("%v", err)
 		}
 	}
+}
+
+// The defaults of the flags that choose the rows.
+const (
+	defaultModes         = "keepalive,newconn,mixed"
+	defaultProtocols     = "http1,tls,h2c,h2"
+	defaultProtocolModes = "keepalive"
+)
+
+// parseList parses a comma-separated flag value, or exits.
+func parseList[T any](s string, parse func(string) (T, error)) []T {
+	var out []T
+	for _, v := range strings.Split(s, ",") {
+		t, err := parse(v)
+		if err != nil {
+			prog.Fatalf("%v", err)
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
+// protocolFlags are the flags of examples/httpserver and tableflipserver
+// for proto, with the certificate and key for TLS.
+func protocolFlags(proto loadgen.Protocol, cert, key string) []string {
+	switch {
+	case proto == loadgen.H2C:
+		return []string{"-h2c"}
+	case proto.Secure():
+		return []string{"-tls-cert", cert, "-tls-key", key}
+	}
+	return nil
 }
 
 // scenarios builds every scenario's binaries into dir.
@@ -131,42 +191,42 @@ func scenarios(dir string, reaper *testbed.Reaper) []scenario {
 		return append([]string{"-addr", s.Addr, "-pidfile", s.PIDFile}, extra...)
 	}
 	return []scenario{
-		{"spawn-only", "no restart: start a second copy of the server on another port, wait until it listens, SIGTERM it", plain, func(s *testbed.Service) server {
+		{"spawn-only", "no restart: start a second copy of the server on another port, wait until it listens, SIGTERM it", plain, func(s *testbed.Service, _ []string) server {
 			return &pidServer{s: s, args: plainArgs(s), how: startBeside(testbed.NewService(prog, reaper, plain))}
-		}},
-		{"naive", "SIGTERM, wait until it exits, start a new process", plain, func(s *testbed.Service) server {
+		}, false},
+		{"naive", "SIGTERM, wait until it exits, start a new process", plain, func(s *testbed.Service, _ []string) server {
 			return &pidServer{s: s, args: plainArgs(s), how: stopThenStart}
-		}},
-		{"reuseport", "start a new process on the same port (SO_REUSEPORT), then SIGTERM the old one", plain, func(s *testbed.Service) server {
+		}, false},
+		{"reuseport", "start a new process on the same port (SO_REUSEPORT), then SIGTERM the old one", plain, func(s *testbed.Service, _ []string) server {
 			return &pidServer{s: s, args: plainArgs(s, "-reuseport"), how: startThenStop(true)}
-		}},
-		{"tableflip", "SIGHUP: tableflip.Upgrade, then the old process runs http.Server.Shutdown", tableflip, func(s *testbed.Service) server {
-			return &pidServer{s: s, args: plainArgs(s), how: upgradeOnSignal}
-		}},
-		{"handoff-embedded", "SIGHUP: Upgrade to a fresh copy of examples/httpserver (canary window on, 10 s: the old process stands by until the next restart releases it)", httpserver, func(s *testbed.Service) server {
-			return &pidServer{s: s, args: s.DefaultArgs(), how: upgradeOnSignal, canary: true}
-		}},
-		{"handoff-nocanary", "as handoff-embedded with the canary window off (-canary-window -1ns): what the window costs a good upgrade", httpserver, func(s *testbed.Service) server {
+		}, false},
+		{"tableflip", "SIGHUP: tableflip.Upgrade, then the old process runs http.Server.Shutdown (on HTTP/2: net/http's single GOAWAY)", tableflip, func(s *testbed.Service, flags []string) server {
+			return &pidServer{s: s, args: plainArgs(s, flags...), how: upgradeOnSignal}
+		}, true},
+		{"handoff-embedded", "SIGHUP: Upgrade to a fresh copy of examples/httpserver (canary window on, 10 s: the old process stands by until the next restart releases it; on HTTP/2, HTTPServer's two-phase GOAWAY drain)", httpserver, func(s *testbed.Service, flags []string) server {
+			return &pidServer{s: s, args: append(s.DefaultArgs(), flags...), how: upgradeOnSignal, canary: true}
+		}, true},
+		{"handoff-nocanary", "as handoff-embedded with the canary window off (-canary-window -1ns): what the window costs a good upgrade", httpserver, func(s *testbed.Service, _ []string) server {
 			return &pidServer{s: s, args: append(s.DefaultArgs(), "-canary-window", "-1ns"), how: upgradeOnSignal}
-		}},
-		{"handoff-takeover", "start an independent examples/httpserver on the same control socket", httpserver, func(s *testbed.Service) server {
+		}, false},
+		{"handoff-takeover", "start an independent examples/httpserver on the same control socket", httpserver, func(s *testbed.Service, _ []string) server {
 			return &pidServer{s: s, args: s.DefaultArgs(), how: startThenStop(false), canary: true}
-		}},
-		{"handoff-wrapper", "SIGHUP to `handoff run` around examples/activated, which knows nothing about handoff", activated, func(s *testbed.Service) server {
+		}, false},
+		{"handoff-wrapper", "SIGHUP to `handoff run` around examples/activated, which knows nothing about handoff", activated, func(s *testbed.Service, _ []string) server {
 			return &wrapped{s: s, wrapper: wrapper, command: []string{activated}}
-		}},
-		{"wrapper-plain", "SIGHUP to `handoff run` around integration/plainshutdown, which drains with http.Server.Shutdown alone: a socket per child generation (the default)", plainShutdown, func(s *testbed.Service) server {
+		}, false},
+		{"wrapper-plain", "SIGHUP to `handoff run` around integration/plainshutdown, which drains with http.Server.Shutdown alone: a socket per child generation (the default)", plainShutdown, func(s *testbed.Service, _ []string) server {
 			return &wrapped{s: s, wrapper: wrapper, command: []string{plainShutdown}}
-		}},
-		{"wrapper-plain-shared", "as wrapper-plain with -socket-mode shared: every child accepts from one socket until its stop signal", plainShutdown, func(s *testbed.Service) server {
+		}, false},
+		{"wrapper-plain-shared", "as wrapper-plain with -socket-mode shared: every child accepts from one socket until its stop signal", plainShutdown, func(s *testbed.Service, _ []string) server {
 			return &wrapped{s: s, wrapper: wrapper, flags: []string{"-socket-mode", "shared"}, command: []string{plainShutdown}}
-		}},
-		{"tableflip-crash", "as tableflip, but the new process dies (SIGKILL) " + crashAfter.String() + " after it is ready, as a build that crashes then would; the benchmark then starts the server again at once, as the quickest supervisor would", tableflip, func(s *testbed.Service) server {
+		}, false},
+		{"tableflip-crash", "as tableflip, but the new process dies (SIGKILL) " + crashAfter.String() + " after it is ready, as a build that crashes then would; the benchmark then starts the server again at once, as the quickest supervisor would", tableflip, func(s *testbed.Service, _ []string) server {
 			return &pidServer{s: s, args: plainArgs(s), how: crashAfterReady(false)}
-		}},
-		{"handoff-crash", "as handoff-embedded, but the new process dies (SIGKILL) " + crashAfter.String() + " after it is ready, within the canary window: the old process rolls back", httpserver, func(s *testbed.Service) server {
+		}, false},
+		{"handoff-crash", "as handoff-embedded, but the new process dies (SIGKILL) " + crashAfter.String() + " after it is ready, within the canary window: the old process rolls back", httpserver, func(s *testbed.Service, _ []string) server {
 			return &pidServer{s: s, args: s.DefaultArgs(), how: crashAfterReady(true)}
-		}},
+		}, false},
 	}
 }
 
@@ -174,10 +234,10 @@ func scenarios(dir string, reaper *testbed.Reaper) []scenario {
 // under load, one every period or back to back when they take longer.
 func measure(sc scenario, srv server, load loadgen.Config, steady time.Duration, restarts int, period time.Duration) row {
 	pid := srv.start()
-	testbed.WaitServing(prog, load.Addr, pid)
+	testbed.WaitServingConfig(prog, load, pid)
 	stop := testbed.RunLoadConfig(load)
 	time.Sleep(steady) // the length of the measurement, not a wait for anything
-	r := row{scenario: sc.name, mode: load.Mode, steady: stop()}
+	r := row{scenario: sc.name, mode: load.Mode, protocol: load.Protocol, steady: stop()}
 
 	stop = testbed.RunLoadConfig(load)
 	var last time.Time

@@ -74,7 +74,8 @@ func plot(rows []row) []byte {
 	return []byte(s.String())
 }
 
-// rowLabels writes each row's scenario (at its first mode) and mode.
+// rowLabels writes each row's scenario (at its first row) and mode, after
+// the protocol if it is not cleartext HTTP/1.1.
 func (s *svg) rowLabels(rows []row, top float64) {
 	for i, r := range rows {
 		y := top + float64(i*lineHeight) + 12
@@ -84,7 +85,11 @@ func (s *svg) rowLabels(rows []row, top float64) {
 				s.line(10, y-13, labelWidth+panelWidth, y-13, `stroke="#eee"`)
 			}
 		}
-		s.text(labelWidth-8, y, "end", fmt.Sprintf(`fill="%s"`, modeColors[r.mode]), "%s", r.mode)
+		label := r.mode.String()
+		if r.protocol != loadgen.HTTP1 {
+			label = r.protocol.String() + " " + label
+		}
+		s.text(labelWidth-8, y, "end", fmt.Sprintf(`fill="%s"`, modeColors[r.mode]), "%s", label)
 	}
 }
 

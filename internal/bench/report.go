@@ -19,6 +19,7 @@ import (
 type row struct {
 	scenario  string
 	mode      loadgen.Mode
+	protocol  loadgen.Protocol
 	steady    *loadgen.Result // load without restarts
 	load      *loadgen.Result // load through the restarts
 	durations []time.Duration // each restart: trigger until a new process serves and the process it ends is gone
@@ -72,8 +73,8 @@ func (r row) outage() time.Duration {
 }
 
 func (r row) summary() string {
-	return fmt.Sprintf("%d restarts, %d requests, %d failed; p99 %s (steady %s); restart %s",
-		len(r.durations), r.load.Requests, r.load.FailedCount(), ms(r.load.Latency.Quantile(0.99)),
+	return fmt.Sprintf("%d restarts, %d requests, %d failed, %d rerouted; p99 %s (steady %s); restart %s",
+		len(r.durations), r.load.Requests, r.load.FailedCount(), r.load.Rerouted, ms(r.load.Latency.Quantile(0.99)),
 		ms(r.steady.Latency.Quantile(0.99)), ms(testbed.Median(r.durations)))
 }
 
@@ -119,12 +120,12 @@ func markdown(env string, all []scenario, rows []row, flags string, took time.Du
 	var b strings.Builder
 	fmt.Fprintf(&b, "Measured %s on %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), env)
 	fmt.Fprintf(&b, "Command: `go run ./internal/bench %s` (`make bench`); the run took %v.\n\n", flags, took.Round(time.Second))
-	b.WriteString("| scenario | load | restarts | requests | failed (by kind) | failed % | p50 | p99 | p99.9 | max | steady p99 | p99 ÷ steady | moved (n, p50) | outage | restart |\n")
-	b.WriteString("|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	b.WriteString("| scenario | protocol | load | restarts | requests | failed (by kind) | failed % | p50 | p99 | p99.9 | max | steady p99 | p99 ÷ steady | moved (n, p50) | outage | restart |\n")
+	b.WriteString("|---|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, r := range rows {
 		l := &r.load.Latency
-		fmt.Fprintf(&b, "| %s | %s | %s | %d | %s | %.3f%% | %s | %s | %s | %s | %s | %.2f | %s | %s | %s |\n",
-			r.scenario, r.mode, r.restarts(), r.load.Requests, r.failures(), 100*r.failRate(),
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %d | %s | %.3f%% | %s | %s | %s | %s | %s | %.2f | %s | %s | %s |\n",
+			r.scenario, r.protocol, r.mode, r.restarts(), r.load.Requests, r.failures(), 100*r.failRate(),
 			ms(l.Quantile(0.5)), ms(l.Quantile(0.99)), ms(l.Quantile(0.999)), ms(l.Max()),
 			ms(r.steady.Latency.Quantile(0.99)), r.p99Ratio(), r.moved(), ms(r.outage()), ms(testbed.Median(r.durations)))
 	}
@@ -135,7 +136,14 @@ tableflip does until it has seen its own parent exit, is signalled again
 and counted once); *requests* sent during the restarts by clients that
 never retry, each starting a request at most every -interval;
 *failed*: requests without a complete 200 response (refused, reset, EOF
-before the response, timeout, other); latency of the successful requests
+before the response, timeout, other) and, over HTTP/2, *retried*:
+requests that net/http's Transport, which the HTTP/2 clients use, wrote
+a second time (after a GOAWAY or REFUSED_STREAM refused them, or on
+another connection after theirs died), answered or not: a client that
+never retries would have failed them, and that is what the figure
+counts (a request the Transport moved to another connection before
+writing it, its first going away, reached no server before and is not
+counted); latency of the successful requests
 during the restarts; *steady p99*: the same server and load without
 restarts, just before; *moved*: responses from a new process on a
 connection kept open (the connection moved to it), and their median
@@ -148,6 +156,14 @@ one that stood by for the old one, which this restart's handover
 releases (so each restart still waits for one drain); in the crash
 scenarios, until a process serves again. Load modes: *keepalive* (requests on persistent
 connections), *newconn* (a connection per request), *mixed* (half each).
+Protocols: *http1* (HTTP/1.1 over TCP, every scenario), *tls* (HTTP/1.1
+over TLS, ALPN http/1.1), *h2c* (HTTP/2 over TCP, prior knowledge), *h2*
+(HTTP/2 over TLS, ALPN h2), the last three for tableflip and
+handoff-embedded only, whose servers get -h2c or -tls-cert and -tls-key
+(a self-signed certificate; the clients skip verifying it); on HTTP/2,
+clients keeping connections share one -streams at a time, as many
+streams in flight on it. HTTP/1.1 requests go over raw connections and
+are never retried.
 
 Scenarios:
 `)

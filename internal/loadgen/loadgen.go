@@ -1,12 +1,17 @@
-// Package loadgen is an HTTP/1.1 load generator that never retries: every
+// Package loadgen is an HTTP load generator that never retries: every
 // request that does not get a complete 200 response counts as a failure,
-// classified by what went wrong. It speaks over raw connections, so that
-// nothing between it and the server hides a reset or an early close.
+// classified by what went wrong. It speaks HTTP/1.1, over TCP or TLS, on
+// raw connections, so that nothing between it and the server hides a
+// reset or an early close; and HTTP/2, h2c or over TLS, through
+// net/http's Transport, every request of which that the Transport sent
+// again counts as failed (kind Retried): the figure is what a client that
+// never retries would see.
 package loadgen
 
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -65,17 +70,22 @@ const (
 	EOF     Kind = "eof"     // the connection closed before a complete response
 	Timeout Kind = "timeout" // no complete response in time
 	Status  Kind = "status"  // a response other than 200
+	// Retried: HTTP/2 only, net/http's Transport wrote the request again
+	// (on another connection, or after REFUSED_STREAM), whatever came of
+	// it: a client that never retries would have failed it.
+	Retried Kind = "retried"
 	Other   Kind = "other"
 )
 
 // Kinds lists the failure kinds in report order.
-var Kinds = []Kind{Refused, Reset, EOF, Timeout, Status, Other}
+var Kinds = []Kind{Refused, Reset, EOF, Timeout, Status, Retried, Other}
 
 // Defaults for the zero fields of Config.
 const (
 	DefaultWorkers     = 4
 	DefaultTimeout     = 5 * time.Second
 	DefaultMaxRequests = 10_000_000
+	DefaultStreams     = 4
 )
 
 // Config describes a load run. Load only ever goes to Addr, which should
@@ -92,6 +102,16 @@ type Config struct {
 	// the same offered load and one that refuses at once is not sent
 	// requests in a tight loop. Zero means back to back.
 	Interval time.Duration
+	// Protocol is what requests speak; zero means HTTP1.
+	Protocol Protocol
+	// TLSConfig is the client's for TLS and H2, its NextProtos replaced by
+	// the protocol's; nil means one that skips verifying the server's
+	// certificate (a test server's, self-signed, on loopback).
+	TLSConfig *tls.Config
+	// Streams is, for HTTP/2 with connections kept (KeepAlive, and the
+	// keep-alive half of Mixed), how many clients share one connection, so
+	// that as many streams are in flight on it; zero means DefaultStreams.
+	Streams int
 }
 
 // Result is what a run saw.
@@ -109,6 +129,11 @@ type Result struct {
 	First   time.Time       // when the run started
 	Failed  []time.Duration // offsets from First at which requests failed
 	Conns   int64           // connections opened
+	// Rerouted counts HTTP/2 requests that net/http's Transport moved to
+	// another connection before writing them (the one it had picked was
+	// going away): nothing reached a server before, so they are no
+	// failure (they succeeded if they are not in Failures).
+	Rerouted int64
 }
 
 // FailedCount counts all failures.
@@ -163,6 +188,17 @@ func Run(ctx context.Context, cfg Config) *Result {
 	if cfg.Path == "" {
 		cfg.Path = "/"
 	}
+	if cfg.Streams <= 0 {
+		cfg.Streams = DefaultStreams
+	}
+	var h2 *h2pool
+	if cfg.Protocol.HTTP2() {
+		h2 = &h2pool{cfg: cfg}
+	}
+	var tlsConfig *tls.Config
+	if cfg.Protocol == TLS {
+		tlsConfig = cfg.tlsConfig()
+	}
 	start := time.Now()
 	budget := &budget{left: cfg.MaxRequests}
 	results := make([]*Result, cfg.Workers)
@@ -172,7 +208,10 @@ func Run(ctx context.Context, cfg Config) *Result {
 		if mode == Mixed {
 			mode = []Mode{KeepAlive, NewConn}[i%2]
 		}
-		w := &worker{cfg: cfg, mode: mode, start: start, res: newResult(start)}
+		w := &worker{cfg: cfg, mode: mode, start: start, res: newResult(start), tls: tlsConfig}
+		if h2 != nil {
+			w.h2 = h2.transport(mode)
+		}
 		results[i] = w.res
 		wg.Add(1)
 		go func() {
@@ -184,6 +223,9 @@ func Run(ctx context.Context, cfg Config) *Result {
 	total := newResult(start)
 	for _, r := range results {
 		total.merge(r)
+	}
+	if h2 != nil {
+		h2.close()
 	}
 	total.Elapsed = time.Since(start)
 	return total
@@ -197,6 +239,7 @@ func (r *Result) merge(o *Result) {
 	r.Requests += o.Requests
 	r.OK += o.OK
 	r.Conns += o.Conns
+	r.Rerouted += o.Rerouted
 	for k, n := range o.Failures {
 		r.Failures[k] += n
 	}
@@ -234,6 +277,8 @@ type worker struct {
 	mode  Mode
 	start time.Time
 	res   *Result
+	tls   *tls.Config     // for TLS: the connections' configuration
+	h2    *http.Transport // for HTTP/2: the transport, shared with other workers
 
 	conn    net.Conn
 	br      *bufio.Reader
@@ -319,9 +364,12 @@ func (e *statusError) Error() string { return fmt.Sprintf("status %d", e.code) }
 // request sends one request and returns the pid on the first line of the
 // response body.
 func (w *worker) request() (int, error) {
+	if w.h2 != nil {
+		return w.requestH2()
+	}
 	deadline := time.Now().Add(w.cfg.Timeout)
 	if w.conn == nil {
-		c, err := net.DialTimeout("tcp", w.cfg.Addr, w.cfg.Timeout)
+		c, err := w.dial(deadline)
 		if err != nil {
 			return 0, err
 		}
@@ -341,25 +389,55 @@ func (w *worker) request() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body, err := readOK(resp)
 	if err != nil {
 		return 0, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return 0, &statusError{resp.StatusCode}
 	}
 	if closing || resp.Close {
 		w.closeConn()
 	}
+	return pidOf(body), nil
+}
+
+// dial opens a connection for HTTP/1.1, over TLS for the TLS protocol
+// (the handshake done), by deadline.
+func (w *worker) dial(deadline time.Time) (net.Conn, error) {
+	d := &net.Dialer{Deadline: deadline}
+	if w.tls == nil {
+		return d.Dial("tcp", w.cfg.Addr)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	return (&tls.Dialer{NetDialer: d, Config: w.tls}).DialContext(ctx, "tcp", w.cfg.Addr)
+}
+
+// readOK reads and closes the body of resp, a complete response only if
+// its status is 200.
+func readOK(resp *http.Response) ([]byte, error) {
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, &statusError{resp.StatusCode}
+	}
+	return body, nil
+}
+
+// pidOf reads the pid on the first line of a response body, or 0.
+func pidOf(body []byte) int {
 	line, _, _ := strings.Cut(string(body), "\n")
 	pid, _ := strconv.Atoi(strings.TrimSpace(line))
-	return pid, nil
+	return pid
 }
 
 func classify(err error) Kind {
 	var se *statusError
+	var re *retriedError
 	switch {
+	case errors.As(err, &re):
+		return Retried
 	case errors.As(err, &se):
 		return Status
 	case errors.Is(err, syscall.ECONNREFUSED):
@@ -368,8 +446,17 @@ func classify(err error) Kind {
 		return Reset
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return EOF
-	case errors.Is(err, os.ErrDeadlineExceeded):
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
 		return Timeout
+	}
+	// net/http's HTTP/2 errors are of unexported types: a stream the
+	// server reset (RST_STREAM), and a connection it closed after its
+	// GOAWAY with the stream unanswered.
+	switch msg := err.Error(); {
+	case strings.Contains(msg, "stream error:"):
+		return Reset
+	case strings.Contains(msg, "server sent GOAWAY and closed the connection"):
+		return EOF
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {

@@ -255,14 +255,23 @@ func RunLoadConfig(cfg loadgen.Config) (stop func() *loadgen.Result) {
 // WaitServing waits until addr answers with pid.
 func WaitServing(tb TB, addr string, pid int) {
 	tb.Helper()
+	WaitServingConfig(tb, loadgen.Config{Addr: addr}, pid)
+}
+
+// WaitServingConfig waits until pid answers a request to load's address
+// in load's protocol (and TLS configuration).
+func WaitServingConfig(tb TB, load loadgen.Config, pid int) {
+	tb.Helper()
 	deadline := time.Now().Add(30 * time.Second)
+	probe := loadgen.Config{Addr: load.Addr, Protocol: load.Protocol, TLSConfig: load.TLSConfig,
+		Mode: loadgen.NewConn, Workers: 1, MaxRequests: 1, Timeout: time.Second}
 	for {
-		r := loadgen.Run(context.Background(), loadgen.Config{Addr: addr, Mode: loadgen.NewConn, Workers: 1, MaxRequests: 1, Timeout: time.Second})
+		r := loadgen.Run(context.Background(), probe)
 		if r.PIDs[pid] == 1 {
 			return
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("%s not served by %d: %v %v", addr, pid, r, r.Errors)
+			tb.Fatalf("%s (%s) not served by %d: %v %v", load.Addr, load.Protocol, pid, r, r.Errors)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -3,10 +3,14 @@
 // fresh copy of the binary, which inherits the listening socket; the old
 // process then drains with http.Server.Shutdown.
 //
-//	tableflipserver -addr HOST:PORT -pidfile PATH
+//	tableflipserver -addr HOST:PORT -pidfile PATH [-h2c | -tls-cert FILE -tls-key FILE]
 //
 // GET / answers 200 with a body whose first line is the pid of the
-// process that served it.
+// process that served it. It speaks HTTP/1.1; with -h2c, HTTP/2 without
+// TLS too (prior knowledge); with -tls-cert and -tls-key, only TLS,
+// HTTP/1.1 or HTTP/2 as ALPN chooses: the flags of examples/httpserver,
+// so that the benchmark drives both over the same protocols. Shutdown
+// sends HTTP/2 connections net/http's single GOAWAY.
 package main
 
 import (
@@ -26,7 +30,13 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8080", "address to serve HTTP on")
 	pidfile := flag.String("pidfile", "", "pid file, written once ready")
+	h2c := flag.Bool("h2c", false, "serve HTTP/2 without TLS (prior knowledge) beside HTTP/1.1")
+	cert := flag.String("tls-cert", "", "serve TLS (HTTP/1.1 and HTTP/2 by ALPN) with this PEM certificate (needs -tls-key)")
+	key := flag.String("tls-key", "", "the PEM private key of -tls-cert")
 	flag.Parse()
+	if (*cert == "") != (*key == "") || *h2c && *cert != "" {
+		log.Fatal("-tls-cert and -tls-key go together, and not with -h2c")
+	}
 	log.SetPrefix(fmt.Sprintf("%d ", os.Getpid()))
 
 	upg, err := tableflip.New(tableflip.Options{PIDFile: *pidfile})
@@ -55,8 +65,18 @@ func main() {
 	server := http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "%d\n", pid)
 	})}
+	if *h2c {
+		var ps http.Protocols
+		ps.SetHTTP1(true)
+		ps.SetUnencryptedHTTP2(true)
+		server.Protocols = &ps
+	}
 	go func() {
-		if err := server.Serve(ln); err != http.ErrServerClosed {
+		serve := func() error { return server.Serve(ln) }
+		if *cert != "" {
+			serve = func() error { return server.ServeTLS(ln, *cert, *key) }
+		}
+		if err := serve(); err != http.ErrServerClosed {
 			log.Println("HTTP server:", err)
 		}
 	}()
