@@ -56,7 +56,9 @@ func TestRunProtocols(t *testing.T) {
 				if proto.HTTP2() {
 					keep /= 4
 				}
-				bounds := map[Mode][2]int64{KeepAlive: {keep, keep}, NewConn: {n, n}, Mixed: {keep + 1, keep + n - 1}}[mode]
+				// Mixed: the kept connection(s), and one per request of the other
+				// half, which may get none of the shared budget on a busy machine.
+				bounds := map[Mode][2]int64{KeepAlive: {keep, keep}, NewConn: {n, n}, Mixed: {keep, keep + n - 1}}[mode]
 				if lo, hi := bounds[0], bounds[1]; r.Conns < lo || r.Conns > hi {
 					t.Errorf("%d connections, want %d to %d", r.Conns, lo, hi)
 				}
