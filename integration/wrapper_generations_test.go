@@ -3,15 +3,11 @@
 package integration_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
-	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -84,89 +80,6 @@ func TestWrapperPlainShutdownReloads(t *testing.T) {
 			stopWrapper(t, s, wrapper, child)
 		})
 	}
-}
-
-// TestWrapperUDPReloads: datagrams sent at a steady rate (one every 2 ms)
-// to the plain child's echo socket through 10 reloads: every one is
-// answered, by one child or the next.
-func TestWrapperUDPReloads(t *testing.T) {
-	const reloads = 10
-	checkNoChildren(t)
-	s := newService(t, binary(t, "./cmd/handoff"))
-	wrapper := s.Start("run", "-socket", s.Socket, "-pidfile", s.PIDFile, "-listen", "echo=udp://"+s.Addr,
-		"-ready-timeout", "10s", "-drain-timeout", "10s", "--", binary(t, "./integration/plainshutdown"))
-	s.WaitPID(wrapper, 0, 30*time.Second)
-	child := servingChild(t, s, 0)
-	requireSocketMode(t, s, "per-generation")
-
-	c, err := net.Dial("udp", s.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	var (
-		mu       sync.Mutex
-		answered = map[int]bool{}
-		pids     = map[string]int{}
-	)
-	go func() { // until c is closed
-		buf := make([]byte, 2048)
-		for {
-			n, err := c.Read(buf)
-			if err != nil {
-				return
-			}
-			pid, seq, _ := bytes.Cut(buf[:n], []byte(" "))
-			i, err := strconv.Atoi(string(seq))
-			if err != nil {
-				continue
-			}
-			mu.Lock()
-			answered[i] = true
-			pids[string(pid)]++
-			mu.Unlock()
-		}
-	}()
-	sent := 0
-	stop := make(chan struct{})
-	sending := make(chan struct{})
-	go func() {
-		defer close(sending)
-		tick := time.NewTicker(2 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-			if _, err := fmt.Fprintf(c, "%d", sent); err != nil {
-				t.Errorf("send: %v", err)
-				return
-			}
-			sent++
-		}
-	}()
-	for range reloads {
-		s.Signal(wrapper, syscall.SIGHUP)
-		next := servingChild(t, s, child)
-		waitGone(t, child, 30*time.Second)
-		child = next
-	}
-	close(stop)
-	<-sending
-	count := func() int { mu.Lock(); defer mu.Unlock(); return len(answered) }
-	deadline := time.Now().Add(5 * time.Second)
-	for count() < sent && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	mu.Lock()
-	t.Logf("%d reloads: %d datagrams sent, %d answered, by %d children", reloads, sent, len(answered), len(pids))
-	if len(answered) != sent {
-		t.Errorf("%d of %d datagrams lost", sent-len(answered), sent)
-	}
-	mu.Unlock()
-	stopWrapper(t, s, wrapper, child)
 }
 
 // TestWrapperUvicornReloads: uvicorn (Debian's, an ASGI server) takes
