@@ -3,6 +3,7 @@
 package integration_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -196,6 +197,17 @@ http {
 	flag, mode := comparedSocketMode()
 	wrapper := s.Start("run", "-socket", s.Socket, "-pidfile", s.PIDFile, "-name", "fpm", "-listen", "tcp://"+fpmAddr, "-socket-mode", flag,
 		"-ready", "accepting", "-stop-signal", "SIGQUIT", "-ready-timeout", "10s", "-drain-timeout", "10s", "--", "/bin/sh", "-c", run)
+	if mode == "shared" && !fpmReady(s, wrapper, 15*time.Second) {
+		// The workers block in accept; on the shared, non-blocking socket
+		// accept fails with EAGAIN at once and the worker exits.
+		if exists(wrapper, true) {
+			s.Signal(wrapper, syscall.SIGTERM)
+		}
+		ws := s.WaitExit(wrapper, 60*time.Second)
+		t.Logf("php-fpm, -socket-mode shared: never ready; its workers exited %d times; the wrapper exited with status %d",
+			bytes.Count(s.LogFrom(0), []byte("exited with code")), ws.ExitStatus())
+		return
+	}
 	s.WaitPID(wrapper, 0, 30*time.Second)
 	child := servingChild(t, s, 0)
 	requireSocketMode(t, s, mode)
@@ -225,6 +237,17 @@ http {
 	}
 	child = keepAliveReloads(t, s, "php-fpm behind nginx", wrapper, child, reloads)
 	stopWrapper(t, s, wrapper, child)
+}
+
+// fpmReady waits up to timeout for the wrapper to write its pid file,
+// which it does once its first child is ready.
+func fpmReady(s *testbed.Service, wrapper int, timeout time.Duration) bool {
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if s.PID() == wrapper {
+			return true
+		}
+	}
+	return false
 }
 
 // TestWrapperUWSGIReloads: uWSGI 2.0 (Debian's uwsgi-core with its
