@@ -255,11 +255,11 @@ func lookPath(name string) (string, error) {
 
 // lighttpdConf writes a lighttpd configuration that takes its socket from
 // socket activation and serves a static page from dir. Keep-alive is off
-// unless keepAlive:
-// at graceful shutdown lighttpd closes every idle keep-alive connection at
-// once, so a client that sends its next request on one just then gets EOF
-// (one failed request per keep-alive client and reload, measured; a client
-// that retries, as HTTP allows for idempotent requests, never notices).
+// unless keepAlive: at graceful shutdown lighttpd closes every idle
+// keep-alive connection at once, so a client that sends its next request
+// on one just then gets EOF (at most one failed request per keep-alive
+// client and reload, keepAliveReloads; a client that retries, as HTTP
+// allows for idempotent requests, never notices).
 // Without keep-alive each response says "Connection: close" and the
 // keep-alive half of the load opens a new connection per request.
 func lighttpdConf(t testing.TB, dir, addr string, keepAlive bool) string {
