@@ -187,6 +187,16 @@ func reloadsUnderLoad(t *testing.T, s *testbed.Service, wrapper, child, n int) i
 	return child
 }
 
+// reload reloads the wrapper with SIGHUP, waits until the new child
+// serves and the old one is gone, and returns the new one.
+func reload(t *testing.T, s *testbed.Service, wrapper, child int) int {
+	t.Helper()
+	s.Signal(wrapper, syscall.SIGHUP)
+	next := servingChild(t, s, child)
+	waitGone(t, child, 30*time.Second)
+	return next
+}
+
 // keepAliveClients is how many keep-alive clients keepAliveReloads runs.
 const keepAliveClients = 8
 
@@ -203,10 +213,7 @@ func keepAliveReloads(t *testing.T, s *testbed.Service, server string, wrapper, 
 	t.Helper()
 	stopLoad := testbed.RunLoad(s.Addr, loadgen.KeepAlive, keepAliveClients)
 	for range n {
-		s.Signal(wrapper, syscall.SIGHUP)
-		next := servingChild(t, s, child)
-		waitGone(t, child, 30*time.Second)
-		child = next
+		child = reload(t, s, wrapper, child)
 	}
 	res := stopLoad()
 	t.Logf("%s, keep-alive load (%d clients), %d reloads: %d failed requests of %d, %d connections (%v); first errors %q",
@@ -307,6 +314,7 @@ func TestWrapperLighttpdReloads(t *testing.T) {
 	wrapper, child := startWrapper(t, s, "-ready", "accepting", "-stop-signal", "SIGINT", "--", lighttpd, "-D", "-f", conf)
 	child = reloadsUnderLoad(t, s, wrapper, child, 30)
 	lighttpdConf(t, s.Dir, s.Addr, true)
+	child = reload(t, s, wrapper, child) // to a child with keep-alive on
 	child = keepAliveReloads(t, s, "lighttpd", wrapper, child, 10)
 	stopWrapper(t, s, wrapper, child)
 }
@@ -371,6 +379,7 @@ http {
 	wrapper, child := startWrapper(t, s, "-name", "nginx", "-ready", "accepting", "-stop-signal", "SIGQUIT", "--", "/bin/sh", "-c", script)
 	child = reloadsUnderLoad(t, s, wrapper, child, 10)
 	write("75s") // nginx's default
+	child = reload(t, s, wrapper, child)
 	child = keepAliveReloads(t, s, "nginx", wrapper, child, 10)
 	stopWrapper(t, s, wrapper, child)
 }
