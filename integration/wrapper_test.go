@@ -345,7 +345,10 @@ func TestWrapperGunicornReloads(t *testing.T) {
 // TestWrapperNginxReloads: nginx (Debian's nginx-light) knows no socket
 // activation, but takes inherited listening sockets from its NGINX
 // variable ("3;"), which a shell sets before exec. Workers wait in epoll:
-// -ready accepting. SIGQUIT drains. Keep-alive is off for the reason
+// -ready accepting. SIGQUIT drains. -nonblocking: nginx leaves an
+// inherited socket's O_NONBLOCK as it is, and on a blocking socket a worker
+// that loses the race for a connection blocks in accept4; the old nginx
+// then never stops (killed after -drain-timeout, its requests timed out). Keep-alive is off for the reason
 // given at lighttpdConf: nginx too closes idle keep-alive connections at
 // once when it stops gracefully. Then 10 reloads with keep-alive on
 // under keep-alive load.
@@ -376,7 +379,7 @@ http {
 	}
 	write("0")
 	script := "NGINX='3;' exec " + nginx + " -c " + conf + " -e stderr"
-	wrapper, child := startWrapper(t, s, "-name", "nginx", "-ready", "accepting", "-stop-signal", "SIGQUIT", "--", "/bin/sh", "-c", script)
+	wrapper, child := startWrapper(t, s, "-name", "nginx", "-nonblocking", "-ready", "accepting", "-stop-signal", "SIGQUIT", "--", "/bin/sh", "-c", script)
 	child = reloadsUnderLoad(t, s, wrapper, child, 10)
 	write("75s") // nginx's default
 	child = reload(t, s, wrapper, child)
