@@ -181,6 +181,43 @@ func reloadsUnderLoad(t *testing.T, s *testbed.Service, wrapper, child, n int) i
 	return child
 }
 
+// reload reloads the wrapper with SIGHUP, waits until the new child
+// serves and the old one is gone, and returns the new one.
+func reload(t *testing.T, s *testbed.Service, wrapper, child int) int {
+	t.Helper()
+	s.Signal(wrapper, syscall.SIGHUP)
+	next := servingChild(t, s, child)
+	waitGone(t, child, 30*time.Second)
+	return next
+}
+
+// keepAliveClients is how many keep-alive clients keepAliveReloads runs.
+const keepAliveClients = 8
+
+// keepAliveReloads reloads the wrapper n times with SIGHUP under
+// keep-alive load (keepAliveClients clients, each sending request after
+// request on one connection, a new one only after a failure; no
+// retries) and logs what failed, the figures docs/wrapper.md reports. A
+// server that closes its idle keep-alive connections when it stops fails
+// the request a client sends on one just then, which a wrapper that does
+// not proxy cannot prevent; its client then connects again, to the new
+// child (steering). So at most one request per client per reload may
+// fail. It returns the serving child.
+func keepAliveReloads(t *testing.T, s *testbed.Service, server string, wrapper, child, n int) int {
+	t.Helper()
+	stopLoad := testbed.RunLoad(s.Addr, loadgen.KeepAlive, keepAliveClients)
+	for range n {
+		child = reload(t, s, wrapper, child)
+	}
+	res := stopLoad()
+	t.Logf("%s, keep-alive load (%d clients), %d reloads: %d failed requests of %d, %d connections (%v); first errors %q",
+		server, keepAliveClients, n, res.FailedCount(), res.Requests, res.Conns, res, res.Errors)
+	if res.FailedCount() > int64(keepAliveClients*n) || res.OK == 0 {
+		t.Errorf("%d failed requests, %d ok: more than one per keep-alive client per reload (%d)", res.FailedCount(), res.OK, keepAliveClients*n)
+	}
+	return child
+}
+
 // TestWrapperActivatedReloads: the go-systemd example under the wrapper,
 // reloads under load with each -ready mode that fits it: the default
 // (auto: it sends READY=1, so READY=1 and accepting), notify alone, and
@@ -218,14 +255,15 @@ func lookPath(name string) (string, error) {
 }
 
 // lighttpdConf writes a lighttpd configuration that takes its socket from
-// socket activation and serves a static page from dir. Keep-alive is off:
-// at graceful shutdown lighttpd closes every idle keep-alive connection at
-// once, so a client that sends its next request on one just then gets EOF
-// (one failed request per keep-alive client and reload, measured; a client
-// that retries, as HTTP allows for idempotent requests, never notices).
+// socket activation and serves a static page from dir. Keep-alive is off
+// unless keepAlive: at graceful shutdown lighttpd closes every idle
+// keep-alive connection at once, so a client that sends its next request
+// on one just then gets EOF (at most one failed request per keep-alive
+// client and reload, keepAliveReloads; a client that retries, as HTTP
+// allows for idempotent requests, never notices).
 // Without keep-alive each response says "Connection: close" and the
 // keep-alive half of the load opens a new connection per request.
-func lighttpdConf(t testing.TB, dir, addr string) string {
+func lighttpdConf(t testing.TB, dir, addr string, keepAlive bool) string {
 	t.Helper()
 	host, port, _ := strings.Cut(addr, ":")
 	root := filepath.Join(dir, "www")
@@ -236,14 +274,18 @@ func lighttpdConf(t testing.TB, dir, addr string) string {
 		t.Fatal(err)
 	}
 	conf := filepath.Join(dir, "lighttpd.conf")
+	maxRequests := 0
+	if keepAlive {
+		maxRequests = 1000 // lighttpd's default
+	}
 	body := fmt.Sprintf(`server.document-root = %q
 server.bind = %q
 server.port = %s
 server.systemd-socket-activation = "enable"
 index-file.names = ("index.html")
 mimetype.assign = (".html" => "text/html")
-server.max-keep-alive-requests = 0
-`, root, host, port)
+server.max-keep-alive-requests = %d
+`, root, host, port, maxRequests)
 	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -251,8 +293,10 @@ server.max-keep-alive-requests = 0
 }
 
 // TestWrapperLighttpdReloads: lighttpd 1.4.69 (Debian), which never sends
-// READY=1, under the wrapper with -ready accepting: 30 reloads under load.
-// lighttpd drains on SIGINT (SIGTERM would drop its connections).
+// READY=1, under the wrapper with -ready accepting: 30 reloads under load
+// with keep-alive off, then 10 with it on (each new child reads the
+// configuration again) under keep-alive load. lighttpd drains on SIGINT
+// (SIGTERM would drop its connections).
 func TestWrapperLighttpdReloads(t *testing.T) {
 	lighttpd, err := lookPath("lighttpd")
 	if err != nil {
@@ -260,9 +304,12 @@ func TestWrapperLighttpdReloads(t *testing.T) {
 	}
 	checkNoChildren(t)
 	s := newService(t, binary(t, "./cmd/handoff"))
-	conf := lighttpdConf(t, s.Dir, s.Addr)
+	conf := lighttpdConf(t, s.Dir, s.Addr, false)
 	wrapper, child := startWrapper(t, s, "-ready", "accepting", "-stop-signal", "SIGINT", "--", lighttpd, "-D", "-f", conf)
 	child = reloadsUnderLoad(t, s, wrapper, child, 30)
+	lighttpdConf(t, s.Dir, s.Addr, true)
+	child = reload(t, s, wrapper, child) // to a child with keep-alive on
+	child = keepAliveReloads(t, s, "lighttpd", wrapper, child, 10)
 	stopWrapper(t, s, wrapper, child)
 }
 
@@ -270,7 +317,8 @@ func TestWrapperLighttpdReloads(t *testing.T) {
 // workers, 10 reloads under load (each takes about 3 s: gunicorn's own
 // graceful stop) with -ready accepting: gunicorn sends
 // READY=1 before its workers exist, but accepting waits until a worker
-// waits in select on the socket.
+// waits in select on the socket. Then 10 reloads under keep-alive load
+// (sync workers close every connection after its response).
 func TestWrapperGunicornReloads(t *testing.T) {
 	gunicorn, err := lookPath("gunicorn")
 	if err != nil {
@@ -284,15 +332,20 @@ func TestWrapperGunicornReloads(t *testing.T) {
 	}
 	wrapper, child := startWrapper(t, s, "-ready", "accepting", "--", gunicorn, "--chdir", s.Dir, "--workers", "2", "--graceful-timeout", "10", "app:app")
 	child = reloadsUnderLoad(t, s, wrapper, child, 10)
+	child = keepAliveReloads(t, s, "gunicorn", wrapper, child, 10)
 	stopWrapper(t, s, wrapper, child)
 }
 
 // TestWrapperNginxReloads: nginx (Debian's nginx-light) knows no socket
 // activation, but takes inherited listening sockets from its NGINX
 // variable ("3;"), which a shell sets before exec. Workers wait in epoll:
-// -ready accepting. SIGQUIT drains. Keep-alive is off for the reason
+// -ready accepting. SIGQUIT drains. -nonblocking: nginx leaves an
+// inherited socket's O_NONBLOCK as it is, and on a blocking socket a worker
+// that loses the race for a connection blocks in accept4; the old nginx
+// then never stops (killed after -drain-timeout, its requests timed out). Keep-alive is off for the reason
 // given at lighttpdConf: nginx too closes idle keep-alive connections at
-// once when it stops gracefully.
+// once when it stops gracefully. Then 10 reloads with keep-alive on
+// under keep-alive load.
 func TestWrapperNginxReloads(t *testing.T) {
 	nginx, err := lookPath("nginx")
 	if err != nil {
@@ -301,7 +354,7 @@ func TestWrapperNginxReloads(t *testing.T) {
 	checkNoChildren(t)
 	s := newService(t, binary(t, "./cmd/handoff"))
 	conf := filepath.Join(s.Dir, "nginx.conf")
-	body := fmt.Sprintf(`daemon off;
+	const body = `daemon off;
 master_process on;
 worker_processes 2;
 pid %s/nginx.pid;
@@ -309,16 +362,22 @@ error_log stderr notice;
 events {}
 http {
 	access_log off;
-	keepalive_timeout 0;
+	keepalive_timeout %s;
 	server { listen %s; location / { return 200 "nginx\\n"; } }
 }
-`, s.Dir, s.Addr)
-	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
-		t.Fatal(err)
+`
+	write := func(keepalive string) {
+		if err := os.WriteFile(conf, fmt.Appendf(nil, body, s.Dir, keepalive, s.Addr), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
+	write("0")
 	script := "NGINX='3;' exec " + nginx + " -c " + conf + " -e stderr"
-	wrapper, child := startWrapper(t, s, "-name", "nginx", "-ready", "accepting", "-stop-signal", "SIGQUIT", "--", "/bin/sh", "-c", script)
+	wrapper, child := startWrapper(t, s, "-name", "nginx", "-nonblocking", "-ready", "accepting", "-stop-signal", "SIGQUIT", "--", "/bin/sh", "-c", script)
 	child = reloadsUnderLoad(t, s, wrapper, child, 10)
+	write("75s") // nginx's default
+	child = reload(t, s, wrapper, child)
+	child = keepAliveReloads(t, s, "nginx", wrapper, child, 10)
 	stopWrapper(t, s, wrapper, child)
 }
 

@@ -17,6 +17,7 @@ chromium:chromium
 uvicorn:uvicorn
 php-fpm8.2:php8.2-fpm
 uwsgi:uwsgi-plugin-python3
+kresd:knot-resolver
 "
 
 missing=""

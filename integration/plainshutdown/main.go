@@ -7,11 +7,18 @@
 // reads after Shutdown began (golang/go#75591), so a connection it is
 // handed while stopping may fail: what a socket per child generation,
 // drained before the stop signal, is there to prevent.
+//
+// With -udp-drain D it goes on serving for D after SIGTERM before it
+// closes its datagram sockets (and shuts its HTTP server down), as a
+// server finishing the queries in its socket would: whatever reaches its
+// datagram socket after its stop signal is answered, which shows whether
+// the wrapper still sends it datagrams then.
 package main
 
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log"
 	"net"
@@ -26,6 +33,8 @@ import (
 )
 
 func main() {
+	udpDrain := flag.Duration("udp-drain", 0, "after SIGTERM, go on answering datagrams this long")
+	flag.Parse()
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	files := activation.Files(true)
@@ -63,6 +72,7 @@ func main() {
 		go func() { defer wg.Done(); echo(pc, pid) }()
 	}
 	<-stop
+	time.Sleep(*udpDrain) // the datagram sockets keep being served meanwhile
 	for _, pc := range conns {
 		pc.Close()
 	}
