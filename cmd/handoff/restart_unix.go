@@ -88,9 +88,11 @@ func restartWrapper(cfg restartConfig, sigs <-chan os.Signal, stderr io.Writer) 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var reloads sync.WaitGroup
-	defer reloads.Wait() // after cancel, which ends them
+	defer reloads.Wait() // the signal goroutine and the reloads it started: run has returned, which ends them
 	stopped := make(chan os.Signal, 1)
+	reloads.Add(1)
 	go func() { // signals: the loop below owns the children
+		defer reloads.Done()
 		for {
 			select {
 			case <-r.quit:
@@ -103,6 +105,10 @@ func restartWrapper(cfg restartConfig, sigs <-chan os.Signal, stderr io.Writer) 
 						defer reloads.Done()
 						log.Info("SIGHUP: reloading")
 						if err := wrapped.Reload(ctx); err != nil {
+							if errors.Is(err, handoff.ErrInProgress) {
+								log.Warn("SIGHUP ignored: a reload is in progress")
+								return
+							}
 							log.Error("reload failed", "err", err)
 							return
 						}
@@ -119,7 +125,9 @@ func restartWrapper(cfg restartConfig, sigs <-chan os.Signal, stderr io.Writer) 
 			}
 		}
 	}()
-	if err := r.run(ctx, upg); err != nil {
+	err = r.run(ctx, upg)
+	cancel() // ends a reload that waits for the first child to be ready
+	if err != nil {
 		return 0, err
 	}
 	if c := r.last; c != nil && len(stopped) > 0 {
@@ -274,7 +282,6 @@ func (r *restarter) restart(ctx, reqCtx context.Context, progress func(string)) 
 	if old != nil {
 		progress(fmt.Sprintf("stopping pid %d with %s (up to %v)", old.pid, unix.SignalName(r.cfg.stopSignal), r.cfg.drainTimeout))
 		r.stopChild(old, "reload")
-		r.ended(old)
 	}
 	c, err := r.start()
 	if err != nil {
