@@ -23,10 +23,15 @@ import (
 // it is stopping and waits to be released.
 const envRestartDir = "HANDOFF_TEST_RESTART_DIR"
 
+// envRestartCrash, set, makes the restart-serve role exit 3 after its
+// first connection.
+const envRestartCrash = "HANDOFF_TEST_RESTART_CRASH"
+
 // The restart-serve role serves fd 3: to every connection it writes its
 // pid, LISTEN_PID and LISTEN_FDS, then closes it. At SIGTERM it stops
 // accepting, creates stopping-PID in $HANDOFF_TEST_RESTART_DIR, and exits
-// once a file "release" is there (or after 10s).
+// once a file "release" is there (or after 10s). With
+// $HANDOFF_TEST_RESTART_CRASH set it exits 3 after its first connection.
 func init() {
 	helpers["restart-serve"] = func() int {
 		stop := make(chan os.Signal, 1)
@@ -44,6 +49,9 @@ func init() {
 				}
 				fmt.Fprintf(c, "%d %s %s\n", os.Getpid(), os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS"))
 				c.Close()
+				if os.Getenv(envRestartCrash) != "" {
+					os.Exit(3)
+				}
 			}
 		}()
 		<-stop
@@ -234,4 +242,19 @@ func TestParseRestartRun(t *testing.T) {
 			t.Errorf("%q: error %v, want one saying %q", tt.args, err, tt.want)
 		}
 	}
+}
+
+// TestRestartAfterCrash: a child that exits on its own is restarted on
+// the same socket; a connection made before the restart waits for it.
+func TestRestartAfterCrash(t *testing.T) {
+	t.Setenv(envRestartCrash, "1")
+	r := startRestartWrapper(t, 10*time.Second)
+	first := r.serving(t) // and exits 3
+	f := answer(t, r.dial(t))
+	if f[0] == first {
+		t.Fatalf("served by the child %s that exited", first)
+	}
+	waitUntil(t, "the wrapper logs the crash", func() bool {
+		return strings.Contains(r.log.String(), "child exited on its own; restarting")
+	})
 }
