@@ -205,7 +205,8 @@ func TestRestartReload(t *testing.T) {
 }
 
 // TestRestartDrainTimeout: an old child that does not exit within
-// -drain-timeout is killed, and a new one serves.
+// -drain-timeout is killed, and a new one serves; at a stop, the wrapper
+// exits with the status of its child, killed the same way.
 func TestRestartDrainTimeout(t *testing.T) {
 	r := startRestartWrapper(t, 200*time.Millisecond)
 	old := r.serving(t)
@@ -221,6 +222,13 @@ func TestRestartDrainTimeout(t *testing.T) {
 	waitUntil(t, "the wrapper logs the kill", func() bool {
 		return strings.Contains(r.log.String(), "child did not stop within the drain timeout; killed")
 	})
+	// Stopped, the wrapper exits with its child's status: this one too
+	// ignores the stop signal, and is killed.
+	r.sigs <- syscall.SIGTERM
+	if code := recv(t, "the wrapper to stop", r.code); code != 128+int(syscall.SIGKILL) {
+		t.Errorf("exit code %d, want %d (the child killed by SIGKILL)", code, 128+int(syscall.SIGKILL))
+	}
+	r.code <- 0 // for the cleanup
 }
 
 func TestParseRestartRun(t *testing.T) {
