@@ -131,13 +131,5 @@ func (c *child) describe() string {
 // exitCode is the wrapper's exit code for a child stopped with stopSig:
 // its own exit code, 0 if stopSig ended it, 128+N if signal N did.
 func (c *child) exitCode(stopSig syscall.Signal) int {
-	switch {
-	case c.status.Exited():
-		return c.status.ExitStatus()
-	case c.status.Signaled() && c.status.Signal() == stopSig:
-		return 0
-	case c.status.Signaled():
-		return 128 + int(c.status.Signal())
-	}
-	return exitRuntime
+	return exitCodeOf(c.status, stopSig)
 }

@@ -21,7 +21,7 @@ func noWrapper(socket string, err error) error {
 	var errno syscall.Errno
 	switch {
 	case errors.Is(err, handoff.ErrNotSupported):
-		return fmt.Errorf("nothing serves a control socket here: the handoff needs Linux, and servers on %s run without it (docs/platforms.md): %w", runtime.GOOS, err)
+		return fmt.Errorf("nothing serves a control socket here: the handoff needs Linux, and servers on %s run without it; on macOS and the BSDs `handoff run` reloads on SIGHUP instead, by restarting its child (docs/platforms.md): %w", runtime.GOOS, err)
 	case !errors.As(err, &errno):
 	case errno == syscall.ENOENT:
 		return fmt.Errorf("nothing serves the control socket %s: there is no such file (is the service running, and with this -socket or -name?): %w", socket, errno)

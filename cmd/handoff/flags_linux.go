@@ -7,19 +7,8 @@ import (
 	"io"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
-)
-
-// Defaults of `handoff run`.
-const (
-	defaultReadyTimeout = 30 * time.Second
-	defaultDrainTimeout = 30 * time.Second
-	defaultCanaryWindow = 10 * time.Second
 )
 
 // runConfig is `handoff run`'s command line, checked.
@@ -37,20 +26,6 @@ type runConfig struct {
 	nonblocking  bool     // the children's sockets have O_NONBLOCK set
 	path         string   // COMMAND, found in PATH
 	argv         []string // COMMAND and its ARGS, as given
-}
-
-// listenFlag collects the repeatable -listen.
-type listenFlag []listenSpec
-
-func (l *listenFlag) String() string { return "" }
-
-func (l *listenFlag) Set(s string) error {
-	spec, err := parseListen(s)
-	if err != nil {
-		return err
-	}
-	*l = append(*l, spec)
-	return nil
 }
 
 // parseRun parses `handoff run`'s arguments. Help requested with -h is
@@ -127,35 +102,4 @@ func parseRun(args []string, help io.Writer) (runConfig, error) {
 		return cfg, err
 	}
 	return cfg, nil
-}
-
-// checkNames refuses two sockets with the same name: names identify
-// sockets across generations and in LISTEN_FDNAMES.
-func checkNames(specs []listenSpec) error {
-	seen := map[string]bool{}
-	for _, s := range specs {
-		if s.name == "" {
-			continue
-		}
-		if seen[s.name] {
-			return usageErrorf("-listen: name %q used twice", s.name)
-		}
-		seen[s.name] = true
-	}
-	return nil
-}
-
-// parseSignal reads SIGTERM, TERM or 15.
-func parseSignal(s string) (syscall.Signal, error) {
-	if n, err := strconv.Atoi(s); err == nil && n > 0 && n < 65 {
-		return syscall.Signal(n), nil
-	}
-	name := strings.ToUpper(s)
-	if !strings.HasPrefix(name, "SIG") {
-		name = "SIG" + name
-	}
-	if sig := unix.SignalNum(name); sig != 0 {
-		return sig, nil
-	}
-	return 0, usageErrorf("-stop-signal: unknown signal %q", s)
 }

@@ -19,7 +19,9 @@ A reload (SIGHUP, or 'handoff reload') starts a new child, waits until it is
 ready, sends new connections to it, waits until the old child has taken what
 was queued for it, and only then stops the old one: none is refused or
 dropped by the switch. A child that exits or is not ready in time is killed
-and the old one keeps serving.
+and the old one keeps serving. That is Linux; on macOS and the BSDs a reload
+(SIGHUP only) restarts the child on the same sockets instead, where
+connections wait meanwhile: see 'handoff run -h' there, and docs/platforms.md.
 
 Exit codes: 0 success, 1 runtime error, 2 usage error. Stopped by SIGTERM or
 SIGINT, 'handoff run' exits with its child's status.

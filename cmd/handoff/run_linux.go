@@ -122,11 +122,6 @@ type wrappedUpgrader struct {
 // SetStatus is hooks.Wrapped.SetStatus.
 func (w wrappedUpgrader) SetStatus(text string) { w.setStatus(text) }
 
-// wrapperOnlyEnv are the variables meant for the wrapper itself, never
-// for a child.
-var wrapperOnlyEnv = []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PIDFDID",
-	"NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "FDSTORE", ctl.EnvFD, ctl.EnvPPID}
-
 // childEnv is the children's environment: the wrapper's, without the
 // variables that were meant for the wrapper itself (systemd's sockets and
 // notify socket, a predecessor's control connection), plus the sockets

@@ -392,17 +392,13 @@ func (w *wrapperSockets) perGeneration() bool {
 // count is LISTEN_FDS.
 func (w *wrapperSockets) count() int { return len(w.socks) }
 
-// fdNames is LISTEN_FDNAMES: "unknown" for a socket without a name, as
-// systemd does.
+// fdNames is LISTEN_FDNAMES.
 func (w *wrapperSockets) fdNames() string {
-	names := make([]string, len(w.socks))
+	specs := make([]listenSpec, len(w.socks))
 	for i, s := range w.socks {
-		names[i] = s.spec.name
-		if names[i] == "" {
-			names[i] = "unknown"
-		}
+		specs[i] = s.spec
 	}
-	return strings.Join(names, ":")
+	return listenFDNames(specs)
 }
 
 // modes is what `handoff status` shows of the sockets.

@@ -29,10 +29,7 @@ func runShim(args []string, stderr io.Writer) int {
 			}
 		}
 	}
-	env := append(os.Environ(), "LISTEN_PID="+strconv.Itoa(os.Getpid()))
-	err := syscall.Exec(args[0], args[1:], env)
-	fmt.Fprintf(stderr, "handoff: exec %s: %v\n", args[0], err)
-	return 127
+	return execWithListenPID(args[0], args[1:], stderr)
 }
 
 // spawnRequest asks the spawner to start a child.

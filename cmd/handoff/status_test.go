@@ -105,7 +105,7 @@ func TestNothingServesHere(t *testing.T) {
 	}
 	var out strings.Builder
 	report(&out, "status", err)
-	want := "handoff status: nothing serves a control socket here: the handoff needs Linux, and servers on " + runtime.GOOS + " run without it (docs/platforms.md): not supported on this platform (darwin)\n"
+	want := "handoff status: nothing serves a control socket here: the handoff needs Linux, and servers on " + runtime.GOOS + " run without it; on macOS and the BSDs `handoff run` reloads on SIGHUP instead, by restarting its child (docs/platforms.md): not supported on this platform (darwin)\n"
 	if out.String() != want {
 		t.Fatalf("reported %q\nwant     %q", out.String(), want)
 	}

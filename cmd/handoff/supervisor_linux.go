@@ -14,14 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Restart backoff for a child that dies on its own.
-const (
-	restartBackoffMin = 100 * time.Millisecond
-	restartBackoffMax = 30 * time.Second
-	// stableAfter: a child that ran this long resets the backoff.
-	stableAfter = 10 * time.Second
-)
-
 // starter starts a child process from the executable exe; spawner.start
 // on Linux.
 type starter interface {
@@ -92,12 +84,6 @@ type supervisor struct {
 // (they wait for run) and status queries.
 func newSupervisor(cfg runConfig) *supervisor {
 	return &supervisor{cfg: cfg, reloads: make(chan reloadRequest), quit: make(chan struct{})}
-}
-
-type reloadRequest struct {
-	ctx      context.Context
-	progress func(string)
-	reply    chan error
 }
 
 // requestReload is the wrapper's reload (hooks.Wrapper.Reload): the

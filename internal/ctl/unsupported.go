@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"runtime"
-	"syscall"
 
 	"github.com/handoffd/handoff/internal/wire"
 )
@@ -27,9 +26,6 @@ func readMsg(*net.UnixConn, []byte, []byte, bool) (wire.Message, []int, bool, er
 
 // CloseFDs closes each of fds.
 func CloseFDs([]int) {}
-
-// DupFD returns a close-on-exec duplicate of the socket behind sc.
-func DupFD(syscall.Conn) (int, error) { return -1, notSupported() }
 
 // Socketpair returns a connected pair of SOCK_SEQPACKET sockets.
 func Socketpair() (*net.UnixConn, *os.File, error) { return nil, nil, notSupported() }

@@ -1,3 +1,5 @@
+//go:build unix
+
 package main
 
 import (
@@ -28,6 +30,20 @@ func (s listenSpec) String() string {
 		return s.name + "=" + u
 	}
 	return u
+}
+
+// listenFlag collects the repeatable -listen.
+type listenFlag []listenSpec
+
+func (l *listenFlag) String() string { return "" }
+
+func (l *listenFlag) Set(s string) error {
+	spec, err := parseListen(s)
+	if err != nil {
+		return err
+	}
+	*l = append(*l, spec)
+	return nil
 }
 
 // parseListen reads [NAME=]URL.

@@ -1,0 +1,50 @@
+//go:build unix
+
+package main
+
+import (
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Defaults of `handoff run`.
+const (
+	defaultReadyTimeout = 30 * time.Second
+	defaultDrainTimeout = 30 * time.Second
+	defaultCanaryWindow = 10 * time.Second
+)
+
+// checkNames refuses two sockets with the same name: names identify
+// sockets across generations and in LISTEN_FDNAMES.
+func checkNames(specs []listenSpec) error {
+	seen := map[string]bool{}
+	for _, s := range specs {
+		if s.name == "" {
+			continue
+		}
+		if seen[s.name] {
+			return usageErrorf("-listen: name %q used twice", s.name)
+		}
+		seen[s.name] = true
+	}
+	return nil
+}
+
+// parseSignal reads SIGTERM, TERM or 15.
+func parseSignal(s string) (syscall.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil && n > 0 && n < 65 {
+		return syscall.Signal(n), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	return 0, usageErrorf("-stop-signal: unknown signal %q", s)
+}
