@@ -3,6 +3,10 @@
 package main
 
 import (
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -47,4 +51,22 @@ func parseSignal(s string) (syscall.Signal, error) {
 		return sig, nil
 	}
 	return 0, usageErrorf("-stop-signal: unknown signal %q", s)
+}
+
+// commandOf returns the name the wrapper's service goes by when -name is
+// not given (the command's base name), and the command's absolute path:
+// a command that does not exist is an error now rather than a child that
+// fails at every restart.
+func commandOf(name, argv0 string) (string, string, error) {
+	if name == "" {
+		name = filepath.Base(argv0)
+	}
+	path, err := exec.LookPath(argv0)
+	if err != nil {
+		return name, "", fmt.Errorf("command %q: %w", argv0, errors.Unwrap(err))
+	}
+	if path, err = filepath.Abs(path); err != nil {
+		return name, "", err
+	}
+	return name, path, nil
 }

@@ -5,8 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os/exec"
-	"path/filepath"
 	"syscall"
 	"time"
 )
@@ -90,16 +88,6 @@ func parseRun(args []string, help io.Writer) (runConfig, error) {
 	if cfg.canaryWindow < 0 {
 		return cfg, usageErrorf("-canary-window must be 0 (off) or positive")
 	}
-	if cfg.name == "" {
-		cfg.name = filepath.Base(cfg.argv[0])
-	}
-	// A command that does not exist is an error now rather than a child
-	// that fails at every restart.
-	if cfg.path, err = exec.LookPath(cfg.argv[0]); err != nil {
-		return cfg, fmt.Errorf("command %q: %w", cfg.argv[0], errors.Unwrap(err))
-	}
-	if cfg.path, err = filepath.Abs(cfg.path); err != nil {
-		return cfg, err
-	}
-	return cfg, nil
+	cfg.name, cfg.path, err = commandOf(cfg.name, cfg.argv[0])
+	return cfg, err
 }

@@ -7,8 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os/exec"
-	"path/filepath"
 	"time"
 )
 
@@ -86,16 +84,8 @@ func parseRestartRun(args []string, help io.Writer) (restartConfig, error) {
 	if cfg.drainTimeout <= 0 {
 		return cfg, usageErrorf("-drain-timeout must be positive")
 	}
-	if cfg.name == "" {
-		cfg.name = filepath.Base(cfg.argv[0])
-	}
-	if cfg.path, err = exec.LookPath(cfg.argv[0]); err != nil {
-		return cfg, fmt.Errorf("command %q: %w", cfg.argv[0], errors.Unwrap(err))
-	}
-	if cfg.path, err = filepath.Abs(cfg.path); err != nil {
-		return cfg, err
-	}
-	return cfg, nil
+	cfg.name, cfg.path, err = commandOf(cfg.name, cfg.argv[0])
+	return cfg, err
 }
 
 // restartHelpText heads `handoff run -h` where reloads restart.
