@@ -68,10 +68,7 @@ func TestWrapperPlainShutdownReloads(t *testing.T) {
 			stopLoad := testbed.RunLoad(s.Addr, loadgen.NewConn, 8)
 			t0 := time.Now()
 			for range reloads {
-				s.Signal(wrapper, syscall.SIGHUP)
-				next := servingChild(t, s, child)
-				waitGone(t, child, 30*time.Second)
-				child = next
+				child = reload(t, s, wrapper, child)
 			}
 			res := stopLoad()
 			t.Logf("-socket-mode %s, %d reloads in %v: %d failed requests of %d (%v)", tt.flag, reloads, time.Since(t0).Round(time.Millisecond), res.FailedCount(), res.Requests, res.Errors)
@@ -136,10 +133,7 @@ async def app(scope, receive, send):
 	testbed.WaitServing(t, s.Addr, child)
 	stopLoad := testbed.RunLoad(s.Addr, loadgen.NewConn, 8)
 	for range 10 {
-		s.Signal(wrapper, syscall.SIGHUP)
-		next := servingChild(t, s, child)
-		waitGone(t, child, 30*time.Second)
-		child = next
+		child = reload(t, s, wrapper, child)
 	}
 	res := stopLoad()
 	t.Logf("uvicorn, -socket-mode %s, 10 reloads: %d failed requests of %d", flag, res.FailedCount(), res.Requests)
@@ -224,10 +218,7 @@ http {
 	}
 	stopLoad := testbed.RunLoad(s.Addr, loadgen.NewConn, 8)
 	for range reloads {
-		s.Signal(wrapper, syscall.SIGHUP)
-		next := servingChild(t, s, child)
-		waitGone(t, child, 30*time.Second)
-		child = next
+		child = reload(t, s, wrapper, child)
 	}
 	res := stopLoad()
 	t.Logf("php-fpm behind nginx, -socket-mode %s, %d reloads: %d failed requests of %d, answered by %d worker pids", flag, reloads, res.FailedCount(), res.Requests, len(res.PIDs))
@@ -283,10 +274,7 @@ func TestWrapperUWSGIReloads(t *testing.T) {
 	}
 	stopLoad := testbed.RunLoad(s.Addr, loadgen.NewConn, 8)
 	for range 10 {
-		s.Signal(wrapper, syscall.SIGHUP)
-		next := servingChild(t, s, child)
-		waitGone(t, child, 30*time.Second)
-		child = next
+		child = reload(t, s, wrapper, child)
 	}
 	res := stopLoad()
 	t.Logf("uWSGI, -socket-mode %s, 10 reloads: %d failed requests of %d", flag, res.FailedCount(), res.Requests)
