@@ -331,23 +331,19 @@ func TestHalfMessageMoves(t *testing.T) {
 	}
 }
 
-// TestStopAnswersInFlightThenGoesAway: a WebSocket that cannot move (here
-// a stop, with no successor) is closed with 1001 going away, but only
-// after the message its client was in the middle of sending is answered.
-func TestStopAnswersInFlightThenGoesAway(t *testing.T) {
-	s, pid := startService(t)
-	c := dialWS(t, s.Addr)
-	if a, err := c.ask("first"); err != nil || a.count != 1 {
-		t.Fatalf("first answer %+v, %v", a, err)
-	}
+// goesAwayAfterInFlight sends half a message on c, signals pid with sig,
+// waits for logLine, sends the rest, and checks that the message is
+// answered, then the connection closed with 1001, and answers the close.
+func goesAwayAfterInFlight(t *testing.T, s *testbed.Service, c *wsClient, pid int, sig syscall.Signal, logLine string) {
+	t.Helper()
 	b, err := c.frame(ws.OpText, true, "in flight")
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.conn.Write(b[:len(b)/2])
 	from := s.LogSize()
-	s.Signal(pid, syscall.SIGTERM)
-	s.WaitLog(from, "draining WebSockets", 30*time.Second)
+	s.Signal(pid, sig)
+	s.WaitLog(from, logLine, 30*time.Second)
 	c.conn.Write(b[len(b)/2:])
 	if got, err := c.read(30 * time.Second); err != nil || got != fmt.Sprintf("%d in flight #2", pid) {
 		t.Fatalf("the message in flight was answered %q, %v", got, err)
@@ -358,6 +354,18 @@ func TestStopAnswersInFlightThenGoesAway(t *testing.T) {
 		t.Fatalf("after the answer: %v, want a close frame 1001", err)
 	}
 	c.sendFrame(ws.OpClose, true, string(ws.NewCloseFrameBody(ws.StatusGoingAway, "")))
+}
+
+// TestStopAnswersInFlightThenGoesAway: a WebSocket that cannot move (here
+// a stop, with no successor) is closed with 1001 going away, but only
+// after the message its client was in the middle of sending is answered.
+func TestStopAnswersInFlightThenGoesAway(t *testing.T) {
+	s, pid := startService(t)
+	c := dialWS(t, s.Addr)
+	if a, err := c.ask("first"); err != nil || a.count != 1 {
+		t.Fatalf("first answer %+v, %v", a, err)
+	}
+	goesAwayAfterInFlight(t, s, c, pid, syscall.SIGTERM, "draining WebSockets")
 	if st := s.WaitExit(pid, time.Minute); st.ExitStatus() != 0 {
 		t.Fatalf("exited with %v", st)
 	}

@@ -9,8 +9,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"errors"
-	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -18,8 +16,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/gobwas/ws"
 )
 
 // TestTLSWebSocketGoesAway: a WebSocket over TLS cannot move (its session
@@ -33,24 +29,7 @@ func TestTLSWebSocketGoesAway(t *testing.T) {
 	if a, err := c.ask("first"); err != nil || a.pid != pid || a.count != 1 {
 		t.Fatalf("first answer %+v, %v", a, err)
 	}
-	b, err := c.frame(ws.OpText, true, "in flight")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.conn.Write(b[:len(b)/2])
-	from := s.LogSize()
-	s.Signal(pid, syscall.SIGHUP)
-	s.WaitLog(from, "cannot hand a WebSocket over", 30*time.Second)
-	c.conn.Write(b[len(b)/2:])
-	if got, err := c.read(30 * time.Second); err != nil || got != fmt.Sprintf("%d in flight #2", pid) {
-		t.Fatalf("the message in flight was answered %q, %v", got, err)
-	}
-	_, err = c.read(30 * time.Second)
-	var ce *errClosed
-	if !errors.As(err, &ce) || ce.code != ws.StatusGoingAway {
-		t.Fatalf("after the answer: %v, want a close frame 1001", err)
-	}
-	c.sendFrame(ws.OpClose, true, string(ws.NewCloseFrameBody(ws.StatusGoingAway, "")))
+	goesAwayAfterInFlight(t, s, c, pid, syscall.SIGHUP, "cannot hand a WebSocket over")
 	next := s.WaitPID(0, pid, 30*time.Second)
 	if st := s.WaitExit(pid, time.Minute); st.ExitStatus() != 0 {
 		t.Fatalf("the old process exited with %v", st)
