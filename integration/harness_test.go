@@ -5,8 +5,6 @@
 package integration_test
 
 import (
-	"fmt"
-	"os"
 	"testing"
 
 	"github.com/handoffd/handoff/internal/loadgen"
@@ -24,20 +22,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	if err := testbed.BecomeSubreaper(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	reaper = testbed.StartReaper()
-	dir, err := os.MkdirTemp("", "handoff-it")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	builder = &testbed.Builder{ModuleRoot: "..", Dir: dir, Race: true}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	testbed.RunTests(m, "..", true, func(r *testbed.Reaper, b *testbed.Builder) { reaper, builder = r, b })
 }
 
 // binary builds the main package pkg (relative to the module root) once,

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"regexp"
 	"strconv"
 	"sync"
@@ -26,20 +25,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	if err := testbed.BecomeSubreaper(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	reaper = testbed.StartReaper()
-	dir, err := os.MkdirTemp("", "handoff-grpc")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	builder = &testbed.Builder{ModuleRoot: ".", Dir: dir, Race: true}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	testbed.RunTests(m, ".", true, func(r *testbed.Reaper, b *testbed.Builder) { reaper, builder = r, b })
 }
 
 // startService builds the server and starts its first process with the

@@ -3,7 +3,6 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"strconv"
 	"syscall"
@@ -23,20 +22,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	if err := testbed.BecomeSubreaper(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	reaper = testbed.StartReaper()
-	dir, err := os.MkdirTemp("", "websocket-test")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	builder = &testbed.Builder{ModuleRoot: ".", Dir: dir, Race: os.Getenv("WS_RACE") != "0"}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	testbed.RunTests(m, ".", os.Getenv("WS_RACE") != "0", func(r *testbed.Reaper, b *testbed.Builder) { reaper, builder = r, b })
 }
 
 // startService builds the example and starts its first process, with no

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/handoffd/handoff/internal/procfs"
@@ -223,4 +224,26 @@ func (b *Builder) build(tb TB, pkg, name string, goArgs ...string) string {
 		tb.Fatalf("%v", bl.err)
 	}
 	return bl.path
+}
+
+// RunTests is the TestMain of a suite that drives real processes: this
+// process becomes a subreaper, reaping starts, and m runs with a Builder
+// for the module at moduleRoot whose binaries go to a temporary directory,
+// removed afterwards. setup receives the reaper and the builder before
+// any test runs. RunTests exits with m's code.
+func RunTests(m *testing.M, moduleRoot string, race bool, setup func(*Reaper, *Builder)) {
+	if err := BecomeSubreaper(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	reaper := StartReaper()
+	dir, err := os.MkdirTemp("", "handoff-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	setup(reaper, &Builder{ModuleRoot: moduleRoot, Dir: dir, Race: race})
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
