@@ -100,20 +100,7 @@ func restartWrapper(cfg restartConfig, sigs <-chan os.Signal, stderr io.Writer) 
 			case sig := <-sigs:
 				switch sig {
 				case syscall.SIGHUP:
-					reloads.Add(1)
-					go func() {
-						defer reloads.Done()
-						log.Info("SIGHUP: reloading")
-						if err := wrapped.Reload(ctx); err != nil {
-							if errors.Is(err, handoff.ErrInProgress) {
-								log.Warn("SIGHUP ignored: a reload is in progress")
-								return
-							}
-							log.Error("reload failed", "err", err)
-							return
-						}
-						log.Info("reloaded")
-					}()
+					reloadOnHUP(ctx, log, &reloads, wrapped.Reload)
 				case syscall.SIGTERM, syscall.SIGINT:
 					log.Info("stopping", "signal", exitstatus.Signal(sig))
 					stopped <- sig

@@ -4,14 +4,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"sync"
 	"syscall"
 
-	"github.com/handoffd/handoff/handoff"
 	"github.com/handoffd/handoff/internal/exitstatus"
 )
 
@@ -34,20 +32,7 @@ func signalActor(ctx context.Context, sigs <-chan os.Signal, log *slog.Logger, r
 		case sig := <-sigs:
 			switch sig {
 			case syscall.SIGHUP:
-				reloads.Add(1)
-				go func() {
-					defer reloads.Done()
-					log.Info("SIGHUP: reloading")
-					if err := reload(ctx); err != nil {
-						if errors.Is(err, handoff.ErrInProgress) {
-							log.Warn("SIGHUP ignored: a reload is in progress")
-							return
-						}
-						log.Error("reload failed", "err", err)
-						return
-					}
-					log.Info("reloaded")
-				}()
+				reloadOnHUP(ctx, log, &reloads, reload)
 			case syscall.SIGTERM, syscall.SIGINT:
 				log.Info("stopping", "signal", exitstatus.Signal(sig))
 				return &stopError{sig: sig}
