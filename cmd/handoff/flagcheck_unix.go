@@ -4,7 +4,9 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -69,4 +71,20 @@ func commandOf(name, argv0 string) (string, string, error) {
 		return name, "", err
 	}
 	return name, path, nil
+}
+
+// parseFlags parses args with fs. Asked for help (-h), it writes text and
+// fs's defaults to help and returns flag.ErrHelp; a bad flag is a usage
+// error.
+func parseFlags(fs *flag.FlagSet, args []string, help io.Writer, text string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(help, text)
+			fs.SetOutput(help)
+			fs.PrintDefaults()
+			return err
+		}
+		return &usageError{msg: err.Error()}
+	}
+	return nil
 }

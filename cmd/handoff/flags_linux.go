@@ -1,9 +1,7 @@
 package main
 
 import (
-	"errors"
 	"flag"
-	"fmt"
 	"io"
 	"syscall"
 	"time"
@@ -49,14 +47,8 @@ func parseRun(args []string, help io.Writer) (runConfig, error) {
 	fs.StringVar(&stop, "stop-signal", stop, "`SIG`nal that makes the old child drain and exit (lighttpd, nginx: SIGINT or SIGQUIT)")
 	fs.StringVar(&mode, "socket-mode", mode, "how children get the sockets, `MODE` auto or shared. auto: each child generation its own TCP/UDP socket (SO_REUSEPORT), new connections only to the newest ready child, the old one stopped once its queue is empty; shared where that cannot be (unix sockets, sockets from systemd or a predecessor). shared: every child the wrapper's socket (one accept queue)")
 	fs.BoolVar(&cfg.nonblocking, "nonblocking", false, "pass a child its own sockets with O_NONBLOCK set (systemd's NonBlocking=true); by default they are blocking, as systemd passes them")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(help, runHelpText)
-			fs.SetOutput(help)
-			fs.PrintDefaults()
-			return cfg, err
-		}
-		return cfg, &usageError{msg: err.Error()}
+	if err := parseFlags(fs, args, help, runHelpText); err != nil {
+		return cfg, err
 	}
 	cfg.listen = listen
 	cfg.argv = fs.Args()

@@ -3,9 +3,7 @@
 package main
 
 import (
-	"errors"
 	"flag"
-	"fmt"
 	"io"
 	"time"
 )
@@ -42,14 +40,8 @@ func parseRestartRun(args []string, help io.Writer) (restartConfig, error) {
 	for name, why := range refusedRestartFlags {
 		fs.String(name, "", "not here: "+why)
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(help, restartHelpText)
-			fs.SetOutput(help)
-			fs.PrintDefaults()
-			return cfg, err
-		}
-		return cfg, &usageError{msg: err.Error()}
+	if err := parseFlags(fs, args, help, restartHelpText); err != nil {
+		return cfg, err
 	}
 	var refused error
 	fs.Visit(func(f *flag.Flag) {
