@@ -688,9 +688,7 @@ func connsAck(id uint64, reasons []string) wire.ConnsAck {
 // queues it: for the listener with its key, or for AcceptConn. It returns
 // why it could not, or "".
 func (u *Upgrader) adoptConn(m wire.Conn, fd int) string {
-	f := os.NewFile(uintptr(fd), "handed-over")
-	c, err := net.FileConn(f)
-	f.Close()
+	c, err := ctl.AdoptConn(fd)
 	if err != nil {
 		return err.Error()
 	}

@@ -30,6 +30,10 @@ func CloseFDs([]int) {}
 // Socketpair returns a connected pair of SOCK_SEQPACKET sockets.
 func Socketpair() (*net.UnixConn, *os.File, error) { return nil, nil, notSupported() }
 
+// AdoptConn turns fd, a connected socket received from another process,
+// into a net.Conn.
+func AdoptConn(int) (net.Conn, error) { return nil, notSupported() }
+
 // UnixConnFromFD turns a SOCK_SEQPACKET unix socket into a *net.UnixConn.
 func UnixConnFromFD(int) (*net.UnixConn, error) { return nil, notSupported() }
 
