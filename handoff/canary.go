@@ -1,8 +1,11 @@
 package handoff
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/handoffd/handoff/internal/wire"
@@ -26,7 +29,12 @@ type canary struct {
 	inUnit  bool
 	ctrl    *net.UnixListener // this process's copy of the control socket, not served meanwhile
 	readyAt time.Time         // when done was sent
-	end     chan struct{}     // closed by prove, rollback or close
+	window  time.Duration
+	end     chan struct{} // closed by prove, rollback or close
+	// waiters counts the reload requests (`handoff reload -wait-canary`)
+	// that answer once the window ends: prove lets the program exit only
+	// after they have answered.
+	waiters sync.WaitGroup
 }
 
 // rollbackWait bounds the wait for a successor that closed its link to
@@ -82,6 +90,58 @@ func (u *Upgrader) successorEnd(c *canary) string {
 	case <-time.After(rollbackWait):
 		u.stopSuccessor(c.child)
 		return fmt.Sprintf("successor pid %d broke the link %s after it was ready (%v) and is being stopped; rolled back", c.pid, after, c.link.err())
+	}
+}
+
+// waitProven waits until the canary window of the successor pid ends,
+// and returns nil if it proved itself, or why it was rolled back. The
+// caller calls answered once it has told its client.
+func (u *Upgrader) waitProven(ctx context.Context, pid int, progress func(string)) (answered func(), err error) {
+	answered = func() {}
+	u.mu.Lock()
+	c := u.canary
+	if u.state != stateCanary || c == nil || c.pid != pid {
+		c = nil // over already, or none: lastReload says how it ended
+	} else {
+		c.waiters.Add(1)
+		answered = c.waiters.Done
+	}
+	u.mu.Unlock()
+	if c != nil {
+		progress(fmt.Sprintf("waiting out its canary window (%s)", c.window))
+		select {
+		case <-c.end:
+		case <-ctx.Done():
+			return answered, ctx.Err()
+		}
+	}
+	u.mu.Lock()
+	last := u.lastReload
+	u.mu.Unlock()
+	if last != nil && last.RolledBack && last.Successor == pid {
+		return answered, errors.New(last.Error)
+	}
+	progress(fmt.Sprintf("successor pid %d has proven itself", pid))
+	return answered, nil
+}
+
+// answerWait bounds how long the end of a canary window waits for the
+// reload requests waiting for it to answer before the program may exit.
+const answerWait = time.Second
+
+// waitAnswered waits, up to answerWait, until the requests waiting for
+// c's end have answered.
+func waitAnswered(c *canary) {
+	done := make(chan struct{})
+	go func() { // ends once they have: each answer's send is bounded
+		c.waiters.Wait()
+		close(done)
+	}()
+	timer := time.NewTimer(answerWait)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
 	}
 }
 

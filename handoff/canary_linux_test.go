@@ -10,11 +10,14 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoffd/handoff/internal/hooks"
 )
 
 // The canary window, with real successors: the test process is the old
@@ -496,4 +499,52 @@ func TestHandedOverIdleOutlivesHeaderTimeout(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
+}
+
+// TestReloadWaitsForCanary: a reload request that waits for the canary
+// window (`handoff reload -wait-canary`) is answered once the window
+// ends: with the rollback's reason if the successor died within it, with
+// success if it lasted it, and before Exit lets the program go.
+func TestReloadWaitsForCanary(t *testing.T) {
+	ask := func(t *testing.T, socket string) (progress []string, took time.Duration, err error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		t0 := time.Now()
+		_, err = roundTrip(ctx, socket, hooks.ReloadProvenRequest, func(line string) { progress = append(progress, line) })
+		return progress, time.Since(t0), err
+	}
+	t.Run("rolled back", func(t *testing.T) {
+		old, _ := canaryOld(t, 10*time.Second, "ready-then-die", "300ms")
+		progress, took, err := ask(t, old.cfg.Socket)
+		var refused *RefusedError
+		if !errors.As(err, &refused) || !strings.Contains(refused.Reason, "exit status 2") || !strings.Contains(refused.Reason, "rolled back") {
+			t.Fatalf("reload = %v (progress %q); want a refusal saying the successor exited with status 2 and was rolled back", err, progress)
+		}
+		if took < 300*time.Millisecond {
+			t.Fatalf("answered after %v, before the successor died (300ms after ready)", took)
+		}
+		if !slices.ContainsFunc(progress, func(l string) bool { return strings.Contains(l, "waiting out its canary window") }) {
+			t.Errorf("progress %q does not say it waits for the window", progress)
+		}
+		if st := old.Status().State; st != "serving" {
+			t.Fatalf("state after the rollback = %q, want serving", st)
+		}
+		t.Logf("answered after %v: %s", took, refused.Reason)
+	})
+	t.Run("proven", func(t *testing.T) {
+		const window = 400 * time.Millisecond
+		old, _ := canaryOld(t, window, "ready-then-stop", "0s")
+		progress, took, err := ask(t, old.cfg.Socket)
+		if err != nil {
+			t.Fatalf("reload = %v (progress %q); want success once the window passed", err, progress)
+		}
+		if took < window {
+			t.Fatalf("answered after %v, before the %v window passed", took, window)
+		}
+		if !slices.ContainsFunc(progress, func(l string) bool { return strings.Contains(l, "has proven itself") }) {
+			t.Errorf("progress %q does not say the successor proved itself", progress)
+		}
+		recvWithin(t, old.Exit(), "Exit, once the window passed")
+		stopSuccessors(t)
+	})
 }

@@ -30,7 +30,11 @@ func (u *Upgrader) wrap(w hooks.Wrapper) hooks.Wrapped {
 	u.reg.control = w.SocketControl
 	u.reg.mu.Unlock()
 	return hooks.Wrapped{
-		Reload:    func(ctx context.Context) error { return u.reload(ctx, func(string) {}) },
+		Reload: func(ctx context.Context) error {
+			answered, err := u.reload(ctx, func(string) {}, false)
+			answered()
+			return err
+		},
 		SetStatus: u.setStatus,
 	}
 }

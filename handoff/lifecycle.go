@@ -188,7 +188,7 @@ func (u *Upgrader) commit(cc *ctl.Conn, child *successorProcess, succPID int, in
 	u.ctrl = nil
 	var c *canary
 	if window > 0 {
-		c = &canary{link: link, child: child, pid: succPID, inUnit: inUnit, ctrl: ctrl, end: make(chan struct{})}
+		c = &canary{link: link, child: child, pid: succPID, inUnit: inUnit, ctrl: ctrl, window: window, end: make(chan struct{})}
 		u.state, u.canary = stateCanary, c
 	} else {
 		u.state = stateHandedOver
@@ -271,6 +271,7 @@ func (u *Upgrader) prove(c *canary, why string) {
 	u.state, u.canary = stateHandedOver, nil
 	u.mu.Unlock()
 	close(c.end)
+	waitAnswered(c) // `handoff reload -wait-canary` hears it before Exit
 	u.log.Info("successor proved itself; draining", "successor", c.pid, "why", why)
 	// What our predecessor handed over while Accept was paused goes on
 	// first, before Exit: a program that drains and closes at once must

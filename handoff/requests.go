@@ -121,32 +121,43 @@ func (u *Upgrader) recordUpgrade(start time.Time, successor int, build *Build, e
 // or, in the wrapper, its own reload (hooks.Wrapper.Reload), whose
 // outcome it records for Status. As with Upgrade, one reload or upgrade
 // runs at a time; another gets ErrInProgress.
-func (u *Upgrader) reload(ctx context.Context, progress func(string)) error {
+//
+// With proven it returns only once the new version has lasted its canary
+// window, or why it was rolled back. Then the caller must call answered
+// (never nil) once it has sent its final reply: until then the window's
+// end waits (bounded) before it lets the program exit.
+func (u *Upgrader) reload(ctx context.Context, progress func(string), proven bool) (answered func(), err error) {
+	answered = func() {}
 	u.mu.Lock()
 	own := u.wrapper.Reload
 	u.mu.Unlock()
 	if own == nil {
 		progress("starting a fresh copy of " + u.image.path)
 		if err := u.Upgrade(ctx); err != nil {
-			return err
+			return answered, err
 		}
-		if link := u.successor(); link != nil {
-			progress(fmt.Sprintf("successor pid %d is serving", link.pid))
+		link := u.successor()
+		if link == nil {
+			return answered, nil
 		}
-		return nil
+		progress(fmt.Sprintf("successor pid %d is serving", link.pid))
+		if !proven {
+			return answered, nil
+		}
+		return u.waitProven(ctx, link.pid, progress)
 	}
 	if err := u.waitReady(ctx); err != nil {
-		return err
+		return answered, err
 	}
 	if err := u.reserve(); err != nil {
-		return err
+		return answered, err
 	}
 	start := time.Now()
 	u.notify(reloading(), u.status("reloading", ""))
-	err := own(ctx, progress)
+	err = own(ctx, progress, proven)
 	u.recordUpgrade(start, 0, nil, err)
 	u.release(err)
-	return err
+	return answered, err
 }
 
 // serveRequest answers a client's request: progress replies and a final
@@ -160,16 +171,19 @@ func (u *Upgrader) serveRequest(ctx context.Context, cc *ctl.Conn, req wire.Requ
 		if b, err = json.Marshal(u.Status()); err == nil {
 			return cc.Send(wire.Reply{Final: true, Text: "ok", Data: b}, nil, step())
 		}
-	case hooks.ReloadRequest:
+	case hooks.ReloadRequest, hooks.ReloadProvenRequest:
 		// A process that is not ready cannot be upgraded yet, and a
 		// client waiting for it would learn nothing: say so at once.
 		if state, _ := u.snapshot(); state == stateStarting {
 			err = u.notReadyErr()
 			break
 		}
-		u.log.Info("reload requested on the control socket")
+		u.log.Info("reload requested on the control socket", "wait_for_canary_window", req.Name == hooks.ReloadProvenRequest)
 		progress := func(line string) { cc.Send(wire.Reply{Text: line}, nil, step()) }
-		if err = u.reload(ctx, progress); err == nil {
+		var answered func()
+		answered, err = u.reload(ctx, progress, req.Name == hooks.ReloadProvenRequest)
+		defer answered()
+		if err == nil {
 			return cc.Send(wire.Reply{Final: true, Text: "reloaded"}, nil, step())
 		}
 	default:

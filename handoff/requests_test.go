@@ -46,7 +46,7 @@ func TestRequestReload(t *testing.T) {
 	checkLeaks(t)
 	cfg := testConfig(t)
 	entered, release := make(chan struct{}), make(chan error)
-	own := func(ctx context.Context, progress func(string)) error {
+	own := func(ctx context.Context, progress func(string), _ bool) error {
 		progress("step one")
 		select {
 		case entered <- struct{}{}:
@@ -130,7 +130,7 @@ func TestRequestContextDone(t *testing.T) {
 	cfg := testConfig(t)
 	var reloads atomic.Int32
 	u := newUpgrader(t, cfg)
-	u.wrap(hooks.Wrapper{Reload: func(context.Context, func(string)) error { reloads.Add(1); return nil }})
+	u.wrap(hooks.Wrapper{Reload: func(context.Context, func(string), bool) error { reloads.Add(1); return nil }})
 	if err := u.Ready(); err != nil {
 		t.Fatal(err)
 	}

@@ -68,17 +68,24 @@ func clientFlags(cmd, usage string, args []string, help io.Writer, extra func(*f
 }
 
 // cmdReload is `handoff reload`: it prints the wrapper's progress and
-// exits 0 once the new child serves, 1 with the reason if it was rolled
-// back.
+// exits 0 once the new child serves (with -wait-canary: once it has
+// lasted its canary window), 1 with the reason if it was rolled back.
 func cmdReload(args []string, stdout, stderr io.Writer) int {
-	socket, err := clientFlags("reload", "[-socket PATH | -name NAME]\n\nReloads, printing the progress; exits 0 once the new child (or successor) serves,\n1 with the reason if the reload was rolled back. Gives up after "+control.DefaultTimeout.String()+".", args, stdout, nil)
+	var waitCanary bool
+	socket, err := clientFlags("reload", "[-socket PATH | -name NAME] [-wait-canary]\n\nReloads, printing the progress; exits 0 once the new child (or successor) serves,\n1 with the reason if the reload was rolled back. Gives up after "+control.DefaultTimeout.String()+".", args, stdout, func(fs *flag.FlagSet) {
+		fs.BoolVar(&waitCanary, "wait-canary", false, "exit only once the new version has lasted its canary window: 1, with how it ended, if it died within it and was rolled back")
+	})
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}
 	if err != nil {
 		return report(stderr, "reload", err)
 	}
-	err = control.Reload(context.Background(), socket, func(line string) { fmt.Fprintln(stdout, line) })
+	reload := control.Reload
+	if waitCanary {
+		reload = control.ReloadProven
+	}
+	err = reload(context.Background(), socket, func(line string) { fmt.Fprintln(stdout, line) })
 	var refused *handoff.RefusedError
 	if errors.As(err, &refused) {
 		err = errors.New(refused.Reason) // the wrapper's own words: why it rolled back

@@ -5,7 +5,9 @@ const helpText = `handoff: zero-downtime reloads for servers that accept systemd
 
 Usage:
   handoff run [flags] -- COMMAND [ARGS...]   run COMMAND with the sockets, reload it on SIGHUP
-  handoff reload [-socket PATH | -name NAME] reload; exit 0 once the new child serves
+  handoff reload [-socket PATH | -name NAME] [-wait-canary]
+                                             reload; exit 0 once the new child serves
+                                             (-wait-canary: once it lasted its canary window)
   handoff status [-socket PATH | -name NAME] [-json]
   handoff version                            this build's version, revision and Go version
   handoff help                               this text; 'handoff run -h' details run

@@ -2,7 +2,7 @@
 // systemd-style socket activation, without changing them.
 //
 //	handoff run [flags] -- COMMAND [ARGS...]
-//	handoff reload [-socket PATH | -name NAME]
+//	handoff reload [-socket PATH | -name NAME] [-wait-canary]
 //	handoff status [-socket PATH | -name NAME] [-json]
 //	handoff version
 //	handoff help

@@ -41,7 +41,23 @@ const (
 type reloadRequest struct {
 	ctx      context.Context
 	progress func(string)
-	reply    chan error
+	proven   bool       // answer once the new child has lasted its canary window
+	reply    chan error // room for the one answer, which the loop always gives
+}
+
+// askReload hands a reload to a wrapper's loop (reloads, which closes
+// quit when it returns) and waits for its answer: the wrappers' reload
+// (hooks.Wrapper.Reload).
+func askReload(ctx context.Context, reloads chan<- reloadRequest, quit <-chan struct{}, progress func(string), proven bool) error {
+	req := reloadRequest{ctx: ctx, progress: progress, proven: proven, reply: make(chan error, 1)}
+	select {
+	case reloads <- req:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-quit:
+		return errors.New("the wrapper is stopping")
+	}
+	return <-req.reply // the loop answers every request it took
 }
 
 // restartReason is what the restarting wrapper logs at each reload.
@@ -186,17 +202,10 @@ func (r *restarter) open(upg *handoff.Upgrader) error {
 	return nil
 }
 
-// requestReload is the Upgrader's reload (hooks.Wrapper.Reload).
-func (r *restarter) requestReload(ctx context.Context, progress func(string)) error {
-	req := reloadRequest{ctx: ctx, progress: progress, reply: make(chan error, 1)}
-	select {
-	case r.reloads <- req:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-r.quit:
-		return errors.New("the wrapper is stopping")
-	}
-	return <-req.reply
+// requestReload is the Upgrader's reload (hooks.Wrapper.Reload). A
+// restart has no canary window: proven changes nothing.
+func (r *restarter) requestReload(ctx context.Context, progress func(string), proven bool) error {
+	return askReload(ctx, r.reloads, r.quit, progress, proven)
 }
 
 // run starts the first child, says ready once it is, then restarts a

@@ -314,7 +314,7 @@ func TestOpenSockets(t *testing.T) {
 		}
 		t.Cleanup(func() { upg.Close() })
 		w := newWrapperSockets(modeAuto, false, slog.New(slog.DiscardHandler))
-		hooks.Wrap(upg, hooks.Wrapper{Reload: func(context.Context, func(string)) error { return nil }, StatusDetail: func() any { return nil }, SocketControl: w.control})
+		hooks.Wrap(upg, hooks.Wrapper{Reload: func(context.Context, func(string), bool) error { return nil }, StatusDetail: func() any { return nil }, SocketControl: w.control})
 		err = w.open(upg, specs)
 		t.Cleanup(w.close)
 		return w, err

@@ -78,6 +78,9 @@ type supervisor struct {
 	servingSince  time.Time // when the current child began to serve
 	lastRollback  string    // under mu, with canaryUntil
 	canaryUntil   time.Time // fallbackUntil, for status; zero without a fallback
+	// provenWaits are the answers of reloads that wait for the window's
+	// end (reloadRequest.proven): given when it ends, by the loop.
+	provenWaits []chan error
 }
 
 // newSupervisor is a supervisor for cfg, ready to take reload requests
@@ -88,17 +91,10 @@ func newSupervisor(cfg runConfig) *supervisor {
 
 // requestReload is the wrapper's reload (hooks.Wrapper.Reload): the
 // upgrader calls it for SIGHUP (via hooks.Wrapped.Reload) and for
-// `handoff reload`, one at a time.
-func (s *supervisor) requestReload(ctx context.Context, progress func(string)) error {
-	req := reloadRequest{ctx: ctx, progress: progress, reply: make(chan error, 1)}
-	select {
-	case s.reloads <- req:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-s.quit:
-		return errors.New("the wrapper is stopping")
-	}
-	return <-req.reply // the loop answers every request it took
+// `handoff reload`, one at a time. With proven the answer waits until the
+// new child has lasted its canary window (`handoff reload -wait-canary`).
+func (s *supervisor) requestReload(ctx context.Context, progress func(string), proven bool) error {
+	return askReload(ctx, s.reloads, s.quit, progress, proven)
 }
 
 // run starts the first child, says ready once it is, then restarts a
@@ -132,6 +128,7 @@ func (s *supervisor) run(ctx context.Context, deps supervisorDeps) error {
 	s.log.Info("serving", "child", first.pid, "ready", s.cfg.ready.String())
 
 	defer s.dropFallback()
+	defer s.answerProven(errors.New("the wrapper stopped within the new child's canary window"))
 	backoff := restartBackoffMin
 	var restart <-chan time.Time
 	for {
@@ -154,6 +151,7 @@ func (s *supervisor) run(ctx context.Context, deps supervisorDeps) error {
 		case <-canaryEnd:
 			s.log.Info("the new child lasted its canary window", "child", cur.pid, "window", s.cfg.canaryWindow)
 			s.dropFallback()
+			s.answerProven(nil)
 		case <-exited:
 			s.ended(cur)
 			if s.rollBack(cur) {
@@ -182,7 +180,13 @@ func (s *supervisor) run(ctx context.Context, deps supervisorDeps) error {
 			s.mu.Unlock()
 			s.setCurrent(c)
 		case req := <-s.reloads:
-			req.reply <- s.reload(ctx, req.ctx, req.progress)
+			err := s.reload(ctx, req.ctx, req.progress)
+			if err == nil && req.proven && s.fallback != nil {
+				req.progress(fmt.Sprintf("waiting out its canary window (%v)", s.cfg.canaryWindow))
+				s.provenWaits = append(s.provenWaits, req.reply)
+				break
+			}
+			req.reply <- err
 		}
 	}
 }
@@ -252,8 +256,10 @@ func (s *supervisor) rollBack(cur *child) bool {
 	if err != nil {
 		exe.Close()
 		s.log.Error("cannot roll back to the previous executable", "err", err)
+		s.answerProven(fmt.Errorf("child pid %d (number %d) ended (%s) within the canary window, and the previous executable could not be started again: %w", cur.pid, cur.number, cur.describe(), err))
 		return false
 	}
+	s.answerProven(errors.New(reason))
 	s.mu.Lock()
 	s.lastRollback = reason
 	s.mu.Unlock()
@@ -262,9 +268,20 @@ func (s *supervisor) rollBack(cur *child) bool {
 	return true
 }
 
+// answerProven answers the reloads waiting for the canary window's end
+// with err: nil once the new child has lasted it, or why not.
+func (s *supervisor) answerProven(err error) {
+	for _, reply := range s.provenWaits {
+		reply <- err
+	}
+	s.provenWaits = nil
+}
+
 // keepFallback keeps old's executable for the canary window of the
-// child that replaced it.
+// child that replaced it. A reload waiting for the window of the child
+// it replaces hears that it lasted until this reload.
 func (s *supervisor) keepFallback(old *child) {
+	s.answerProven(nil)
 	s.dropFallback()
 	if s.cfg.canaryWindow <= 0 || old == nil || old.exe == nil {
 		return

@@ -171,10 +171,16 @@ func (ts *testSupervisor) serving(t *testing.T, n int) *child {
 
 func (ts *testSupervisor) reload(t *testing.T) ([]string, error) {
 	t.Helper()
+	return ts.reloadWaiting(t, false)
+}
+
+// reloadWaiting is reload, waiting for the canary window's end if proven.
+func (ts *testSupervisor) reloadWaiting(t *testing.T, proven bool) ([]string, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var progress []string
-	err := ts.requestReload(ctx, func(s string) { progress = append(progress, s) })
+	err := ts.requestReload(ctx, func(s string) { progress = append(progress, s) }, proven)
 	return progress, err
 }
 
@@ -362,6 +368,39 @@ func TestSupervisorCanaryRollback(t *testing.T) {
 	if d.Restarts != 0 || !d.CanaryUntil.IsZero() {
 		t.Fatalf("restarts %d, canary until %v; want a rollback, not a crash restart, and no window left", d.Restarts, d.CanaryUntil)
 	}
+}
+
+// TestSupervisorReloadWaitsForCanary: a reload that waits for the canary
+// window (`handoff reload -wait-canary`) answers with the rollback's
+// reason when the new child dies within it, and with success once a new
+// child has lasted it.
+func TestSupervisorReloadWaitsForCanary(t *testing.T) {
+	t.Run("rolled back", func(t *testing.T) {
+		ts := startSupervisor(t, runConfig{canaryWindow: 10 * time.Second}, scriptedReady{1: true, 2: true, 3: true}, "serve", "exit2", "serve")
+		ts.serving(t, 1)
+		progress, err := ts.reloadWaiting(t, true)
+		if err == nil || !strings.Contains(err.Error(), "ended (exit status 2)") || !strings.Contains(err.Error(), "executable of child 1") {
+			t.Fatalf("reload = %v (progress %q); want the rollback's reason", err, progress)
+		}
+		ts.serving(t, 3)
+	})
+	t.Run("proven", func(t *testing.T) {
+		const window = 300 * time.Millisecond
+		ts := startSupervisor(t, runConfig{canaryWindow: window}, scriptedReady{1: true, 2: true}, "serve", "serve")
+		ts.serving(t, 1)
+		t0 := time.Now()
+		progress, err := ts.reloadWaiting(t, true)
+		if err != nil {
+			t.Fatalf("reload = %v (progress %q); want success once the window passed", err, progress)
+		}
+		if took := time.Since(t0); took < window {
+			t.Fatalf("answered after %v, before the %v window passed", took, window)
+		}
+		if d := ts.detail().(statusDetail); !d.CanaryUntil.IsZero() {
+			t.Fatalf("answered with the window still open (until %v)", d.CanaryUntil)
+		}
+		ts.serving(t, 2)
+	})
 }
 
 // TestSupervisorCanaryPasses: once the window has passed, a child that

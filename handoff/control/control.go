@@ -39,6 +39,19 @@ func Reload(ctx context.Context, socket string, progress func(line string)) erro
 	return err
 }
 
+// ReloadProven is Reload, except that it returns only once the new
+// version has proven itself: it has lasted its canary window
+// (handoff.Config.CanaryWindow, `handoff run -canary-window`). A new
+// version that dies within the window is rolled back, and ReloadProven
+// returns the *handoff.RefusedError that says how it ended. Where the
+// window is off it returns as Reload does.
+func ReloadProven(ctx context.Context, socket string, progress func(line string)) error {
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	_, err := hooks.Request(ctx, socket, hooks.ReloadProvenRequest, progress)
+	return err
+}
+
 // Status asks the process serving the control socket at socket for its
 // status (Upgrader.Status).
 func Status(ctx context.Context, socket string) (handoff.Status, error) {

@@ -21,8 +21,10 @@ type Wrapper struct {
 	// Reload is what a reload runs instead of Upgrade: SIGHUP (through
 	// Wrapped.Reload) and a reload request on the control socket
 	// (`handoff reload`). The wrapper restarts its child. It reports its
-	// steps through progress.
-	Reload func(ctx context.Context, progress func(line string)) error
+	// steps through progress. With proven it returns only once the new
+	// child has lasted its canary window, or with why it was rolled back
+	// if it died within it.
+	Reload func(ctx context.Context, progress func(line string), proven bool) error
 	// StatusDetail's result, marshaled as JSON, is the Upgrader's
 	// Status.Detail (the wrapper's children).
 	StatusDetail func() any
@@ -54,7 +56,11 @@ type Wrapped struct {
 // The requests a client of the control socket can send, for Request.
 const (
 	ReloadRequest = "reload"
-	StatusRequest = "status"
+	// ReloadProvenRequest is a reload whose final reply waits until the
+	// new version has lasted its canary window, and is a refusal saying
+	// why if it was rolled back.
+	ReloadProvenRequest = "reload-proven"
+	StatusRequest       = "status"
 )
 
 // Set by package handoff.
@@ -63,8 +69,8 @@ var (
 	// ready yet, the wrapper's reload and status detail.
 	Wrap func(upg any, w Wrapper) Wrapped
 
-	// Request sends the request name (ReloadRequest, StatusRequest) to the
-	// control socket at socket, passes each progress reply to progress
+	// Request sends the request name (ReloadRequest, ReloadProvenRequest,
+	// StatusRequest) to the control socket at socket, passes each progress reply to progress
 	// (when not nil), and returns the final reply's data. A refusal is a
 	// *handoff.RefusedError. ctx bounds it all.
 	Request func(ctx context.Context, socket, name string, progress func(line string)) ([]byte, error)
