@@ -38,8 +38,9 @@ type wrapperChild struct {
 }
 
 type wrapperDetail struct {
-	Children []wrapperChild `json:"children"`
-	Restarts int            `json:"restarts"`
+	Children     []wrapperChild `json:"children"`
+	Restarts     int            `json:"restarts"`
+	LastRollback string         `json:"last_rollback"`
 }
 
 // wrapperStatus asks the wrapper serving s's control socket.

@@ -13,6 +13,8 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/sys/unix"
+
+	"github.com/handoffd/handoff/internal/testenv"
 )
 
 // Helper roles: children that wait on the socket passed as fd 3 in one of
@@ -83,7 +85,9 @@ func init() {
 	// canary-crash: a build that crashes soon after it began to serve
 	// (integration/wrapper_canary_test.go installs this binary as the
 	// command): it watches fd 3 in an epoll set, so -ready accepting
-	// sees it ready, accepts nothing, and exits 3 a second later.
+	// sees it ready; then, as testenv.CrashAfter says, it exits 3 that
+	// long after it started, having accepted nothing, or it panics on
+	// the first connection it accepts.
 	helpers["canary-crash"] = func() int {
 		ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 		if err != nil {
@@ -92,7 +96,18 @@ func init() {
 		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, 3, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: 3}); err != nil {
 			return 1
 		}
-		time.Sleep(time.Second) // the crash comes this long after start: the test's subject
+		after := os.Getenv(testenv.CrashAfter)
+		if after == testenv.CrashOnFirstConn {
+			retry(func() error { _, err := unix.EpollWait(ep, make([]unix.EpollEvent, 1), -1); return err })
+			fd, _, err := unix.Accept(3)
+			panic(fmt.Sprintf("canary-crash: the first connection (fd %d, accept: %v)", fd, err))
+		}
+		d, err := time.ParseDuration(after)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "canary-crash: %s=%q: want a duration or %q\n", testenv.CrashAfter, after, testenv.CrashOnFirstConn)
+			return 1
+		}
+		time.Sleep(d) // the crash comes this long after start: the test's subject
 		return 3
 	}
 	helpers["notify"] = func() int {

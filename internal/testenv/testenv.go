@@ -20,4 +20,12 @@ const (
 	// Role is the role cmd/handoff's test binary plays (a child of the
 	// wrapper) instead of running tests.
 	Role = "HANDOFF_TEST_ROLE"
+	// CrashAfter is when cmd/handoff's canary-crash role ends: a
+	// duration after it started (it exits 3 then, having accepted
+	// nothing), or CrashOnFirstConn.
+	CrashAfter = "HANDOFF_TEST_CRASH_AFTER"
 )
+
+// CrashOnFirstConn, as CrashAfter, makes the canary-crash role panic on
+// the first connection it accepts.
+const CrashOnFirstConn = "first-connection"
