@@ -35,7 +35,7 @@ func TestWrapperCanaryRollback(t *testing.T) {
 		ended string // how the rollback reason says the broken build ended
 		lost  int64  // requests the broken build accepted, lost with it
 	}{
-		{"exits after 200ms", "200ms", false, "ended (exit status 3)", 0},
+		{"exits after 400ms", "400ms", false, "ended (exit status 3)", 0},
 		{"exits after 1s", "1s", false, "ended (exit status 3)", 0},
 		{"exits after 5s", "5s", false, "ended (exit status 3)", 0},
 		{"SIGKILL once serving", "1h", true, "ended (killed by SIGKILL)", 0},
