@@ -3,6 +3,8 @@
 package integration_test
 
 import (
+	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,7 +59,17 @@ func TestWrapperCanaryRollback(t *testing.T) {
 
 			install(t, broken, app)
 			t0 := time.Now()
-			if err := requestReload(s); err != nil {
+			if !tt.kill {
+				// `handoff reload -wait-canary` hears of the rollback:
+				// exit 1 and the reason.
+				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+				out, err := exec.CommandContext(ctx, bin, "reload", "-wait-canary", "-socket", s.Socket).CombinedOutput()
+				cancel()
+				var exit *exec.ExitError
+				if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), tt.ended) {
+					t.Fatalf("handoff reload -wait-canary: %v; want exit 1 saying the new build %s, in:\n%s", err, tt.ended, out)
+				}
+			} else if err := requestReload(s); err != nil {
 				t.Fatalf("reload to the new build: %v", err)
 			}
 			killed := 0
