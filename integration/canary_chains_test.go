@@ -5,7 +5,9 @@ package integration_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -158,4 +160,125 @@ func status(t *testing.T, socket string) handoff.Status {
 		t.Fatalf("status: %v", err)
 	}
 	return st
+}
+
+// TestCanaryTakeoverDiesWithinWindow: B, a process A did not start (the
+// handoff test binary as chaos-successor, started by the test on the
+// service's control socket: a takeover through New), takes A's sockets
+// and says ready; within A's canary window B dies, killed with SIGKILL by
+// the test or crashing by itself. A, which cannot reap a process that is
+// not its child, sees the link break and rolls back: it serves again on
+// the same sockets under load from clients that never retry (B listened
+// without accepting, so nothing was B's to lose), the pid file and
+// Status name A with the reason, `handoff status` prints it, A has no
+// descriptor more than before, and a takeover by a good build then works
+// at once.
+func TestCanaryTakeoverDiesWithinWindow(t *testing.T) {
+	cli := binary(t, "./cmd/handoff")
+	for _, tt := range []struct {
+		name string
+		step string // B's chaos step
+		kill bool   // the test kills B once it is ready
+	}{
+		{"killed", "ready-then-die 1h", true},
+		{"crashes", "ready-then-die 500ms", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			checkNoChildren(t)
+			c := newChaosService(t)
+			a := c.start(t)
+			before := c.fds(t, a)
+			c.setStep(t, tt.step)
+			stop := testbed.RunLoad(c.Addr, loadgen.Mixed, 8)
+			from := c.LogSize()
+			b := c.StartProgram(c.peer, c.DefaultArgs()...)
+			c.WaitLog(from, "successor is ready", 30*time.Second)
+			if tt.kill {
+				c.Signal(b, syscall.SIGKILL)
+			}
+			if ws := c.WaitExit(b, 30*time.Second); !killedBy(ws) {
+				t.Fatalf("B (pid %d) ended with %v, want SIGKILL", b, ws)
+			}
+			if log := c.waitServesAgain(t, from, a); !strings.Contains(log, "rolled back, serving again") {
+				t.Fatalf("A did not roll back:\n%s", log)
+			}
+			testbed.WaitServing(t, c.Addr, a)
+			res := stop()
+			requireNoFailures(t, res)
+			if pid := c.PID(); pid != a {
+				t.Fatalf("pid file says %d after the rollback, want A (pid %d)", pid, a)
+			}
+			st := status(t, c.Socket)
+			if st.PID != a || st.State != "serving" || st.LastReload == nil || !st.LastReload.RolledBack ||
+				st.LastReload.Successor != b || !strings.Contains(st.LastReload.Error, "pid "+strconv.Itoa(b)) {
+				t.Fatalf("status %+v, last reload %+v; want A (pid %d) serving, rolled back from B (pid %d)", st, st.LastReload, a, b)
+			}
+			t.Logf("%s: %s", tt.name, st.LastReload.Error)
+			out, err := exec.Command(cli, "status", "-socket", c.Socket).CombinedOutput()
+			for _, want := range []string{fmt.Sprintf("process:    pid %d (embeds the handoff library), generation 1, serving", a), st.LastReload.Error} {
+				if err != nil || !strings.Contains(string(out), want) {
+					t.Fatalf("handoff status: %v; want %q in:\n%s", err, want, out)
+				}
+			}
+			testbed.WaitFDs(t, a, before, 10*time.Second)
+			// The same takeover, by a good build, works at once; its stop
+			// releases A from the window.
+			stop = testbed.RunLoad(c.Addr, loadgen.Mixed, 8)
+			good := c.StartProgram(c.good, c.DefaultArgs()...)
+			c.WaitPID(good, a, 30*time.Second)
+			testbed.WaitServing(t, c.Addr, good)
+			requireNoFailures(t, stop())
+			c.standing = a
+			c.stopService(t, good)
+		})
+	}
+}
+
+// TestCanaryTakeoverProvenAfterWindow: B, a good examples/httpserver that
+// A did not start, takes over from A (canary window 2 s) on the control
+// socket and lives through the window. A exits 0 when the window ends,
+// not before; under load from clients that never retry nothing fails; B
+// then serves alone: the pid file, Status and every answer name B, and B
+// holds no more descriptors than A did when it served alone (the link to
+// A is closed). B stops cleanly.
+func TestCanaryTakeoverProvenAfterWindow(t *testing.T) {
+	const window = 2 * time.Second
+	checkNoChildren(t)
+	c := newChaosService(t)
+	a := c.start(t, append(c.DefaultArgs(), "-canary-window", window.String())...)
+	alone := c.fds(t, a)
+	stop := testbed.RunLoad(c.Addr, loadgen.Mixed, 8)
+	from := c.LogSize()
+	t0 := time.Now()
+	b := c.StartProgram(c.good, c.DefaultArgs()...)
+	c.WaitPID(b, a, 30*time.Second)
+	testbed.WaitServing(t, c.Addr, b)
+	if ws := c.WaitExit(a, window+30*time.Second); ws.ExitStatus() != 0 {
+		t.Errorf("A (pid %d) exited with %v", a, ws)
+	}
+	took := time.Since(t0)
+	if took < window {
+		t.Errorf("A exited %v after B started, before its %v window passed", took, window)
+	}
+	c.WaitLog(from, "successor proved itself", time.Second)
+	if log := c.LogFrom(from); strings.Contains(string(log), "rolled back") {
+		t.Fatalf("a rollback with B alive:\n%s", log)
+	}
+	testbed.WaitServing(t, c.Addr, b)
+	res := stop()
+	t.Logf("A exited %v after B started (window %v); %v", took.Round(time.Millisecond), window, res)
+	requireNoFailures(t, res)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if r := loadgen.Run(ctx, loadgen.Config{Addr: c.Addr, Mode: loadgen.NewConn, Workers: 2, MaxRequests: 50}); r.OK != 50 || r.PIDs[b] != 50 {
+		t.Fatalf("after A exited: %v, by pid %v; want all 50 answered by B (pid %d)", r, r.PIDs, b)
+	}
+	if pid := c.PID(); pid != b {
+		t.Fatalf("pid file says %d, want B (pid %d)", pid, b)
+	}
+	if st := status(t, c.Socket); st.PID != b || st.State != "serving" {
+		t.Fatalf("status %+v; want B (pid %d) serving", st, b)
+	}
+	testbed.WaitFDs(t, b, alone, 10*time.Second)
+	c.stopService(t, b)
 }
