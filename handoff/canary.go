@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"time"
+
+	"github.com/handoffd/handoff/internal/ctl"
 
 	"github.com/handoffd/handoff/internal/wire"
 )
@@ -56,6 +59,15 @@ func (u *Upgrader) canaryWindow(caps uint64) time.Duration {
 // releases this process, or the link breaks, which rolls back.
 func (u *Upgrader) watchCanary(c *canary, window time.Duration) {
 	defer u.wg.Done()
+	var peer *ctl.Pidfd // a successor this process did not start: to tell how it ended
+	if c.child == nil {
+		var err error
+		if peer, err = ctl.OpenPidfd(c.pid); err == nil {
+			defer peer.Close()
+		} else if !errors.Is(err, os.ErrProcessDone) {
+			u.log.Debug("cannot watch the successor's process", "successor", c.pid, "err", err)
+		}
+	}
 	timer := time.NewTimer(window)
 	defer timer.Stop()
 	select {
@@ -70,7 +82,7 @@ func (u *Upgrader) watchCanary(c *canary, window time.Duration) {
 			return
 		default:
 		}
-		u.rollback(c, u.successorEnd(c))
+		u.rollback(c, u.successorEnd(c, peer))
 	case <-c.end: // Stop or Close
 	case <-u.ctx.Done():
 	}
@@ -78,11 +90,19 @@ func (u *Upgrader) watchCanary(c *canary, window time.Duration) {
 
 // successorEnd says how the successor of c ended, for the log and
 // Status. A successor this process started is reaped; one that broke the
-// link but still runs is stopped, as after a failed upgrade.
-func (u *Upgrader) successorEnd(c *canary) string {
+// link but still runs is stopped, as after a failed upgrade. One it did
+// not start (a takeover) is watched through peer, its pidfd (nil: it was
+// gone when the window began, or cannot be watched): it cannot be
+// waited for, so its exit status is not known, but whether it exited is,
+// and one that still runs is sent SIGTERM.
+func (u *Upgrader) successorEnd(c *canary, peer *ctl.Pidfd) string {
 	after := time.Since(c.readyAt).Round(time.Millisecond)
 	if c.child == nil {
-		return fmt.Sprintf("successor pid %d closed the link %s after it was ready (exited?): %v; rolled back", c.pid, after, c.link.err())
+		if peer == nil || peer.Exited(rollbackWait) {
+			return fmt.Sprintf("successor pid %d exited %s after it was ready; rolled back", c.pid, after)
+		}
+		terminatePeer(peer)
+		return fmt.Sprintf("successor pid %d broke the link %s after it was ready (%v) and was sent SIGTERM; rolled back", c.pid, after, c.link.err())
 	}
 	select {
 	case <-c.child.exited():

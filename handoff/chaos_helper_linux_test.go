@@ -65,6 +65,10 @@ const (
 	// stepReadyThenPanic is the same, except that it accepts, and panics
 	// on its first connection.
 	stepReadyThenPanic = "ready-then-panic"
+	// stepReadyThenDropLink takes over through New, says ready, closes
+	// its link to the predecessor, and runs on (never accepting) until a
+	// signal ends it: a successor whose library gave up on the link.
+	stepReadyThenDropLink = "ready-then-drop-link"
 )
 
 func init() {
@@ -116,6 +120,8 @@ func runChaosSuccessor() error {
 		return chaosWithLibrary(step, socket, name)
 	case strings.HasPrefix(step, stepReadyThenDie), step == stepReadyThenPanic:
 		return chaosReadyThenDie(step, socket, name)
+	case step == stepReadyThenDropLink:
+		return chaosReadyThenDropLink(socket, name)
 	}
 	cc, err := chaosConn(socket)
 	if err != nil {
@@ -239,6 +245,30 @@ func chaosReadyThenDie(step, socket, name string) error {
 	time.Sleep(after) // the crash comes this long after ready: the test's subject
 	die()
 	return nil
+}
+
+// chaosReadyThenDropLink takes over through the public API, says ready,
+// closes the link to its predecessor and runs on until a signal ends it.
+func chaosReadyThenDropLink(socket, name string) error {
+	u, err := New(context.Background(), Config{Name: name, Socket: socket})
+	if err != nil {
+		return err
+	}
+	if _, err := listenInherited(u); err != nil {
+		return err
+	}
+	if err := u.Ready(); err != nil {
+		return err
+	}
+	u.mu.Lock()
+	pred := u.pred
+	u.mu.Unlock()
+	if pred == nil {
+		return errors.New("chaos-successor: no link to the predecessor after Ready")
+	}
+	pred.Close()
+	fmt.Fprintf(os.Stderr, "chaos-successor pid %d: ready; dropped the link, running on\n", os.Getpid())
+	select {} // until a signal (SIGTERM's default action) ends it
 }
 
 // Attacks hostile-peer makes on the control socket. Each prints the

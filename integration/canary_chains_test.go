@@ -179,9 +179,14 @@ func TestCanaryTakeoverDiesWithinWindow(t *testing.T) {
 		name string
 		step string // B's chaos step
 		kill bool   // the test kills B once it is ready
+		by   syscall.Signal
+		says string // in the rollback's reason
 	}{
-		{"killed", "ready-then-die 1h", true},
-		{"crashes", "ready-then-die 500ms", false},
+		{"killed", "ready-then-die 1h", true, syscall.SIGKILL, "exited"},
+		{"crashes", "ready-then-die 500ms", false, syscall.SIGKILL, "exited"},
+		// B breaks the link but runs on: A, which cannot wait for a
+		// process it did not start, tells by B's pidfd, and stops it.
+		{"drops the link, runs on", "ready-then-drop-link", false, syscall.SIGTERM, "was sent SIGTERM"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			checkNoChildren(t)
@@ -196,8 +201,8 @@ func TestCanaryTakeoverDiesWithinWindow(t *testing.T) {
 			if tt.kill {
 				c.Signal(b, syscall.SIGKILL)
 			}
-			if ws := c.WaitExit(b, 30*time.Second); !killedBy(ws) {
-				t.Fatalf("B (pid %d) ended with %v, want SIGKILL", b, ws)
+			if ws := c.WaitExit(b, 30*time.Second); !ws.Signaled() || ws.Signal() != tt.by {
+				t.Fatalf("B (pid %d) ended with %v, want %v", b, ws, tt.by)
 			}
 			if log := c.waitServesAgain(t, from, a); !strings.Contains(log, "rolled back, serving again") {
 				t.Fatalf("A did not roll back:\n%s", log)
@@ -210,7 +215,7 @@ func TestCanaryTakeoverDiesWithinWindow(t *testing.T) {
 			}
 			st := status(t, c.Socket)
 			if st.PID != a || st.State != "serving" || st.LastReload == nil || !st.LastReload.RolledBack ||
-				st.LastReload.Successor != b || !strings.Contains(st.LastReload.Error, "pid "+strconv.Itoa(b)) {
+				st.LastReload.Successor != b || !strings.Contains(st.LastReload.Error, "pid "+strconv.Itoa(b)) || !strings.Contains(st.LastReload.Error, tt.says) {
 				t.Fatalf("status %+v, last reload %+v; want A (pid %d) serving, rolled back from B (pid %d)", st, st.LastReload, a, b)
 			}
 			t.Logf("%s: %s", tt.name, st.LastReload.Error)

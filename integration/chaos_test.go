@@ -235,8 +235,6 @@ func (c *chaosService) waitServesAgain(t *testing.T, from int64, old int) string
 	return ""
 }
 
-// processState is the state letter in /proc/PID/stat ("Z" for a zombie),
-// or "" when the process is gone.
 // killChild sends SIGKILL to pid, a child of parent (a process this test
 // started), through a pidfd, and only after checking, with the pidfd
 // open, that pid is still parent's child: never to a process that got the
@@ -257,6 +255,8 @@ func killChild(t *testing.T, parent, pid int) {
 	}
 }
 
+// processState is the state letter in /proc/PID/stat ("Z" for a zombie),
+// or "" when the process is gone.
 func processState(pid int) string {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {

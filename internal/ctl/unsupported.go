@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"syscall"
+	"time"
 
 	"github.com/handoffd/handoff/internal/wire"
 )
@@ -29,6 +31,22 @@ func CloseFDs([]int) {}
 
 // Socketpair returns a connected pair of SOCK_SEQPACKET sockets.
 func Socketpair() (*net.UnixConn, *os.File, error) { return nil, nil, notSupported() }
+
+// Pidfd refers to one process.
+type Pidfd struct{}
+
+// OpenPidfd opens a pidfd for pid.
+func OpenPidfd(int) (*Pidfd, error) { return nil, notSupported() }
+
+// Exited waits up to d for the process to exit and reports whether it
+// has.
+func (*Pidfd) Exited(time.Duration) bool { return false }
+
+// Signal sends sig to the process.
+func (*Pidfd) Signal(syscall.Signal) error { return notSupported() }
+
+// Close closes the pidfd.
+func (*Pidfd) Close() error { return nil }
 
 // AdoptConn turns fd, a connected socket received from another process,
 // into a net.Conn.
