@@ -55,9 +55,13 @@ func (p *h2pool) newTransport(single bool) *http.Transport {
 		protocols.SetUnencryptedHTTP2(true)
 	}
 	t := &http.Transport{
-		Protocols:           &protocols,
-		TLSClientConfig:     p.cfg.tlsConfig(),
-		DialContext:         (&net.Dialer{Timeout: p.cfg.Timeout}).DialContext,
+		Protocols:       &protocols,
+		TLSClientConfig: p.cfg.tlsConfig(),
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+			defer cancel()
+			return p.cfg.dialTCP(ctx, network, addr)
+		},
 		TLSHandshakeTimeout: p.cfg.Timeout,
 		DisableKeepAlives:   single,
 		DisableCompression:  true,

@@ -112,6 +112,10 @@ type Config struct {
 	// keep-alive half of Mixed), how many clients share one connection, so
 	// that as many streams are in flight on it; zero means DefaultStreams.
 	Streams int
+	// Dial, when set, opens every TCP connection to Addr in place of a
+	// net.Dialer, by ctx's deadline (to reach a network namespace of the
+	// caller's, say); TLS runs over what it returns.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Result is what a run saw.
@@ -402,13 +406,27 @@ func (w *worker) request() (int, error) {
 // dial opens a connection for HTTP/1.1, over TLS for the TLS protocol
 // (the handshake done), by deadline.
 func (w *worker) dial(deadline time.Time) (net.Conn, error) {
-	d := &net.Dialer{Deadline: deadline}
-	if w.tls == nil {
-		return d.Dial("tcp", w.cfg.Addr)
-	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	return (&tls.Dialer{NetDialer: d, Config: w.tls}).DialContext(ctx, "tcp", w.cfg.Addr)
+	c, err := w.cfg.dialTCP(ctx, "tcp", w.cfg.Addr)
+	if err != nil || w.tls == nil {
+		return c, err
+	}
+	tc := tls.Client(c, w.tls)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return tc, nil
+}
+
+// dialTCP opens a TCP connection with cfg.Dial, or a net.Dialer.
+func (cfg Config) dialTCP(ctx context.Context, network, addr string) (net.Conn, error) {
+	if cfg.Dial != nil {
+		return cfg.Dial(ctx, network, addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, network, addr)
 }
 
 // readOK reads and closes the body of resp, a complete response only if

@@ -3,6 +3,7 @@ package loadgen
 import (
 	"crypto/tls"
 	"fmt"
+	"net"
 )
 
 // Protocol says what requests speak on the wire.
@@ -55,11 +56,14 @@ func (p Protocol) Secure() bool { return p == TLS || p == H2 }
 
 // tlsConfig is the client's TLS configuration for cfg: a clone of
 // cfg.TLSConfig, or one that skips verification, offering only the
-// protocol's ALPN name.
+// protocol's ALPN name, its ServerName Addr's host unless set.
 func (cfg Config) tlsConfig() *tls.Config {
 	c := &tls.Config{InsecureSkipVerify: true}
 	if cfg.TLSConfig != nil {
 		c = cfg.TLSConfig.Clone()
+	}
+	if c.ServerName == "" { // as tls.Dialer and http.Transport would
+		c.ServerName, _, _ = net.SplitHostPort(cfg.Addr)
 	}
 	c.NextProtos = []string{"http/1.1"}
 	if cfg.Protocol == H2 {

@@ -249,3 +249,36 @@ func TestRunH2CountsRetries(t *testing.T) {
 		})
 	}
 }
+
+// TestRunDial: Config.Dial opens every connection, over every protocol,
+// whatever Addr says (here a loopback port nothing listens on).
+func TestRunDial(t *testing.T) {
+	const n = 10
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nowhere := ln.Addr().String()
+	ln.Close()
+	for _, proto := range []Protocol{HTTP1, TLS, H2C, H2} {
+		addr := protoServer(t, proto)
+		t.Run(proto.String(), func(t *testing.T) {
+			var mu sync.Mutex
+			var dialed []string
+			dial := func(ctx context.Context, network, to string) (net.Conn, error) {
+				mu.Lock()
+				dialed = append(dialed, network+" "+to)
+				mu.Unlock()
+				var d net.Dialer
+				return d.DialContext(ctx, "tcp", addr)
+			}
+			r := Run(context.Background(), Config{Addr: nowhere, Protocol: proto, Mode: NewConn, Workers: 1, MaxRequests: n, Dial: dial})
+			if r.OK != n || r.FailedCount() != 0 || r.PIDs[4242] != n {
+				t.Fatalf("%v (%v)", r, r.Errors)
+			}
+			if len(dialed) != n || dialed[0] != "tcp "+nowhere {
+				t.Fatalf("Dial called %d times (%q), want %d for tcp %s", len(dialed), dialed, n, nowhere)
+			}
+		})
+	}
+}

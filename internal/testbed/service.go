@@ -28,6 +28,9 @@ type Service struct {
 	Socket  string   // control socket
 	PIDFile string   // pid file
 	Env     []string // added to the environment of the processes Start starts
+	// SysProcAttr, when set, is that of the processes Start starts (a
+	// network namespace of their own, say).
+	SysProcAttr *syscall.SysProcAttr
 
 	tb     TB
 	reaper *Reaper
@@ -109,6 +112,7 @@ func (s *Service) StartProgram(bin string, args ...string) int {
 	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=20")
 	cmd.Env = append(cmd.Env, s.Env...)
 	cmd.Stdout, cmd.Stderr = s.log, s.log
+	cmd.SysProcAttr = s.SysProcAttr
 	if err := cmd.Start(); err != nil {
 		s.tb.Fatalf("start %s: %v", bin, err)
 	}
