@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/handoffd/handoff/internal/testbed"
 )
 
 // pageState is the page's window.wsState (page.html).
@@ -51,7 +53,7 @@ func TestBrowserAcrossRestarts(t *testing.T) {
 	}
 	answeredBy := func(pid int, what string) {
 		t.Helper()
-		eventually(t, time.Minute, what, func() bool {
+		testbed.Eventually(t, time.Minute, what, func() bool {
 			st = read()
 			return len(st.PIDs) > 0 && st.PIDs[len(st.PIDs)-1] == strconv.Itoa(pid)
 		})
@@ -64,7 +66,7 @@ func TestBrowserAcrossRestarts(t *testing.T) {
 		answeredBy(pid, fmt.Sprintf("the page's answers from process %d after restart %d", pid, r+1))
 	}
 	b.eval(t, "stopSending(), true", nil)
-	eventually(t, time.Minute, "the page's last answers", func() bool {
+	testbed.Eventually(t, time.Minute, "the page's last answers", func() bool {
 		st = read()
 		return st.Answered == st.Sent
 	})

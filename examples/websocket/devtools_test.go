@@ -19,6 +19,8 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
+
+	"github.com/handoffd/handoff/internal/testbed"
 )
 
 // browser is a headless Chromium driven over the DevTools protocol, on a
@@ -66,7 +68,7 @@ func startChromium(t *testing.T) *browser {
 
 	// Chromium writes the port it chose, and the browser's path, here.
 	var port string
-	eventually(t, time.Minute, "chromium's DevToolsActivePort", func() bool {
+	testbed.Eventually(t, time.Minute, "chromium's DevToolsActivePort", func() bool {
 		b, err := os.ReadFile(filepath.Join(dir, "profile", "DevToolsActivePort"))
 		port, _, _ = strings.Cut(string(b), "\n")
 		return err == nil && port != ""

@@ -49,19 +49,6 @@ func upgrade(t *testing.T, s *testbed.Service, pid int) int {
 	return next
 }
 
-// eventually waits until cond holds, for at most bound, and fails t,
-// saying what it waited for, if it does not.
-func eventually(t *testing.T, bound time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(bound)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s", bound, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // envInt is the integer in the environment variable name, or def.
 func envInt(t *testing.T, name string, def int) int {
 	v := os.Getenv(name)

@@ -61,7 +61,7 @@ func TestWebSocketsAcrossRestarts(t *testing.T) {
 			return true
 		}
 	}
-	eventually(t, time.Minute, "every client answered by the first process", answeredBy(pid))
+	testbed.Eventually(t, time.Minute, "every client answered by the first process", answeredBy(pid))
 	pids := []int{pid}
 	var took []time.Duration
 	for r := range restarts {
@@ -69,7 +69,7 @@ func TestWebSocketsAcrossRestarts(t *testing.T) {
 		pid = upgrade(t, s, pid)
 		took = append(took, time.Since(start))
 		pids = append(pids, pid)
-		eventually(t, time.Minute, fmt.Sprintf("every client answered by process %d after restart %d", pid, r+1), answeredBy(pid))
+		testbed.Eventually(t, time.Minute, fmt.Sprintf("every client answered by process %d after restart %d", pid, r+1), answeredBy(pid))
 	}
 	stopAll()
 	for _, c := range clients {
