@@ -191,6 +191,7 @@ func TestHTTPTLSIdleConnClosedAtHalfDeadline(t *testing.T) {
 			answered bool // the connection had a request answered before the drain
 		}{
 			{"answered_before", true},
+			{"handshake_only", false},
 		} {
 			answered := tt.answered
 			t.Run(drain.name+"/"+tt.name, func(t *testing.T) {
