@@ -86,6 +86,9 @@ type connTrack struct {
 	hc  *httpConn   // nil when it cannot be handed over (TLS, a foreign listener)
 	h2  atomic.Bool // it speaks HTTP/2
 	h2c *h2Conn     // the HTTP/2 connection, when HTTPServer wrapped it (under HTTPServer.mu)
+	// unused: net/http has reported no state but StateNew: no request
+	// read yet (a TLS one may still be in its handshake).
+	unused atomic.Bool
 }
 
 type connTrackKey struct{}
@@ -107,6 +110,7 @@ func (s *HTTPServer) install() {
 		}
 		t := &connTrack{}
 		t.hc, _ = c.(*httpConn)
+		t.unused.Store(true)
 		s.mu.Lock()
 		s.conns[c] = t
 		s.mu.Unlock()
@@ -152,6 +156,9 @@ func (s *HTTPServer) connState(c net.Conn, st http.ConnState) {
 		delete(s.conns, c)
 	}
 	s.mu.Unlock()
+	if t != nil && st != http.StateNew {
+		t.unused.Store(false)
+	}
 	if t == nil || t.hc == nil || t.h2.Load() {
 		return
 	}
@@ -349,6 +356,7 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 		}
 		break
 	}
+	s.closeUnused()
 	if moved, kept := s.moved.Load(), s.keptConns.Load(); moved+kept > 0 {
 		s.logger().Info("handed over idle connections to the successor", "moved", moved, "kept", kept, "in", time.Since(start))
 	}
@@ -390,6 +398,26 @@ func (s *HTTPServer) releaseHTTP1() int {
 		}
 	}
 	return n
+}
+
+// closeUnused closes the HTTP/1 connections that have sent no request and
+// will not go to the successor, as net/http's Shutdown closes the idle
+// ones right after: it counts one that sent nothing as idle only once it
+// is 5 s old, so that on a drain shorter than about 12 s such a
+// connection (a browser's preconnect) stayed open past half the deadline,
+// and to the deadline itself, Shutdown then returning ctx's error.
+func (s *HTTPServer) closeUnused() {
+	var unused []net.Conn
+	s.mu.Lock()
+	for c, t := range s.conns {
+		if t.unused.Load() && !t.h2.Load() && !s.canHandOver(t) {
+			unused = append(unused, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range unused {
+		c.Close() // net/http's read fails, and it lets the connection go
+	}
 }
 
 // installNextProto wraps net/http's HTTP/2 handlers (when wrap is set)

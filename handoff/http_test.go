@@ -84,17 +84,29 @@ type httpGeneration struct {
 
 func startHTTP(t testing.TB, cfg Config, name string, handler http.HandlerFunc) *httpGeneration {
 	t.Helper()
+	return startGeneration(t, cfg, &http.Server{Handler: answerName(name, handler)}, (*HTTPServer).Serve)
+}
+
+// answerName is handler, or when it is nil one that answers "NAME PATH".
+func answerName(name string, handler http.HandlerFunc) http.HandlerFunc {
+	if handler != nil {
+		return handler
+	}
+	return func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "%s %s", name, r.URL.Path) }
+}
+
+// startGeneration serves srv with serve (Serve or ServeTLS) on a
+// loopback listener of a fresh Upgrader, which it makes ready.
+func startGeneration(t testing.TB, cfg Config, srv *http.Server, serve func(*HTTPServer, net.Listener) error) *httpGeneration {
+	t.Helper()
 	u := newUpgrader(t, cfg)
 	ln, err := u.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if handler == nil {
-		handler = func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "%s %s", name, r.URL.Path) }
-	}
 	g := &httpGeneration{upg: u, addr: ln.Addr().String(), served: make(chan error, 1)}
-	g.srv = &HTTPServer{Server: &http.Server{Handler: handler}, Upgrader: u}
-	go func() { g.served <- g.srv.Serve(ln) }()
+	g.srv = &HTTPServer{Server: srv, Upgrader: u}
+	go func() { g.served <- serve(g.srv, ln) }()
 	t.Cleanup(func() { g.srv.Close() })
 	if err := u.Ready(); err != nil {
 		t.Fatal(err)
@@ -135,6 +147,12 @@ func (g *httpGeneration) waitConns(t testing.TB, n int, what string) {
 // Each of its waits ends after waitBound, or when ctx is done; it does not
 // touch a testing.T, so that it can run beside the test (startDrain).
 func (g *httpGeneration) drain(ctx context.Context) (time.Duration, error) {
+	return g.drainWithin(ctx, waitBound)
+}
+
+// drainWithin is drain with a shutdown deadline of d: the drain deadline
+// HTTPServer works to.
+func (g *httpGeneration) drainWithin(ctx context.Context, d time.Duration) (time.Duration, error) {
 	defer g.upg.Close() // the process exits
 	exitCtx, cancel := context.WithTimeout(ctx, waitBound)
 	defer cancel()
@@ -143,9 +161,15 @@ func (g *httpGeneration) drain(ctx context.Context) (time.Duration, error) {
 	case <-exitCtx.Done():
 		return 0, fmt.Errorf("waiting for Exit: %w", exitCtx.Err())
 	}
-	start := time.Now()
-	ctx, cancel = context.WithTimeout(ctx, waitBound)
+	ctx, cancel = context.WithTimeout(ctx, d)
 	defer cancel()
+	return g.shutdown(ctx)
+}
+
+// shutdown shuts g's server down within ctx and waits for Serve to
+// return; it reports how long that took.
+func (g *httpGeneration) shutdown(ctx context.Context) (time.Duration, error) {
+	start := time.Now()
 	if err := g.srv.Shutdown(ctx); err != nil {
 		return 0, fmt.Errorf("Shutdown: %w", err)
 	}
@@ -169,11 +193,16 @@ type drainResult struct {
 // The drain is joined before the test ends in any case: a test that fails
 // first cancels it at cleanup.
 func (g *httpGeneration) startDrain(t testing.TB) <-chan drainResult {
+	return inBackground(t, g.drain)
+}
+
+// inBackground runs drain beside the test, as startDrain does.
+func inBackground(t testing.TB, drain func(context.Context) (time.Duration, error)) <-chan drainResult {
 	ctx, cancel := context.WithCancel(context.Background())
 	result, finished := make(chan drainResult, 1), make(chan struct{})
 	go func() {
 		defer close(finished)
-		took, err := g.drain(ctx)
+		took, err := drain(ctx)
 		result <- drainResult{took, err}
 	}()
 	t.Cleanup(func() {
