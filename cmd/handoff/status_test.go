@@ -71,6 +71,17 @@ func TestStatusHelp(t *testing.T) {
 	}
 }
 
+// TestReloadHelp: reload -h shows -wait-canary.
+func TestReloadHelp(t *testing.T) {
+	var out, errs strings.Builder
+	if code := dispatch([]string{"reload", "-h"}, &out, &errs); code != exitOK {
+		t.Fatalf("exit %d: %s", code, errs.String())
+	}
+	if got := out.String(); !strings.HasPrefix(got, "Usage: handoff reload [-socket PATH | -name NAME] [-wait-canary]\n") || !strings.Contains(got, "  -wait-canary\n") {
+		t.Errorf("reload -h:\n%s", got)
+	}
+}
+
 // TestNothingServes: a client of a control socket that nobody serves says
 // so, for a missing file and for one left by a process that exited.
 func TestNothingServes(t *testing.T) {
