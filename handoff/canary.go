@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/handoffd/handoff/internal/ctl"
-
 	"github.com/handoffd/handoff/internal/wire"
 )
 
@@ -62,9 +61,12 @@ func (u *Upgrader) watchCanary(c *canary, window time.Duration) {
 	var peer *ctl.Pidfd // a successor this process did not start: to tell how it ended
 	if c.child == nil {
 		var err error
-		if peer, err = ctl.OpenPidfd(c.pid); err == nil {
+		switch peer, err = ctl.OpenPidfd(c.pid); {
+		case err == nil:
 			defer peer.Close()
-		} else if !errors.Is(err, os.ErrProcessDone) {
+		case errors.Is(err, os.ErrProcessDone):
+			peer = exitedPeer
+		default:
 			u.log.Debug("cannot watch the successor's process", "successor", c.pid, "err", err)
 		}
 	}
@@ -88,17 +90,24 @@ func (u *Upgrader) watchCanary(c *canary, window time.Duration) {
 	}
 }
 
+// exitedPeer stands for a successor that had exited before its pidfd could
+// be opened.
+var exitedPeer = new(ctl.Pidfd)
+
 // successorEnd says how the successor of c ended, for the log and
 // Status. A successor this process started is reaped; one that broke the
 // link but still runs is stopped, as after a failed upgrade. One it did
-// not start (a takeover) is watched through peer, its pidfd (nil: it was
-// gone when the window began, or cannot be watched): it cannot be
+// not start (a takeover) is watched through peer, its pidfd (exitedPeer:
+// it was gone when the window began; nil: it cannot be watched): it cannot be
 // waited for, so its exit status is not known, but whether it exited is,
 // and one that still runs is sent SIGTERM.
 func (u *Upgrader) successorEnd(c *canary, peer *ctl.Pidfd) string {
 	after := time.Since(c.readyAt).Round(time.Millisecond)
 	if c.child == nil {
-		if peer == nil || peer.Exited(rollbackWait) {
+		switch {
+		case peer == nil:
+			return fmt.Sprintf("successor pid %d closed the link %s after it was ready (%v); rolled back", c.pid, after, c.link.err())
+		case peer == exitedPeer || peer.Exited(rollbackWait):
 			return fmt.Sprintf("successor pid %d exited %s after it was ready; rolled back", c.pid, after)
 		}
 		terminatePeer(peer)
