@@ -75,6 +75,7 @@ type HTTPServer struct {
 
 	moved     atomic.Int64 // connections handed to the successor
 	keptConns atomic.Int64 // connections the successor did not take at first
+	handing   atomic.Int64 // connections on their way to the successor: no answer yet
 
 	nextProto    sync.Once
 	nextProtoSet chan struct{} // closed once the HTTP/2 wrapping is installed, or cannot be
@@ -186,9 +187,33 @@ func (s *HTTPServer) release(t *connTrack) {
 	}
 }
 
-// handOver passes a connection net/http has let go of to the successor.
-func (s *HTTPServer) handOver(c *httpConn) error {
-	return s.mover().moveConn(c.key, c.Conn.(syscall.Conn))
+// handOver passes a connection net/http has let go of to the successor,
+// and gives it its fate once the successor has answered (handedOver):
+// net/http's goroutine for it does not wait.
+func (s *HTTPServer) handOver(c *httpConn) {
+	s.handing.Add(1)
+	if err := s.mover().moveConn(c.key, c.Conn.(syscall.Conn), func(err error) { s.handedOver(c, err) }); err != nil {
+		s.handedOver(c, err)
+	}
+}
+
+// handedOver closes this process's copy of a connection the successor
+// took, and of one whose fate is unknown (the successor may serve it); one
+// it did not take is served here again (keep), since its client may be
+// sending on it right now.
+func (s *HTTPServer) handedOver(c *httpConn, err error) {
+	defer s.handing.Add(-1)
+	switch {
+	case err == nil:
+		s.moved.Add(1)
+	case errors.Is(err, ErrConnUnknown):
+		s.logger().Warn("an idle connection went to the successor, which did not say whether it took it; closing it here", "remote", c.RemoteAddr(), "err", err)
+	case s.keep(c, err):
+		return
+	default:
+		s.logger().Warn("could not hand an idle connection to the successor, nor serve it here any more; closing it", "remote", c.RemoteAddr(), "err", err)
+	}
+	c.Conn.Close()
 }
 
 func (s *HTTPServer) logger() *slog.Logger {
@@ -208,8 +233,10 @@ type connMover interface {
 	// waitLink waits until the link to the successor is open, if there
 	// is a successor, or until ctx ends.
 	waitLink(ctx context.Context)
-	// moveConn hands a connection accepted on key to the successor.
-	moveConn(key string, sc syscall.Conn) error
+	// moveConn hands a connection accepted on key to the successor, and
+	// calls then with the outcome (unless it fails itself); the
+	// descriptor stays open until then.
+	moveConn(key string, sc syscall.Conn, then func(error)) error
 	// stopped reports whether the Upgrader closed the listeners.
 	stopped() bool
 	// predecessorSending reports whether a predecessor may still hand
@@ -248,7 +275,9 @@ func (s *HTTPServer) serve(ln net.Listener, handoff bool, serve func(net.Listene
 		tl.key, _ = m.connKey(ln)
 	}
 	if hl, ok := ln.(*listener); ok && tl.key != "" {
-		hl.trackHanded() // so that Accept can tell a handed-over connection
+		// So that Accept can tell a handed-over connection, and idle
+		// ones are parked until their client sends.
+		hl.trackHanded(s.idleTimeout())
 	}
 	s.mu.Lock()
 	if s.draining.Load() {
@@ -346,7 +375,7 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 	// A predecessor that is still draining may yet hand connections over
 	// (which go on to the successor, if there is one): exiting before it
 	// is done would cut them.
-	for s.releaseHTTP1() > 0 || s.http2Draining() > 0 || (m != nil && m.predecessorSending()) {
+	for s.releaseHTTP1() > 0 || s.handing.Load() > 0 || s.http2Draining() > 0 || (m != nil && m.predecessorSending()) {
 		select {
 		case <-ctx.Done():
 		case <-http1Done.C:
@@ -465,11 +494,18 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 		return c, nil
 	}
 	hc := &httpConn{Conn: c, srv: l.srv, key: l.key, phase: http.StateNew}
-	if hl, ok := l.Listener.(*listener); ok && hl.wasHandedOver(c) {
-		// An idle keep-alive connection from the predecessor: its next
-		// request may be a long way off, and net/http, which sees a new
-		// connection, would give it only ReadHeaderTimeout.
-		hc.awaitingFirst, hc.handedAt = true, time.Now()
+	if hl, ok := l.Listener.(*listener); ok {
+		if at, handed := hl.handedAt(c); handed {
+			// An idle keep-alive connection from the predecessor: its
+			// next request may be a long way off, and net/http, which
+			// sees a new connection, would give it only
+			// ReadHeaderTimeout.
+			hc.awaitingFirst, hc.handedAt = true, at
+			// net/http may set no read deadline before the first
+			// request (no ReadHeaderTimeout): the idle timeout holds
+			// anyway. (Should it fail, the first Read will too.)
+			c.SetReadDeadline(hc.kernelDeadlineLocked())
+		}
 	}
 	return hc, nil
 }

@@ -52,17 +52,23 @@ type httpConn struct {
 	retryAt time.Time
 }
 
+// idleTimeout is how long net/http keeps an idle keep-alive connection
+// (0: no limit).
+func (s *HTTPServer) idleTimeout() time.Duration {
+	idle := s.Server.IdleTimeout
+	if idle == 0 {
+		idle = s.Server.ReadTimeout
+	}
+	return max(idle, 0)
+}
+
 // kernelDeadlineLocked is the read deadline the kernel socket should
 // have: net/http's, except while a handed-over connection is idle.
 func (c *httpConn) kernelDeadlineLocked() time.Time {
 	if !c.awaitingFirst {
 		return c.readDeadline
 	}
-	srv := c.srv.Server
-	idle := srv.IdleTimeout
-	if idle == 0 {
-		idle = srv.ReadTimeout
-	}
+	idle := c.srv.idleTimeout()
 	if idle <= 0 {
 		return time.Time{}
 	}
@@ -195,27 +201,17 @@ func (c *httpConn) SetDeadline(t time.Time) error {
 }
 
 // Close hands a released connection to the successor (net/http believes
-// the client left), and closes every other. One the successor did not
-// take stays open: HTTPServer serves it here again (keep), since its
-// client may be sending on it right now. Only one whose fate is unknown
-// (it went out, and no ack came) is closed: the successor may serve it.
+// the client left), and closes every other. HTTPServer closes this
+// process's copy of a released one once the successor has answered
+// (handedOver).
 func (c *httpConn) Close() error {
 	c.mu.Lock()
 	stolen := c.stolen
 	c.stolen = false
 	c.mu.Unlock()
 	if stolen {
-		err := c.srv.handOver(c)
-		switch {
-		case err == nil:
-			c.srv.moved.Add(1)
-		case errors.Is(err, ErrConnUnknown):
-			c.srv.logger().Warn("an idle connection went to the successor, which did not say whether it took it; closing it here", "remote", c.RemoteAddr(), "err", err)
-		case c.srv.keep(c, err):
-			return nil
-		default:
-			c.srv.logger().Warn("could not hand an idle connection to the successor, nor serve it here any more; closing it", "remote", c.RemoteAddr(), "err", err)
-		}
+		c.srv.handOver(c)
+		return nil
 	}
 	return c.Conn.Close()
 }

@@ -58,6 +58,13 @@ type successorLink struct {
 	broken      error                 // why the link failed
 	dead        atomic.Bool           // broken != nil, readable without waiting for mu
 	lost        chan struct{}         // closed when the link fails
+	// Connections sent without a waiting sender (sendAsync): their
+	// outcomes, for finishConns to pass on outside mu, and those not
+	// settled yet, in the order of their deadlines.
+	finished []settledConn
+	pending  []*outConn
+	unsettled int // sendAsync connections not settled yet
+	finish    chan struct{} // tells finishConns to look again; room for one
 	// released is closed when the successor says, with release, that this
 	// process need not stand by any more; releasedWhy says why.
 	released    chan struct{}
@@ -74,7 +81,14 @@ type outConn struct {
 
 	phase    outPhase
 	canceled error      // the sender stopped waiting while it was written: why
-	done     chan error // its outcome, exactly once (room for one)
+	done     chan error // its outcome, exactly once (room for one), for send
+	then     func(error) // or, for sendAsync, called with it by finishConns
+}
+
+// settledConn is a sendAsync connection and its outcome.
+type settledConn struct {
+	oc  *outConn
+	err error
 }
 
 type outPhase uint8
@@ -96,7 +110,7 @@ type sentConns struct {
 // newSuccessorLink returns a link that holds every send until open.
 func newSuccessorLink(cc *ctl.Conn, pid int, keys []string, caps uint64, step time.Duration) *successorLink {
 	l := &successorLink{cc: cc, pid: pid, keys: make(map[string]bool, len(keys)), caps: caps, step: step,
-		opened: make(chan struct{}), wake: make(chan struct{}, 1), inflight: make(map[uint64]*sentConns),
+		opened: make(chan struct{}), wake: make(chan struct{}, 1), finish: make(chan struct{}, 1), inflight: make(map[uint64]*sentConns),
 		lost: make(chan struct{}), released: make(chan struct{})}
 	for _, k := range keys {
 		l.keys[k] = true
@@ -111,9 +125,10 @@ func (l *successorLink) open(err error) {
 	if err != nil {
 		l.fail(err)
 	} else {
-		l.acks.Add(2)
+		l.acks.Add(3)
 		go l.readAcks()
 		go l.writeConns()
+		go l.finishConns()
 	}
 	close(l.opened)
 	l.gate.Unlock()
@@ -145,23 +160,13 @@ func (l *successorLink) batches() bool { return l.caps&wire.CapConnBatch != 0 }
 // affects no other: only a broken link (the successor gone) fails those
 // that follow.
 func (l *successorLink) send(ctx context.Context, key string, sc syscall.Conn, state []byte) error {
-	if !l.accepts(key) {
-		return errorf("%w: successor does not take connections for socket %s", ErrNoSuccessor, describeKey(key))
-	}
-	if len(state) > maxConnState {
-		return errorf("handoff: connection state of %d bytes exceeds %d", len(state), maxConnState)
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return errorf("handoff: the connection to send: %w", err)
-	}
 	until := time.Now().Add(l.step)
 	if d, ok := ctx.Deadline(); ok && d.Before(until) {
 		until = d
 	}
-	oc := &outConn{key: key, state: state, rc: rc, until: until, done: make(chan error, 1)}
-	if err := l.enqueue(oc); err != nil {
-		return errorf("%w: %w", ErrNoSuccessor, err)
+	oc, err := l.queueConn(key, sc, state, until, nil)
+	if err != nil {
+		return err
 	}
 	timer := time.NewTimer(time.Until(until))
 	defer timer.Stop()
@@ -180,6 +185,101 @@ func (l *successorLink) send(ctx context.Context, key string, sc syscall.Conn, s
 	return <-oc.done
 }
 
+// sendAsync is send without the wait: then gets the outcome send would
+// have returned, from the link's finisher, within the step timeout (the
+// finisher settles a connection that is not by then as send does).
+// Meanwhile the caller keeps the descriptor open, as for send. An error
+// from sendAsync itself means the connection was not queued; then is not
+// called.
+//
+// Thousands of idle connections go this way at once, where a goroutine
+// parked per connection, with its own timer, would cost most of the
+// move.
+func (l *successorLink) sendAsync(key string, sc syscall.Conn, then func(error)) error {
+	_, err := l.queueConn(key, sc, nil, time.Now().Add(l.step), then)
+	return err
+}
+
+// queueConn queues a connection for writeConns: for send (then nil) or
+// sendAsync.
+func (l *successorLink) queueConn(key string, sc syscall.Conn, state []byte, until time.Time, then func(error)) (*outConn, error) {
+	if !l.accepts(key) {
+		return nil, errorf("%w: successor does not take connections for socket %s", ErrNoSuccessor, describeKey(key))
+	}
+	if len(state) > maxConnState {
+		return nil, errorf("handoff: connection state of %d bytes exceeds %d", len(state), maxConnState)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, errorf("handoff: the connection to send: %w", err)
+	}
+	oc := &outConn{key: key, state: state, rc: rc, until: until, then: then}
+	if then == nil {
+		oc.done = make(chan error, 1)
+	}
+	if err := l.enqueue(oc); err != nil {
+		return nil, errorf("%w: %w", ErrNoSuccessor, err)
+	}
+	return oc, nil
+}
+
+// finishConns passes sendAsync connections their outcomes, and settles
+// those whose deadline passes as send does, until the link has failed and
+// every one is settled.
+func (l *successorLink) finishConns() {
+	defer l.acks.Done()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	lost := l.lost
+	for {
+		now := time.Now()
+		l.mu.Lock()
+		finished := l.finished
+		l.finished = nil
+		var expired []*outConn
+		for len(l.pending) > 0 {
+			oc := l.pending[0]
+			if oc.phase != outSettled {
+				if now.Before(oc.until) {
+					break
+				}
+				expired = append(expired, oc)
+			}
+			l.pending = l.pending[1:]
+		}
+		var next time.Time
+		if len(l.pending) > 0 {
+			next = l.pending[0].until
+		}
+		over := l.broken != nil && l.unsettled == 0 && len(l.finished) == 0
+		l.mu.Unlock()
+		for _, oc := range expired {
+			l.withdraw(oc, errorf("the successor did not take the connection within %s: %w", l.step, os.ErrDeadlineExceeded))
+		}
+		for _, sc := range finished {
+			sc.oc.then(sc.err)
+		}
+		switch {
+		case len(finished) > 0 || len(expired) > 0:
+			continue // look again before waiting
+		case over:
+			return
+		}
+		wait := time.Hour
+		if !next.IsZero() {
+			wait = max(time.Until(next), 0)
+		}
+		timer.Reset(wait)
+		select {
+		case <-l.finish:
+		case <-lost:
+			lost = nil // fail settled them, or write soon will: look again
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
 // maxConnState bounds the state sent with a connection: what fits in one
 // message beside its key.
 const maxConnState = wire.MaxMessageSize - wire.HeaderSize - 8 - 2 - 2 - wire.MaxStringLen - 4
@@ -195,6 +295,10 @@ func (l *successorLink) enqueue(oc *outConn) error {
 		return errorf("link to successor lost: %w", l.broken)
 	}
 	l.queue = append(l.queue, oc)
+	if oc.then != nil {
+		l.pending = append(l.pending, oc)
+		l.unsettled++
+	}
 	l.poke()
 	return nil
 }
@@ -208,12 +312,21 @@ func (l *successorLink) poke() {
 }
 
 // settleLocked gives oc its outcome, unless it has one.
-func settleLocked(oc *outConn, err error) {
+func (l *successorLink) settleLocked(oc *outConn, err error) {
 	if oc.phase == outSettled {
 		return
 	}
 	oc.phase = outSettled
-	oc.done <- err
+	if oc.then == nil {
+		oc.done <- err
+		return
+	}
+	l.finished = append(l.finished, settledConn{oc, err})
+	l.unsettled--
+	select {
+	case l.finish <- struct{}{}:
+	default:
+	}
 }
 
 // withdraw settles oc, whose sender stops waiting for why: a queued
@@ -230,11 +343,11 @@ func (l *successorLink) withdraw(oc *outConn, why error) {
 				break
 			}
 		}
-		settleLocked(oc, errorf("%w: %w", ErrNoSuccessor, why))
+		l.settleLocked(oc, errorf("%w: %w", ErrNoSuccessor, why))
 	case outWriting:
 		oc.canceled = why
 	case outSent:
-		settleLocked(oc, errorf("%w: %w", ErrConnUnknown, why))
+		l.settleLocked(oc, errorf("%w: %w", ErrConnUnknown, why))
 	}
 }
 
@@ -319,7 +432,7 @@ func (l *successorLink) write(id uint64, sc *sentConns) {
 			if held[i] {
 				sent = append(sent, oc)
 			} else {
-				settleLocked(oc, errorf("%w: the connection is closed", ErrNoSuccessor))
+				l.settleLocked(oc, errorf("%w: the connection is closed", ErrNoSuccessor))
 			}
 		}
 		l.inflightFDs -= len(sc.conns) - len(sent)
@@ -359,13 +472,13 @@ func (l *successorLink) write(id uint64, sc *sentConns) {
 	for _, oc := range sc.conns {
 		switch {
 		case err != nil:
-			settleLocked(oc, errorf("%w: %w", ErrNoSuccessor, err))
+			l.settleLocked(oc, errorf("%w: %w", ErrNoSuccessor, err))
 		case l.broken != nil && l.inflight[id] != sc:
 			// fail found it being written: it went out, and nobody
 			// will ack it now.
-			settleLocked(oc, errorf("%w: the link to the successor broke after the connection was sent: %w", ErrConnUnknown, l.broken))
+			l.settleLocked(oc, errorf("%w: the link to the successor broke after the connection was sent: %w", ErrConnUnknown, l.broken))
 		case oc.canceled != nil:
-			settleLocked(oc, errorf("%w: %w", ErrConnUnknown, oc.canceled))
+			l.settleLocked(oc, errorf("%w: %w", ErrConnUnknown, oc.canceled))
 		case oc.phase == outWriting:
 			oc.phase = outSent
 		}
@@ -465,9 +578,9 @@ func (l *successorLink) settle(m wire.Message) error {
 	l.inflightFDs -= len(sc.conns)
 	for i, oc := range sc.conns {
 		if ok[i] {
-			settleLocked(oc, nil)
+			l.settleLocked(oc, nil)
 		} else {
-			settleLocked(oc, errorf("%w: successor refused the connection: %s", ErrNoSuccessor, reason))
+			l.settleLocked(oc, errorf("%w: successor refused the connection: %s", ErrNoSuccessor, reason))
 		}
 	}
 	return nil
@@ -486,13 +599,13 @@ func (l *successorLink) fail(err error) {
 	l.dead.Store(true)
 	close(l.lost)
 	for _, oc := range l.queue {
-		settleLocked(oc, errorf("%w: link to successor lost: %w", ErrNoSuccessor, err))
+		l.settleLocked(oc, errorf("%w: link to successor lost: %w", ErrNoSuccessor, err))
 	}
 	l.queue = nil
 	for id, sc := range l.inflight {
 		for _, oc := range sc.conns {
 			if oc.phase == outSent {
-				settleLocked(oc, errorf("%w: the link to the successor broke after connection %d was sent: %w", ErrConnUnknown, id, err))
+				l.settleLocked(oc, errorf("%w: the link to the successor broke after connection %d was sent: %w", ErrConnUnknown, id, err))
 			}
 		}
 		delete(l.inflight, id)
@@ -688,6 +801,15 @@ func connsAck(id uint64, reasons []string) wire.ConnsAck {
 // queues it: for the listener with its key, or for AcceptConn. It returns
 // why it could not, or "".
 func (u *Upgrader) adoptConn(m wire.Conn, fd int) string {
+	// An idle HTTP connection (HTTPServer hands over no other for a
+	// listener) waits in the listener's parking lot, if HTTPServer serves
+	// it, until its client sends: adopting thousands at once would cost
+	// the CPUs the predecessor needs to move the rest.
+	if m.Key != "" && len(m.State) == 0 {
+		if ln := u.reg.listenerFor(m.Key); ln != nil && ln.park(fd) {
+			return ""
+		}
+	}
 	c, err := ctl.AdoptConn(fd)
 	if err != nil {
 		return err.Error()
@@ -830,9 +952,14 @@ func (u *Upgrader) waitLink(ctx context.Context) {
 	}
 }
 
-// moveConn is bounded by the link's step deadline, which send applies.
-func (u *Upgrader) moveConn(key string, sc syscall.Conn) error {
-	return u.sendConn(u.ctx, key, sc, nil)
+// moveConn is bounded by the link's step deadline, which sendAsync
+// applies.
+func (u *Upgrader) moveConn(key string, sc syscall.Conn, then func(error)) error {
+	link := u.successor()
+	if link == nil {
+		return ErrNoSuccessor
+	}
+	return link.sendAsync(key, sc, then)
 }
 
 func (u *Upgrader) logger() *slog.Logger { return u.log }

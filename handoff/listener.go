@@ -7,6 +7,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/handoffd/handoff/internal/ctl"
 )
 
 // listener is what Listen returns: the kernel listening socket, plus the
@@ -17,11 +19,13 @@ type listener struct {
 	key          string
 
 	mu       sync.Mutex
-	queue    []net.Conn        // handed-over connections not yet accepted
-	woken    bool              // the deadline was set in the past to wake Accept
-	handed   map[net.Conn]bool // after trackHanded: handed-over connections Accept returned, until wasHandedOver asks
-	paused   chan struct{}     // while a canary window runs: closed by resume or Close
-	injected chan struct{}     // wakes an Accept that waits while paused; room for one
+	queue    []handed               // handed-over connections not yet accepted
+	woken    bool                   // the deadline was set in the past to wake Accept
+	handed   map[net.Conn]time.Time // after trackHanded: handed-over connections Accept returned, until handedAt asks
+	idle     time.Duration          // after trackHanded: the server's idle timeout, for parked connections
+	lot      *parkingLot            // after trackHanded: idle connections not yet adopted (parking_linux.go)
+	paused   chan struct{}          // while a canary window runs: closed by resume or Close
+	injected chan struct{}          // wakes an Accept that waits while paused; room for one
 	closed   bool
 	inKernel int           // Accept calls waiting in the kernel
 	left     chan struct{} // closed when inKernel drops to 0, for pause
@@ -62,13 +66,13 @@ func (l *listener) Accept() (net.Conn, error) {
 			continue
 		}
 		if len(l.queue) > 0 {
-			c := l.queue[0]
+			h := l.queue[0]
 			l.queue = l.queue[1:]
 			if l.handed != nil {
-				l.handed[c] = true
+				l.handed[h.conn] = h.at
 			}
 			l.mu.Unlock()
-			return c, nil
+			return h.conn, nil
 		}
 		if l.woken {
 			l.woken = false
@@ -91,24 +95,36 @@ func (l *listener) Accept() (net.Conn, error) {
 	}
 }
 
+// handed is a handed-over connection queued for Accept, and when it
+// arrived.
+type handed struct {
+	conn net.Conn
+	at   time.Time
+}
+
 // trackHanded makes Accept remember which connections it returned from
-// the handed-over ones, for wasHandedOver (HTTPServer asks of each).
-func (l *listener) trackHanded() {
+// the handed-over ones, for handedAt (HTTPServer asks of each), and lets
+// handed-over idle connections be parked until their client sends: idle
+// is the server's idle timeout, at which a parked one is queued anyway
+// (0: none).
+func (l *listener) trackHanded(idle time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.handed == nil {
-		l.handed = make(map[net.Conn]bool)
+		l.handed = make(map[net.Conn]time.Time)
+		l.idle = idle
 	}
 }
 
-// wasHandedOver reports whether Accept returned c from the handed-over
-// ones (an idle keep-alive connection, most likely), and forgets it.
-func (l *listener) wasHandedOver(c net.Conn) bool {
+// handedAt reports when c arrived, if Accept returned it from the
+// handed-over ones (an idle keep-alive connection, most likely), and
+// forgets it.
+func (l *listener) handedAt(c net.Conn) (time.Time, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	handed := l.handed[c]
+	at, ok := l.handed[c]
 	delete(l.handed, c)
-	return handed
+	return at, ok
 }
 
 // inject queues a handed-over connection for Accept and wakes it. It
@@ -119,14 +135,64 @@ func (l *listener) inject(c net.Conn) bool {
 	if l.closed {
 		return false
 	}
-	l.queue = append(l.queue, c)
+	l.queueLocked(handed{conn: c, at: time.Now()})
+	return true
+}
+
+func (l *listener) queueLocked(h handed) {
+	l.queue = append(l.queue, h)
 	l.woken = true
 	l.Listener.(deadliner).SetDeadline(longAgo)
 	select {
 	case l.injected <- struct{}{}:
 	default: // a wake-up is pending already
 	}
+}
+
+// park takes fd, an idle connection handed over whose client speaks
+// next, to be adopted and queued once it is readable (parking_linux.go).
+// It reports false, and leaves fd to the caller, when the listener is
+// closed or HTTPServer does not serve it.
+func (l *listener) park(fd int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed || l.handed == nil {
+		return false
+	}
+	if l.lot == nil {
+		lot, err := newParkingLot(l.idle, l.unpark)
+		if err != nil {
+			return false
+		}
+		l.lot = lot
+	}
+	return l.lot.park(fd)
+}
+
+// unpark adopts a parked connection and queues it, even once the listener
+// is closed: detach collects it then. It reports false, and leaves fd to
+// the lot, when it cannot be adopted now (out of descriptors).
+func (l *listener) unpark(fd int, at time.Time) bool {
+	c, err := ctl.AdoptConn(fd)
+	if err != nil {
+		return false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.queueLocked(handed{conn: c, at: at})
 	return true
+}
+
+// adoptParked adopts connections taken from the lot, closing any that
+// cannot be (the process is out of descriptors): nobody could serve them.
+func adoptParked(parked []parkedConn) []handed {
+	out := make([]handed, 0, len(parked))
+	for _, pc := range parked {
+		if c, err := ctl.AdoptConn(pc.fd); err == nil {
+			out = append(out, handed{conn: c, at: pc.at})
+		}
+	}
+	return out
 }
 
 // pause stops Accept from taking connections until resume or Close. It
@@ -196,29 +262,53 @@ func (l *listener) Close() error {
 	return l.Listener.Close()
 }
 
-// takeQueue returns the handed-over connections not accepted yet, which
-// the caller now owns; the listener stays as it is.
+// takeQueue returns the handed-over connections not accepted yet, parked
+// ones included, which the caller now owns; the listener stays as it is.
 func (l *listener) takeQueue() []net.Conn {
 	l.mu.Lock()
+	lot := l.lot
+	l.mu.Unlock()
+	var parked []handed
+	if lot != nil {
+		parked = adoptParked(lot.take())
+	}
+	l.mu.Lock()
 	defer l.mu.Unlock()
-	q := l.queue
+	q := conns(append(l.queue, parked...))
 	l.queue = nil
 	return q
 }
 
 // detach stops queueing handed-over connections and returns those that
-// were never accepted, which the caller now owns.
+// were never accepted, parked ones included, which the caller now owns.
 func (l *listener) detach() []net.Conn {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	queued := l.queue
-	l.queue, l.closed = nil, true
+	l.closed = true
+	lot := l.lot
+	l.lot = nil
 	// Wake an Accept that waits, paused or in the kernel: it finds the
 	// listener closed, and takes nothing more from the kernel's queue.
 	l.unpauseLocked()
 	l.woken = true
 	l.Listener.(deadliner).SetDeadline(longAgo)
-	return queued
+	l.mu.Unlock()
+	var parked []handed
+	if lot != nil {
+		parked = adoptParked(lot.stop()) // joins the lot, which may queue more meanwhile
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	q := conns(append(l.queue, parked...))
+	l.queue = nil
+	return q
+}
+
+func conns(hs []handed) []net.Conn {
+	cs := make([]net.Conn, len(hs))
+	for i, h := range hs {
+		cs[i] = h.conn
+	}
+	return cs
 }
 
 // SyscallConn gives access to the kernel socket, so that a caller can

@@ -1,0 +1,116 @@
+package handoff
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// parked reports how many connections g's listener holds parked.
+func (g *httpGeneration) parked() int {
+	for _, s := range g.upg.reg.inventory() {
+		if s.ln == nil {
+			continue
+		}
+		s.ln.mu.Lock()
+		lot := s.ln.lot
+		s.ln.mu.Unlock()
+		if lot != nil {
+			lot.mu.Lock()
+			n := len(lot.parked)
+			lot.mu.Unlock()
+			return n
+		}
+	}
+	return 0
+}
+
+// handOverIdle starts old and a successor called name, with one idle
+// keep-alive connection on old, and drains old: the connection is the
+// successor's, parked until its client sends.
+func handOverIdle(t *testing.T, cfg Config, srv *http.Server) (*httpClient, *httpGeneration) {
+	t.Helper()
+	old := startHTTP(t, cfg, "old", nil)
+	c := dialHTTP(t, old.addr)
+	if body, _, err := c.get("/1"); err != nil || body != "old /1" {
+		t.Fatalf("%q, %v", body, err)
+	}
+	old.waitConns(t, 1, "the connection to be idle")
+	next := startGeneration(t, cfg, srv, (*HTTPServer).Serve)
+	joinDrain(t, old.startDrain(t))
+	waitFor(t, "the connection to be parked", func() bool { return next.parked() == 1 })
+	return c, next
+}
+
+// TestParkedUntilClientSends: an idle connection handed over waits in the
+// successor's parking lot, with no net/http goroutine, until its client
+// sends; then the successor answers on it.
+func TestParkedUntilClientSends(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	c, next := handOverIdle(t, cfg, &http.Server{Handler: answerName("new", nil)})
+	next.srv.mu.Lock()
+	n := len(next.srv.conns)
+	next.srv.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("the successor's server tracks %d connections while the handed-over one is parked", n)
+	}
+	if body, closing, err := c.get("/2"); err != nil || body != "new /2" || closing {
+		t.Fatalf("after the handover: %q, Connection: close %v, %v", body, closing, err)
+	}
+	if n := next.parked(); n != 0 {
+		t.Fatalf("%d connections still parked after the client sent", n)
+	}
+}
+
+// TestParkedIdleTimeout: a parked connection whose client stays silent is
+// closed at the successor's idle timeout, counted from the handover, as
+// net/http closes an idle connection: not before, and not never.
+func TestParkedIdleTimeout(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	const idle = 400 * time.Millisecond
+	start := time.Now()
+	c, next := handOverIdle(t, cfg, &http.Server{Handler: answerName("new", nil), IdleTimeout: idle})
+	c.c.SetReadDeadline(time.Now().Add(waitBound))
+	n, err := c.c.Read(make([]byte, 1))
+	took := time.Since(start)
+	if n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("read on the silent connection: %d bytes, %v; want EOF at the idle timeout", n, err)
+	}
+	if took < idle {
+		t.Fatalf("closed %v after the handover began, before the idle timeout of %v", took, idle)
+	}
+	if n := next.parked(); n != 0 {
+		t.Fatalf("%d connections still parked after the idle timeout", n)
+	}
+}
+
+// TestParkedGoOnToNextSuccessor: connections still parked when the
+// successor hands over in turn go on to its successor, which answers them.
+func TestParkedGoOnToNextSuccessor(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	c, mid := handOverIdle(t, cfg, &http.Server{Handler: answerName("mid", nil)})
+	startHTTP(t, cfg, "last", nil)
+	joinDrain(t, mid.startDrain(t))
+	if body, closing, err := c.get("/2"); err != nil || body != "last /2" || closing {
+		t.Fatalf("after two handovers: %q, Connection: close %v, %v", body, closing, err)
+	}
+}
+
+// TestParkedClosedOnClose: closing the successor closes what it holds
+// parked (checkLeaks counts the descriptors), and the client sees the end.
+func TestParkedClosedOnClose(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	c, next := handOverIdle(t, cfg, &http.Server{Handler: answerName("new", nil)})
+	next.srv.Close()
+	next.upg.Close()
+	c.c.SetReadDeadline(time.Now().Add(waitBound))
+	if n, err := c.c.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatalf("read after the successor closed: %d bytes, %v; want the end of the connection", n, err)
+	}
+}

@@ -1,0 +1,25 @@
+//go:build !linux
+
+package handoff
+
+import (
+	"errors"
+	"time"
+)
+
+// Elsewhere handed-over connections are adopted as they arrive.
+
+type parkedConn struct {
+	fd int
+	at time.Time
+}
+
+type parkingLot struct{}
+
+func newParkingLot(time.Duration, func(int, time.Time) bool) (*parkingLot, error) {
+	return nil, errors.ErrUnsupported
+}
+
+func (*parkingLot) park(int) bool      { return false }
+func (*parkingLot) take() []parkedConn { return nil }
+func (*parkingLot) stop() []parkedConn { return nil }
