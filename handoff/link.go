@@ -61,9 +61,9 @@ type successorLink struct {
 	// Connections sent without a waiting sender (sendAsync): their
 	// outcomes, for finishConns to pass on outside mu, and those not
 	// settled yet, in the order of their deadlines.
-	finished []settledConn
-	pending  []*outConn
-	unsettled int // sendAsync connections not settled yet
+	finished  []settledConn
+	pending   []*outConn
+	unsettled int           // sendAsync connections not settled yet
 	finish    chan struct{} // tells finishConns to look again; room for one
 	// released is closed when the successor says, with release, that this
 	// process need not stand by any more; releasedWhy says why.
@@ -80,8 +80,8 @@ type outConn struct {
 	until time.Time       // when its sender stops waiting
 
 	phase    outPhase
-	canceled error      // the sender stopped waiting while it was written: why
-	done     chan error // its outcome, exactly once (room for one), for send
+	canceled error       // the sender stopped waiting while it was written: why
+	done     chan error  // its outcome, exactly once (room for one), for send
 	then     func(error) // or, for sendAsync, called with it by finishConns
 }
 
