@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/handoffd/handoff/internal/wire"
 )
 
 // shutdownPollInterval is the longest Shutdown waits between two looks at
@@ -75,7 +77,10 @@ type HTTPServer struct {
 
 	moved     atomic.Int64 // connections handed to the successor
 	keptConns atomic.Int64 // connections the successor did not take at first
-	handing   atomic.Int64 // connections on their way to the successor: no answer yet
+	handing   atomic.Int64  // connections on their way to the successor: no answer yet
+	waking    atomic.Int64  // connections released whose net/http has not let go yet
+	handedAll chan struct{} // room for one: handing dropped to 0, for Shutdown
+	waves     []*httpConn   // Shutdown's connections to release, a wave at a time (under mu)
 
 	nextProto    sync.Once
 	nextProtoSet chan struct{} // closed once the HTTP/2 wrapping is installed, or cannot be
@@ -98,6 +103,7 @@ func (s *HTTPServer) install() {
 	s.conns = make(map[net.Conn]*connTrack)
 	s.listeners = make(map[*trackingListener]struct{})
 	s.nextProtoSet = make(chan struct{})
+	s.handedAll = make(chan struct{}, 1)
 	srv := s.Server
 	h := srv.Handler
 	if h == nil {
@@ -202,7 +208,14 @@ func (s *HTTPServer) handOver(c *httpConn) {
 // it did not take is served here again (keep), since its client may be
 // sending on it right now.
 func (s *HTTPServer) handedOver(c *httpConn, err error) {
-	defer s.handing.Add(-1)
+	defer func() {
+		if s.handing.Add(-1) == 0 {
+			select {
+			case s.handedAll <- struct{}{}:
+			default:
+			}
+		}
+	}()
 	switch {
 	case err == nil:
 		s.moved.Add(1)
@@ -375,12 +388,23 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 	// A predecessor that is still draining may yet hand connections over
 	// (which go on to the successor, if there is one): exiting before it
 	// is done would cut them.
-	for s.releaseHTTP1() > 0 || s.handing.Load() > 0 || s.http2Draining() > 0 || (m != nil && m.predecessorSending()) {
+	for {
+		open, more := s.releaseHTTP1()
+		if open == 0 && s.handing.Load() == 0 && s.http2Draining() == 0 && (m == nil || !m.predecessorSending()) {
+			break
+		}
+		wait := interval
+		if more {
+			wait = time.Millisecond // the next wave
+		} else {
+			interval = min(2*interval, shutdownPollInterval)
+		}
 		select {
 		case <-ctx.Done():
 		case <-http1Done.C:
-		case <-time.After(interval):
-			interval = min(2*interval, shutdownPollInterval)
+		case <-s.handedAll:
+			continue
+		case <-time.After(wait):
 			continue
 		}
 		break
@@ -396,23 +420,49 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// releaseHTTP1 asks every idle HTTP/1 connection to go to the successor
-// and returns how many HTTP/1 connections are still open. It runs every
-// few milliseconds over every connection while the drain lasts, so it
-// asks the successor once per socket key, not once per connection.
-func (s *HTTPServer) releaseHTTP1() int {
-	m := s.mover()
-	takes := map[string]bool{}
+// releaseHTTP1 asks idle HTTP/1 connections to go to the successor, in
+// waves (more reports that others wait for the next), and returns how
+// many HTTP/1 connections are still open. Each wave goes once the last
+// has let go (waking): released all at once, 18,000 of net/http's
+// goroutines would wake together, and the Go scheduler, which gives the
+// link's writer and ack reader no precedence, would run most of them
+// before the first message left. One released and then answered in the
+// last busyWindow goes after its next response (connState releases it
+// then). The connections are listed once per round of waves, not at
+// every look.
+func (s *HTTPServer) releaseHTTP1() (open int, more bool) {
 	now := time.Now()
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
+	if len(s.waves) == 0 {
+		s.waves, open = s.releasableLocked()
+	} else {
+		open = len(s.conns) // no fewer HTTP/1 ones than that: more waves to come
+	}
+	// The next wave once the last has woken: the goroutines that run at
+	// once stay few.
+	release := s.waves[:min(len(s.waves), max(releaseWave-int(s.waking.Load()), 0))]
+	s.waves = s.waves[len(release):]
+	more = len(s.waves) > 0
+	s.mu.Unlock()
+	// Outside mu: each connection released now soon closes, and its
+	// ConnState takes mu.
+	for _, hc := range release {
+		hc.releaseIdle(now, busyWindow)
+	}
+	return open, more
+}
+
+// releasableLocked lists the HTTP/1 connections that may go to the
+// successor and are not asked to yet, and counts the open HTTP/1 ones.
+func (s *HTTPServer) releasableLocked() (release []*httpConn, open int) {
+	m := s.mover()
+	takes := map[string]bool{}
 	for _, t := range s.conns {
 		if t.h2.Load() {
 			continue
 		}
-		n++
-		if t.hc == nil || m == nil {
+		open++
+		if t.hc == nil || m == nil || t.hc.asked.Load() {
 			continue
 		}
 		ok, seen := takes[t.hc.key]
@@ -421,13 +471,15 @@ func (s *HTTPServer) releaseHTTP1() int {
 			takes[t.hc.key] = ok
 		}
 		if ok {
-			// One answered in the last busyWindow goes after its
-			// next response (connState releases it then).
-			t.hc.releaseIdle(now, busyWindow)
+			release = append(release, t.hc)
 		}
 	}
-	return n
+	return release, open
 }
+
+// releaseWave bounds the connections released whose net/http goroutine
+// has not let go yet: two messages' worth.
+const releaseWave = 2 * wire.MaxFDs
 
 // closeUnused closes the HTTP/1 connections that have sent no request and
 // will not go to the successor, as net/http's Shutdown closes the idle

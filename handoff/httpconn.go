@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -35,6 +36,7 @@ type httpConn struct {
 	unclean       bool           // a steal hit a Read elsewhere; wait for the next idle
 	bufStart      *byte          // start of net/http's request buffer: its first Read's
 	stealing      bool           // release asked; the read deadline is in the past
+	asked         atomic.Bool    // stealing, readable without mu: the drain's scan skips the connection
 	stolen        bool           // net/http was told EOF; Close hands the conn over
 	readDeadline  time.Time      // what net/http asked for
 	idleSince     time.Time      // when the last response was done
@@ -136,6 +138,7 @@ func (c *httpConn) cleanRead(p []byte) bool {
 func (c *httpConn) cancelStealLocked() {
 	if c.stealing {
 		c.stealing = false
+		c.unask()
 		c.Conn.SetReadDeadline(c.kernelDeadlineLocked())
 	}
 }
@@ -152,6 +155,9 @@ func (c *httpConn) release() {
 // releaseIdle is release, unless the connection got a response less
 // than busy before now: its client most likely sends again soon.
 func (c *httpConn) releaseIdle(now time.Time, busy time.Duration) {
+	if c.asked.Load() {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.stealing || c.stolen || (c.phase == http.StateIdle && now.Sub(c.idleSince) < busy) {
@@ -165,7 +171,16 @@ func (c *httpConn) releaseLocked(now time.Time) {
 		return
 	}
 	c.stealing = true
+	c.asked.Store(true)
+	c.srv.waking.Add(1)
 	c.Conn.SetReadDeadline(longAgo) // wakes a Read blocked waiting for the client
+}
+
+// unask counts c out of those released and not closed yet (waking).
+func (c *httpConn) unask() {
+	if c.asked.Swap(false) {
+		c.srv.waking.Add(-1)
+	}
 }
 
 // setPhase follows net/http's view of the connection; a handler starting
@@ -208,6 +223,7 @@ func (c *httpConn) Close() error {
 	c.mu.Lock()
 	stolen := c.stolen
 	c.stolen = false
+	c.unask()
 	c.mu.Unlock()
 	if stolen {
 		c.srv.handOver(c)

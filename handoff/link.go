@@ -758,15 +758,24 @@ func (u *Upgrader) adoptConns(entries []wire.ConnEntry, fds []int) []string {
 	for i := len(fds); i < len(entries); i++ {
 		reasons[i] = errNoDescriptor
 	}
-	// A few at a time: adopting is mostly system calls, and one that goes
-	// on down the line waits for its own successor's ack.
+	// Idle HTTP connections are parked here, one system call each; the
+	// others are adopted a few at a time: adopting is mostly system
+	// calls, and one that goes on down the line waits for its own
+	// successor's ack.
+	var adopt []int
+	for i, fd := range fds {
+		if !u.park(entries[i], fd) {
+			adopt = append(adopt, i)
+		}
+	}
 	var wg sync.WaitGroup
-	workers := min(len(fds), adoptWorkers)
+	workers := min(len(adopt), adoptWorkers)
 	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := w; i < len(fds); i += workers {
+			for j := w; j < len(adopt); j += workers {
+				i := adopt[j]
 				reasons[i] = u.adoptConn(wire.Conn{Key: entries[i].Key, State: entries[i].State}, fds[i])
 			}
 		}()
@@ -797,18 +806,25 @@ func connsAck(id uint64, reasons []string) wire.ConnsAck {
 	return a
 }
 
+// park leaves fd, an idle HTTP connection (HTTPServer hands over no
+// other for a listener), in the parking lot of its listener, if
+// HTTPServer serves it, until its client sends: adopting thousands at
+// once would take the CPUs the predecessor needs to move the rest. It
+// reports false, and leaves fd to the caller, if it cannot.
+func (u *Upgrader) park(e wire.ConnEntry, fd int) bool {
+	if e.Key == "" || len(e.State) > 0 {
+		return false
+	}
+	ln := u.reg.listenerFor(e.Key)
+	return ln != nil && ln.park(fd)
+}
+
 // adoptConn takes ownership of fd, a connection the predecessor sent, and
 // queues it: for the listener with its key, or for AcceptConn. It returns
 // why it could not, or "".
 func (u *Upgrader) adoptConn(m wire.Conn, fd int) string {
-	// An idle HTTP connection (HTTPServer hands over no other for a
-	// listener) waits in the listener's parking lot, if HTTPServer serves
-	// it, until its client sends: adopting thousands at once would cost
-	// the CPUs the predecessor needs to move the rest.
-	if m.Key != "" && len(m.State) == 0 {
-		if ln := u.reg.listenerFor(m.Key); ln != nil && ln.park(fd) {
-			return ""
-		}
+	if u.park(wire.ConnEntry{Key: m.Key, State: m.State}, fd) {
+		return ""
 	}
 	c, err := ctl.AdoptConn(fd)
 	if err != nil {
