@@ -75,8 +75,8 @@ type HTTPServer struct {
 	kept      *keptListener // while Shutdown serves kept connections
 	serving   bool          // a Serve began: it installs the HTTP/2 wrapping
 
-	moved     atomic.Int64 // connections handed to the successor
-	keptConns atomic.Int64 // connections the successor did not take at first
+	moved     atomic.Int64  // connections handed to the successor
+	keptConns atomic.Int64  // connections the successor did not take at first
 	handing   atomic.Int64  // connections on their way to the successor: no answer yet
 	waking    atomic.Int64  // connections released whose net/http has not let go yet
 	handedAll chan struct{} // room for one: handing dropped to 0, for Shutdown
