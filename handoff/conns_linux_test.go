@@ -200,3 +200,47 @@ func goroutineIn(fn string) bool {
 	buf := make([]byte, 1<<20)
 	return bytes.Contains(buf[:runtime.Stack(buf, true)], []byte(fn))
 }
+
+// TestLinkAsyncSettles: sendAsync, which HTTPServer's drain uses, gives
+// each connection the outcome send would have returned, from the link's
+// finisher: taken (nil), refused (ErrNoSuccessor: still the caller's), or
+// sent with no answer within the step timeout (ErrConnUnknown), which
+// the finisher settles without a waiting sender; and link.close joins the
+// finisher once everything is settled.
+func TestLinkAsyncSettles(t *testing.T) {
+	checkLeaks(t)
+	server, successor := ctlPair(t)
+	const step = 300 * time.Millisecond
+	link := newSuccessorLink(server, 0, []string{"web"}, wire.CapConns, step)
+	link.open(nil)
+	_, sessions := sessionPairs(t, 3)
+	outcomes := make([]chan error, len(sessions))
+	start := time.Now()
+	for i, s := range sessions {
+		outcomes[i] = make(chan error, 1)
+		if err := link.sendAsync("web", s.(syscall.Conn), func(err error) { outcomes[i] <- err }); err != nil {
+			t.Fatalf("sendAsync %d: %v", i, err)
+		}
+	}
+	var ids []uint64
+	for range sessions {
+		cm, _ := receiveConn(t, successor)
+		ids = append(ids, cm.ID)
+	}
+	for i, ok := range []bool{true, false} { // the third is never answered
+		if err := successor.Send(wire.ConnAck{ID: ids[i], OK: ok, Reason: "full"}, nil, time.Now().Add(waitBound)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := recvWithin(t, outcomes[0], "the taken connection's outcome"); err != nil {
+		t.Fatalf("taken: %v", err)
+	}
+	if err := recvWithin(t, outcomes[1], "the refused connection's outcome"); !errors.Is(err, ErrNoSuccessor) || errors.Is(err, ErrConnUnknown) {
+		t.Fatalf("refused: %v, want ErrNoSuccessor", err)
+	}
+	err := recvWithin(t, outcomes[2], "the unanswered connection's outcome")
+	if took := time.Since(start); !errors.Is(err, ErrConnUnknown) || took < step {
+		t.Fatalf("unanswered: %v after %v, want ErrConnUnknown after the step timeout of %v", err, took, step)
+	}
+	link.close() // joins the finisher: checkLeaks counts goroutines
+}
