@@ -3,7 +3,9 @@ package handoff
 import (
 	"errors"
 	"io"
+	"net"
 	"net/http"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -113,4 +115,59 @@ func TestParkedClosedOnClose(t *testing.T) {
 	if n, err := c.c.Read(make([]byte, 1)); n != 0 || err == nil {
 		t.Fatalf("read after the successor closed: %d bytes, %v; want the end of the connection", n, err)
 	}
+}
+
+// TestParkingLotRetries: a parked connection that becomes readable but
+// cannot be adopted (deliver reports false, as the listener's does when
+// the process is out of descriptors) stays the lot's and is offered again
+// after parkRetry, never dropped; stop returns what is still parked.
+func TestParkingLotRetries(t *testing.T) {
+	checkLeaks(t)
+	clients, sessions := sessionPairs(t, 2)
+	tries := make(chan time.Time, 8)
+	n := 0 // only the lot's goroutine calls deliver
+	lot, err := newParkingLot(0, func(fd int, _ time.Time) bool {
+		tries <- time.Now()
+		if n++; n == 1 {
+			return false // out of descriptors, say
+		}
+		syscall.Close(fd)
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sessions {
+		fd, err := dupFD(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !lot.park(fd) {
+			t.Fatal("park refused a connection")
+		}
+	}
+	clients[0].Write([]byte("GET"))
+	first := recvWithin(t, tries, "the first try")
+	if again := recvWithin(t, tries, "the retry"); again.Sub(first) < parkRetry {
+		t.Fatalf("retried after %v, want %v", again.Sub(first), parkRetry)
+	}
+	rest := lot.stop()
+	if len(rest) != 1 {
+		t.Fatalf("stop returned %d parked connections, want the silent one", len(rest))
+	}
+	syscall.Close(rest[0].fd)
+}
+
+// dupFD returns a duplicate of c's descriptor, as a received one would be.
+func dupFD(c net.Conn) (int, error) {
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(s uintptr) { fd, derr = syscall.Dup(int(s)) }); err != nil {
+		return -1, err
+	}
+	return fd, derr
 }
