@@ -159,14 +159,23 @@ func (l *listener) park(fd int) bool {
 	if l.closed || l.handed == nil {
 		return false
 	}
-	if l.lot == nil {
-		lot, err := newParkingLot(l.idle, l.unpark)
-		if err != nil {
-			return false
+	if l.lot != nil {
+		ok, ended := l.lot.park(fd)
+		if !ended {
+			return ok
 		}
-		l.lot = lot
+		// It emptied and ended: past its last delivery, so joining it
+		// under mu is safe.
+		l.lot.stop()
+		l.lot = nil
 	}
-	return l.lot.park(fd)
+	lot, err := newParkingLot(l.idle, l.unpark)
+	if err != nil {
+		return false
+	}
+	l.lot = lot
+	ok, _ := lot.park(fd)
+	return ok
 }
 
 // unpark adopts a parked connection and queues it, even once the listener

@@ -81,16 +81,17 @@ func newParkingLot(idle time.Duration, deliver func(int, time.Time) bool) (*park
 }
 
 // park takes fd, which the lot owns from then on, or reports false and
-// leaves it to the caller.
-func (p *parkingLot) park(fd int) bool {
+// leaves it to the caller; ended says the lot had emptied and ended (the
+// caller joins it with stop, and parks in a new one).
+func (p *parkingLot) park(fd int) (ok, ended bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.stopped {
-		return false
+		return false, true
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(fd)}
 	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-		return false
+		return false, false
 	}
 	p.seq++
 	pc := parkedConn{fd: fd, at: time.Now(), seq: p.seq}
@@ -101,7 +102,7 @@ func (p *parkingLot) park(fd int) bool {
 			p.setDeadlineLocked()
 		}
 	}
-	return true
+	return true, false
 }
 
 // run delivers the connections that become ready, and those whose idle
@@ -172,6 +173,14 @@ func (p *parkingLot) wake(ready []int, now time.Time) {
 		p.retry = append(p.retry, failed...)
 		p.retryAt = now.Add(parkRetry)
 	}
+	if len(p.parked) == 0 && len(p.retry) == 0 {
+		// Empty: end, so that a process holds no epoll set (and no
+		// goroutine) once the move is over. run returns at its next
+		// wait, having delivered everything.
+		p.stopped = true
+		p.f.Close()
+		return
+	}
 	p.setDeadlineLocked()
 }
 
@@ -220,8 +229,9 @@ func (p *parkingLot) take() []parkedConn {
 	return out
 }
 
-// stop closes the epoll set, joins run, and returns the connections still
-// parked: the caller owns their descriptors.
+// stop closes the epoll set (unless the lot ended, empty), joins run, and
+// returns the connections still parked: the caller owns their
+// descriptors.
 func (p *parkingLot) stop() []parkedConn {
 	p.mu.Lock()
 	p.stopped = true

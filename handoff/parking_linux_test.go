@@ -65,6 +65,24 @@ func TestParkedUntilClientSends(t *testing.T) {
 	if n := next.parked(); n != 0 {
 		t.Fatalf("%d connections still parked after the client sent", n)
 	}
+	// Empty, the lot has ended: no epoll set, no goroutine.
+	waitFor(t, "the empty parking lot to end", func() bool {
+		for _, s := range next.upg.reg.inventory() {
+			if s.ln != nil {
+				s.ln.mu.Lock()
+				lot := s.ln.lot
+				s.ln.mu.Unlock()
+				if lot != nil {
+					select {
+					case <-lot.done:
+					default:
+						return false
+					}
+				}
+			}
+		}
+		return true
+	})
 }
 
 // TestParkedIdleTimeout: a parked connection whose client stays silent is
@@ -142,7 +160,7 @@ func TestParkingLotRetries(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !lot.park(fd) {
+		if ok, _ := lot.park(fd); !ok {
 			t.Fatal("park refused a connection")
 		}
 	}

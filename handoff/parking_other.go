@@ -20,6 +20,6 @@ func newParkingLot(time.Duration, func(int, time.Time) bool) (*parkingLot, error
 	return nil, errors.ErrUnsupported
 }
 
-func (*parkingLot) park(int) bool      { return false }
-func (*parkingLot) take() []parkedConn { return nil }
-func (*parkingLot) stop() []parkedConn { return nil }
+func (*parkingLot) park(int) (ok, ended bool) { return false, false }
+func (*parkingLot) take() []parkedConn        { return nil }
+func (*parkingLot) stop() []parkedConn        { return nil }
