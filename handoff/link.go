@@ -58,12 +58,13 @@ type successorLink struct {
 	broken      error                 // why the link failed
 	dead        atomic.Bool           // broken != nil, readable without waiting for mu
 	lost        chan struct{}         // closed when the link fails
-	// Connections sent without a waiting sender (sendAsync): their
-	// outcomes, for finishConns to pass on outside mu, and those not
-	// settled yet, in the order of their deadlines.
+	// For finishConns: the outcomes of connections sent without a
+	// waiting sender (sendAsync), to pass on outside mu; and every
+	// connection queued (by send too), in the order of their step
+	// deadlines, to settle those that pass it.
 	finished  []settledConn
 	pending   []*outConn
-	unsettled int           // sendAsync connections not settled yet
+	unsettled int           // connections in pending not settled yet
 	finish    chan struct{} // tells finishConns to look again; room for one
 	// released is closed when the successor says, with release, that this
 	// process need not stand by any more; releasedWhy says why.
@@ -168,18 +169,14 @@ func (l *successorLink) send(ctx context.Context, key string, sc syscall.Conn, s
 	if err != nil {
 		return err
 	}
-	timer := time.NewTimer(time.Until(until))
-	defer timer.Stop()
-	var why error
+	// The finisher settles it at the step deadline, as it does a
+	// sendAsync connection: no timer per connection.
 	select {
 	case err := <-oc.done:
 		return err
-	case <-timer.C:
-		why = errorf("the successor did not take the connection within %s: %w", l.step, os.ErrDeadlineExceeded)
 	case <-ctx.Done():
-		why = errorf("waiting for the successor to take the connection: %w", ctx.Err())
 	}
-	l.withdraw(oc, why)
+	l.withdraw(oc, errorf("waiting for the successor to take the connection: %w", ctx.Err()))
 	// Settled now, or as soon as writeConns knows whether it went out,
 	// which its write deadline (until, at the latest) bounds.
 	return <-oc.done
@@ -224,8 +221,8 @@ func (l *successorLink) queueConn(key string, sc syscall.Conn, state []byte, unt
 }
 
 // finishConns passes sendAsync connections their outcomes, and settles
-// those whose deadline passes as send does, until the link has failed and
-// every one is settled.
+// every connection whose step deadline passes, until the link has failed
+// and every one is settled.
 func (l *successorLink) finishConns() {
 	defer l.acks.Done()
 	timer := time.NewTimer(time.Hour)
@@ -295,9 +292,10 @@ func (l *successorLink) enqueue(oc *outConn) error {
 		return errorf("link to successor lost: %w", l.broken)
 	}
 	l.queue = append(l.queue, oc)
-	if oc.then != nil {
-		l.pending = append(l.pending, oc)
-		l.unsettled++
+	l.pending = append(l.pending, oc)
+	l.unsettled++
+	if len(l.pending) == 1 {
+		l.pokeFinisher() // its next deadline
 	}
 	l.poke()
 	return nil
@@ -317,12 +315,17 @@ func (l *successorLink) settleLocked(oc *outConn, err error) {
 		return
 	}
 	oc.phase = outSettled
+	l.unsettled--
 	if oc.then == nil {
 		oc.done <- err
 		return
 	}
 	l.finished = append(l.finished, settledConn{oc, err})
-	l.unsettled--
+	l.pokeFinisher()
+}
+
+// pokeFinisher wakes finishConns.
+func (l *successorLink) pokeFinisher() {
 	select {
 	case l.finish <- struct{}{}:
 	default:
