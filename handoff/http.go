@@ -373,6 +373,7 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 	s.listeners = map[*trackingListener]struct{}{}
 	s.mu.Unlock()
 	for tl := range listeners {
+		s.serveHanded(tl, kl)
 		tl.Close()
 	}
 	// Phase 1 of the HTTP/2 drain at once: its clients move to the
@@ -420,6 +421,31 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 		s.Server.Close()
 	}
 	return err
+}
+
+// serveHanded serves through kl the handed-over connections tl's listener
+// still holds, queued or parked until their client sends, which closing
+// the listener would close: their clients may be sending. They are idle
+// keep-alive connections like any other here: they move on to a
+// successor, or get their next request answered with "Connection:
+// close". (Should the Upgrader's handover take them first, it forwards
+// them itself.)
+func (s *HTTPServer) serveHanded(tl *trackingListener, kl *keptListener) {
+	hl, ok := tl.Listener.(*listener)
+	if !ok || tl.key == "" {
+		return
+	}
+	for _, h := range hl.takeHanded() {
+		hc := &httpConn{Conn: h.conn, srv: s, key: tl.key, phase: http.StateNew, awaitingFirst: true, handedAt: h.at}
+		h.conn.SetReadDeadline(hc.kernelDeadlineLocked())
+		s.mu.Lock()
+		s.conns[hc] = &connTrack{hc: hc}
+		s.mu.Unlock()
+		if !kl.put(hc) {
+			s.forget(hc)
+			h.conn.Close()
+		}
+	}
 }
 
 // releaseHTTP1 asks idle HTTP/1 connections to go to the successor, in

@@ -273,7 +273,10 @@ func (l *listener) Close() error {
 
 // takeQueue returns the handed-over connections not accepted yet, parked
 // ones included, which the caller now owns; the listener stays as it is.
-func (l *listener) takeQueue() []net.Conn {
+func (l *listener) takeQueue() []net.Conn { return conns(l.takeHanded()) }
+
+// takeHanded is takeQueue, with when each connection arrived.
+func (l *listener) takeHanded() []handed {
 	l.mu.Lock()
 	lot := l.lot
 	l.mu.Unlock()
@@ -283,7 +286,7 @@ func (l *listener) takeQueue() []net.Conn {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	q := conns(append(l.queue, parked...))
+	q := append(l.queue, parked...)
 	l.queue = nil
 	return q
 }

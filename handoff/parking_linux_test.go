@@ -189,3 +189,21 @@ func dupFD(c net.Conn) (int, error) {
 	}
 	return fd, derr
 }
+
+// TestParkedServedOnShutdown: a connection still parked when the
+// successor's server shuts down (with no successor of its own) is not
+// closed with the listener: its client may be sending. It is served like
+// any idle connection during a drain: its next request is answered, with
+// "Connection: close", and Shutdown waits for it.
+func TestParkedServedOnShutdown(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	c, next := handOverIdle(t, cfg, &http.Server{Handler: answerName("new", nil)})
+	drained := inBackground(t, next.shutdown)
+	next.waitConns(t, 1, "the parked connection to be served by the draining server")
+	body, closing, err := c.get("/2")
+	if err != nil || body != "new /2" || !closing {
+		t.Fatalf("request on the parked connection during the drain: %q, Connection: close %v, %v; want an answer and Connection: close", body, closing, err)
+	}
+	joinDrain(t, drained)
+}
