@@ -83,6 +83,7 @@ type HTTPServer struct {
 	waking    atomic.Int64  // connections released whose net/http has not let go yet
 	handedAll chan struct{} // room for one: handing dropped to 0, for Shutdown
 	waves     []*httpConn   // Shutdown's connections to release, a wave at a time (under mu)
+	waveAt    time.Time     // when the last wave went (under mu)
 
 	nextProto    sync.Once
 	nextProtoSet chan struct{} // closed once the HTTP/2 wrapping is installed, or cannot be
@@ -467,8 +468,17 @@ func (s *HTTPServer) releaseHTTP1() (open int, more bool) {
 		open = len(s.conns) // no fewer HTTP/1 ones than that: more waves to come
 	}
 	// The next wave once the last has woken: the goroutines that run at
-	// once stay few.
-	release := s.waves[:min(len(s.waves), max(releaseWave-int(s.waking.Load()), 0))]
+	// once stay few. Should the count ever be off, a wave still goes
+	// every shutdownPollInterval: no connection waits for it to the
+	// deadline.
+	room := releaseWave - int(s.waking.Load())
+	if room <= 0 && now.Sub(s.waveAt) >= shutdownPollInterval {
+		room = releaseWave
+	}
+	release := s.waves[:min(len(s.waves), max(room, 0))]
+	if len(release) > 0 {
+		s.waveAt = now
+	}
 	s.waves = s.waves[len(release):]
 	more = len(s.waves) > 0
 	s.mu.Unlock()

@@ -505,3 +505,31 @@ func TestHTTPHijackedConnHandsOver(t *testing.T) {
 		}
 	}
 }
+
+// TestWavesGoOnIfMiscounted: should the count of connections released and
+// not yet let go ever be off (here set far too high), the drain still
+// releases a wave every shutdownPollInterval: the idle connections move
+// in well under the time the drain would otherwise wait (half its
+// deadline, then net/http's Shutdown).
+func TestWavesGoOnIfMiscounted(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	old := startHTTP(t, cfg, "old", nil)
+	idle := []*httpClient{dialHTTP(t, old.addr), dialHTTP(t, old.addr)}
+	for _, c := range idle {
+		if body, _, err := c.get("/1"); err != nil || body != "old /1" {
+			t.Fatalf("%q, %v", body, err)
+		}
+	}
+	old.waitConns(t, 2, "the connections to be idle")
+	old.srv.waking.Store(1 << 20)
+	startHTTP(t, cfg, "new", nil)
+	if took := joinDrain(t, old.startDrain(t)); took > waitBound/4 {
+		t.Fatalf("drain took %v", took)
+	}
+	for _, c := range idle {
+		if body, _, err := c.get("/2"); err != nil || body != "new /2" {
+			t.Fatalf("after the drain: %q, %v", body, err)
+		}
+	}
+}
