@@ -253,9 +253,7 @@ func (l *successorLink) finishConns() {
 		for _, oc := range expired {
 			l.withdraw(oc, errorf("the successor did not take the connection within %s: %w", l.step, os.ErrDeadlineExceeded))
 		}
-		for _, sc := range finished {
-			sc.oc.then(sc.err)
-		}
+		runThen(finished)
 		switch {
 		case len(finished) > 0 || len(expired) > 0:
 			continue // look again before waiting
@@ -275,6 +273,26 @@ func (l *successorLink) finishConns() {
 		}
 		timer.Stop()
 	}
+}
+
+// runThen passes each connection its outcome: a big batch (an ack for a
+// full conns message) on both halves at once, since each outcome is a
+// close of this process's copy, mostly system calls.
+func runThen(finished []settledConn) {
+	if len(finished) < 64 {
+		for _, sc := range finished {
+			sc.oc.then(sc.err)
+		}
+		return
+	}
+	half := len(finished) / 2
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runThen(finished[half:])
+	}()
+	runThen(finished[:half])
+	<-done
 }
 
 // maxConnState bounds the state sent with a connection: what fits in one
