@@ -103,8 +103,11 @@ type connTrack struct {
 type connTrackKey struct{}
 
 func (s *HTTPServer) install() {
+	// Under mu, which guards conns and listeners from then on.
+	s.mu.Lock()
 	s.conns = make(map[net.Conn]*connTrack)
 	s.listeners = make(map[*trackingListener]struct{})
+	s.mu.Unlock()
 	s.nextProtoSet = make(chan struct{})
 	s.handedAll = make(chan struct{}, 1)
 	srv := s.Server
