@@ -440,8 +440,7 @@ func (s *HTTPServer) serveHanded(tl *trackingListener, kl *keptListener) {
 		return
 	}
 	for _, h := range hl.takeHanded() {
-		hc := &httpConn{Conn: h.conn, srv: s, key: tl.key, phase: http.StateNew, awaitingFirst: true, handedAt: h.at}
-		h.conn.SetReadDeadline(hc.kernelDeadlineLocked())
+		hc := s.handedConn(h.conn, tl.key, h.at)
 		s.mu.Lock()
 		s.conns[hc] = &connTrack{hc: hc}
 		s.mu.Unlock()
@@ -586,19 +585,23 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 	if _, ok := c.(syscall.Conn); !ok {
 		return c, nil
 	}
-	hc := &httpConn{Conn: c, srv: l.srv, key: l.key, phase: http.StateNew}
 	if hl, ok := l.Listener.(*listener); ok {
 		if at, handed := hl.handedAt(c); handed {
-			// An idle keep-alive connection from the predecessor: its
-			// next request may be a long way off, and net/http, which
-			// sees a new connection, would give it only
-			// ReadHeaderTimeout.
-			hc.awaitingFirst, hc.handedAt = true, at
-			// net/http may set no read deadline before the first
-			// request (no ReadHeaderTimeout): the idle timeout holds
-			// anyway. (Should it fail, the first Read will too.)
-			c.SetReadDeadline(hc.kernelDeadlineLocked())
+			return l.srv.handedConn(c, l.key, at), nil
 		}
 	}
-	return hc, nil
+	return &httpConn{Conn: c, srv: l.srv, key: l.key, phase: http.StateNew}, nil
+}
+
+// handedConn wraps c, an idle keep-alive connection from the predecessor
+// that arrived at at. Its next request may be a long way off, and
+// net/http, which sees a new connection, would give it only
+// ReadHeaderTimeout: until its first byte it has the idle timeout,
+// counted from at. net/http may set no read deadline before the first
+// request (no ReadHeaderTimeout), so it is set here. (Should that fail,
+// the first Read will too.)
+func (s *HTTPServer) handedConn(c net.Conn, key string, at time.Time) *httpConn {
+	hc := &httpConn{Conn: c, srv: s, key: key, phase: http.StateNew, awaitingFirst: true, handedAt: at}
+	c.SetReadDeadline(hc.kernelDeadlineLocked())
+	return hc
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -107,9 +108,7 @@ func (p *parkingLot) park(fd int) (ok, ended bool) {
 
 // run delivers the connections that become ready, and those whose idle
 // timeout passes, until stop closes the epoll set.
-func (p *parkingLot) run(rc interface {
-	Read(func(uintptr) bool) error
-}) {
+func (p *parkingLot) run(rc syscall.RawConn) {
 	defer close(p.done)
 	events := make([]unix.EpollEvent, 128)
 	for {
