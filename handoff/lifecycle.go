@@ -202,6 +202,11 @@ func (u *Upgrader) commit(cc *ctl.Conn, child *successorProcess, succPID int, in
 		}
 		u.announceCanary(succPID, window)
 	} else {
+		// Close waits until the connections handOver collects have gone
+		// on (forwardQueued): a program that drains at once after Exit
+		// must not cut them.
+		u.forwards.RLock()
+		defer u.forwards.RUnlock()
 		u.handOver(ctrl, succPID, inUnit)
 	}
 	err := cc.Send(wire.Done{}, nil, time.Now().Add(u.cfg.StepTimeout))
@@ -218,7 +223,7 @@ func (u *Upgrader) commit(cc *ctl.Conn, child *successorProcess, succPID int, in
 			child.release()
 		}
 		link.proven()
-		u.forwardQueued()
+		u.forwardQueued(link)
 		return link, nil
 	}
 	c.readyAt = time.Now()
@@ -249,14 +254,14 @@ func (u *Upgrader) handOver(ctrl *net.UnixListener, succPID int, inUnit bool) {
 
 // forwardQueued sends down the line, to the successor, the connections
 // our predecessor handed over that no Accept took (handOver collected
-// them; the link must be open first).
-func (u *Upgrader) forwardQueued() {
+// them; the link must be open first). The caller holds u.forwards.
+func (u *Upgrader) forwardQueued(link *successorLink) {
 	u.mu.Lock()
 	queued := u.queued
 	u.queued = nil
 	u.mu.Unlock()
-	for _, q := range queued {
-		u.forwardConn(q.key, q.conn, nil)
+	if len(queued) > 0 {
+		u.forwardConns(link, queued)
 	}
 }
 
@@ -273,18 +278,23 @@ func (u *Upgrader) prove(c *canary, why string) {
 	close(c.end)
 	waitAnswered(c) // `handoff reload -wait-canary` hears it before Exit
 	u.log.Info("successor proved itself; draining", "successor", c.pid, "why", why)
+	// Close waits until every connection this process still holds for
+	// the successor has gone on: after Exit, a program that drains at
+	// once calls Close before forwardQueued would be done.
+	u.forwards.RLock()
+	defer u.forwards.RUnlock()
 	// What our predecessor handed over while Accept was paused goes on
 	// first, before Exit: a program that drains and closes at once must
 	// not cut it.
-	for _, q := range u.reg.takeQueued() {
-		u.forwardConn(q.key, q.conn, nil)
+	if queued := u.reg.takeQueued(); len(queued) > 0 {
+		u.forwardConns(c.link, queued)
 	}
 	u.handOver(c.ctrl, c.pid, c.inUnit)
 	c.link.proven() // after MAINPID=: the successor may speak as the main process
 	if c.child != nil {
 		c.child.release()
 	}
-	u.forwardQueued()
+	u.forwardQueued(c.link)
 }
 
 // rollback makes this process the server again after its successor died
@@ -380,9 +390,21 @@ func (u *Upgrader) close() {
 		pred.Close()
 	}
 	// Wait for the forwards under way, each bounded by a step; one that
-	// starts later finds the link closed.
+	// starts later finds the link closed. What this process still holds
+	// for the successor (closed during a canary window, say) goes on
+	// first: nobody here will serve it.
 	u.forwards.Lock()
 	if succ != nil {
+		if handedOver {
+			queued := u.reg.closeSockets(false)
+			u.mu.Lock()
+			queued = append(queued, u.queued...)
+			u.queued = nil
+			u.mu.Unlock()
+			if len(queued) > 0 {
+				u.forwardConns(succ, queued)
+			}
+		}
 		succ.close()
 	}
 	u.forwards.Unlock()

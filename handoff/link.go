@@ -864,36 +864,67 @@ func (u *Upgrader) adoptConn(m wire.Conn, fd int) string {
 	// This process has handed over in turn: the connection goes on to
 	// its successor.
 	if link := u.successor(); link != nil && link.accepts(m.Key) {
-		if err := u.forwardConn(m.Key, c, m.State); err != nil {
+		u.forwards.RLock()
+		defer u.forwards.RUnlock()
+		err := u.forwardConns(link, []queuedConn{{key: m.Key, conn: c, state: m.State}})[0]
+		if err != nil && !errors.Is(err, ErrConnUnknown) {
 			return err.Error()
 		}
+		// Taken, or perhaps taken: the predecessor must not serve it
+		// beside the next process.
 		return ""
 	}
 	c.Close()
 	return fmt.Sprintf("no listener for %q", m.Key)
 }
 
-// forwardConn passes c, a connection this process holds but no longer
-// serves, to the successor, and closes it here; on failure it is closed
-// anyway: nobody here can serve it.
-func (u *Upgrader) forwardConn(key string, c net.Conn, state []byte) error {
-	defer c.Close()
-	// Close waits for forwards (u.forwards) rather than cut them: a
-	// connection on its way down the line is a client's, with nobody
-	// else to serve it. Each is bounded by a step.
-	u.forwards.RLock()
-	defer u.forwards.RUnlock()
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(u.ctx), u.cfg.StepTimeout)
-	defer cancel()
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return errorf("handoff: cannot forward a %T", c)
+// forwardConns passes queued, connections this process holds but no
+// longer serves, on to the successor over link, all at once, and closes
+// this process's copy of each as the successor answers for it (or the
+// link's step deadline passes). It returns once every one is settled:
+// each error is one's outcome, nil if the successor took it. One nobody
+// took is closed anyway: nobody here can serve it.
+//
+// The caller holds u.forwards (read-held; Close takes it), so that Close
+// waits for connections on their way down the line rather than cut them:
+// each is a client's, with nobody else to serve it.
+func (u *Upgrader) forwardConns(link *successorLink, queued []queuedConn) []error {
+	errs := make([]error, len(queued))
+	var wg sync.WaitGroup
+	for i, q := range queued {
+		sc, ok := q.conn.(syscall.Conn)
+		if !ok {
+			errs[i] = errorf("handoff: cannot forward a %T", q.conn)
+			q.conn.Close()
+			continue
+		}
+		wg.Add(1)
+		c := q.conn
+		_, err := link.queueConn(q.key, sc, q.state, time.Now().Add(u.cfg.StepTimeout), func(err error) {
+			defer wg.Done()
+			errs[i] = err
+			c.Close()
+		})
+		if err != nil {
+			wg.Done()
+			errs[i] = err
+			c.Close()
+		}
 	}
-	err := u.sendConn(ctx, key, sc, state)
-	if err != nil {
-		u.log.Warn("could not pass a handed-over connection on to the successor", "socket", describeKey(key), "err", err)
+	wg.Wait()
+	failed := 0
+	var first error
+	for _, err := range errs {
+		if err != nil {
+			if failed++; first == nil {
+				first = err
+			}
+		}
 	}
-	return err
+	if failed > 0 {
+		u.log.Warn("could not pass handed-over connections on to the successor; closed them", "connections", failed, "of", len(queued), "err", first)
+	}
+	return errs
 }
 
 type handedConn struct {

@@ -1,7 +1,9 @@
 package handoff
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -206,4 +208,75 @@ func TestParkedServedOnShutdown(t *testing.T) {
 		t.Fatalf("request on the parked connection during the drain: %q, Connection: close %v, %v; want an answer and Connection: close", body, closing, err)
 	}
 	joinDrain(t, drained)
+}
+
+// TestForwardedBeforeClose: a successor that hands over in turn while it
+// holds parked connections, and whose program closes its Upgrader as
+// soon as Exit fires (nothing of its own to drain), still passes every one
+// of them on: Close waits for the forward instead of cutting it, and the
+// last process answers each.
+func TestForwardedBeforeClose(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	const n = 64
+	old := startHTTP(t, cfg, "old", nil)
+	var cs []*httpClient
+	for i := range n {
+		c := dialHTTP(t, old.addr)
+		if body, _, err := c.get(fmt.Sprint("/", i)); err != nil || body != fmt.Sprint("old /", i) {
+			t.Fatalf("%q, %v", body, err)
+		}
+		cs = append(cs, c)
+	}
+	old.waitConns(t, n, "the connections to be idle")
+	mid := startHTTP(t, cfg, "mid", nil)
+	joinDrain(t, old.startDrain(t))
+	waitFor(t, "the connections to be parked", func() bool { return mid.parked() == n })
+
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		select {
+		case <-mid.upg.Exit():
+		case <-time.After(waitBound):
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), waitBound)
+		defer cancel()
+		mid.shutdown(ctx)
+		mid.upg.Close()
+	}()
+	startHTTP(t, cfg, "last", nil)
+	recvWithin(t, closed, "the middle process to close")
+	for i, c := range cs {
+		if body, closing, err := c.get("/again"); err != nil || body != "last /again" || closing {
+			t.Errorf("connection %d after the middle process closed: %q, Connection: close %v, %v", i, body, closing, err)
+		}
+	}
+}
+
+// TestClosedInCanaryWindowForwards: a process that is closed while its
+// successor's canary window runs leaves that successor to serve alone,
+// and passes on what it still holds for it (here, parked connections its
+// predecessor handed over) rather than close it.
+func TestClosedInCanaryWindowForwards(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	old := startHTTP(t, cfg, "old", nil)
+	c := dialHTTP(t, old.addr)
+	if body, _, err := c.get("/1"); err != nil || body != "old /1" {
+		t.Fatalf("%q, %v", body, err)
+	}
+	old.waitConns(t, 1, "the connection to be idle")
+	canary := cfg
+	canary.CanaryWindow = time.Minute // for the middle process's successor
+	mid := startGeneration(t, canary, &http.Server{Handler: answerName("mid", nil)}, (*HTTPServer).Serve)
+	joinDrain(t, old.startDrain(t))
+	waitFor(t, "the connection to be parked", func() bool { return mid.parked() == 1 })
+	startHTTP(t, cfg, "last", nil)
+	waitFor(t, "the canary window", func() bool { return mid.upg.Status().State == "canary" })
+	mid.upg.Close() // the program's server, still serving nothing, is closed at cleanup
+	if body, closing, err := c.get("/2"); err != nil || body != "last /2" || closing {
+		t.Fatalf("after the middle process closed in the canary window: %q, Connection: close %v, %v", body, closing, err)
+	}
 }

@@ -452,8 +452,9 @@ func (r *registry) dropUnclaimed() []inheritedFD {
 
 // queuedConn is a handed-over connection that no Accept took.
 type queuedConn struct {
-	key  string
-	conn net.Conn
+	key   string
+	conn  net.Conn
+	state []byte // what SendConn sent with it (forwarded with it)
 }
 
 // closeSockets closes this process's copies of the sockets in use, and

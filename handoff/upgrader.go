@@ -296,8 +296,11 @@ func (u *Upgrader) Stop() {
 // process holds, interrupts an upgrade in flight (killing a successor
 // Upgrade started), and waits for the Upgrader's goroutines. After a
 // handover it leaves the sockets, the control socket and the pid file to
-// the successor. A process that never became ready removes no file it
-// did not create. Close is idempotent.
+// the successor, and passes on to it first the connections this process
+// still holds for it (handed over by its predecessor, never accepted):
+// Close waits for those, a step at most each, rather than cut them. A
+// process that never became ready removes no file it did not create.
+// Close is idempotent.
 func (u *Upgrader) Close() error {
 	u.close()
 	return nil

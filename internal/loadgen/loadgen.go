@@ -349,7 +349,7 @@ func (w *worker) fail(t0 time.Time, err error) {
 	w.res.Failures[kind]++
 	w.res.Failed = append(w.res.Failed, t0.Sub(w.start))
 	if len(w.res.Errors) < maxErrors {
-		w.res.Errors = append(w.res.Errors, fmt.Sprintf("%s at +%v: %v", kind, t0.Sub(w.start).Round(time.Millisecond), err))
+		w.res.Errors = append(w.res.Errors, fmt.Sprintf("%s at +%v (%s): %v", kind, t0.Sub(w.start).Round(time.Millisecond), t0.UTC().Format("15:04:05.000"), err))
 	}
 }
 

@@ -58,6 +58,14 @@ func NewService(tb TB, r *Reaper, bin string) *Service {
 		if tb.Failed() {
 			b, _ := os.ReadFile(log.Name())
 			tb.Logf("service log:\n%s", Tail(b, 60))
+			if d := os.Getenv("HANDOFF_TEST_LOGS"); d != "" { // the whole log, to read after
+				f, err := os.CreateTemp(d, "service-*.log")
+				if err == nil {
+					f.Write(b)
+					f.Close()
+					tb.Logf("whole service log: %s", f.Name())
+				}
+			}
 		}
 		os.RemoveAll(dir)
 	})
