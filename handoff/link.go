@@ -847,6 +847,14 @@ func (u *Upgrader) adoptConn(m wire.Conn, fd int) string {
 	if u.park(wire.ConnEntry{Key: m.Key, State: m.State}, fd) {
 		return ""
 	}
+	if m.Key != "" && u.reg.listenerFor(m.Key) == nil {
+		// This process has handed over in turn: the connection goes on
+		// to its successor as the descriptor it is, not adopted, which
+		// would take a descriptor more.
+		if hc, ok := holdFD(fd); ok {
+			return u.passOn(m, hc)
+		}
+	}
 	c, err := ctl.AdoptConn(fd)
 	if err != nil {
 		return err.Error()
@@ -861,21 +869,32 @@ func (u *Upgrader) adoptConn(m wire.Conn, fd int) string {
 	if ln := u.reg.listenerFor(m.Key); ln != nil && ln.inject(c) {
 		return ""
 	}
-	// This process has handed over in turn: the connection goes on to
-	// its successor.
-	if link := u.successor(); link != nil && link.accepts(m.Key) {
-		u.forwards.RLock()
-		defer u.forwards.RUnlock()
-		err := u.forwardConns(link, []queuedConn{{key: m.Key, conn: c, state: m.State}})[0]
-		if err != nil && !errors.Is(err, ErrConnUnknown) {
-			return err.Error()
-		}
-		// Taken, or perhaps taken: the predecessor must not serve it
-		// beside the next process.
-		return ""
+	hc, ok := c.(heldConn)
+	if !ok { // ctl.AdoptConn returns kernel connections
+		c.Close()
+		return fmt.Sprintf("cannot pass on a %T", c)
 	}
-	c.Close()
-	return fmt.Sprintf("no listener for %q", m.Key)
+	return u.passOn(m, hc)
+}
+
+// passOn passes hc, a connection received for a socket this process no
+// longer serves, to its successor, and returns why it could not, or "".
+// Either way hc is closed here.
+func (u *Upgrader) passOn(m wire.Conn, hc heldConn) string {
+	link := u.successor()
+	if link == nil || !link.accepts(m.Key) {
+		hc.Close()
+		return fmt.Sprintf("no listener for %q", m.Key)
+	}
+	u.forwards.RLock()
+	defer u.forwards.RUnlock()
+	err := u.forwardConns(link, []queuedConn{{key: m.Key, conn: hc, state: m.State}})[0]
+	if err != nil && !errors.Is(err, ErrConnUnknown) {
+		return err.Error()
+	}
+	// Taken, or perhaps taken: the predecessor must not serve it beside
+	// the next process.
+	return ""
 }
 
 // forwardConns passes queued, connections this process holds but no
@@ -892,15 +911,9 @@ func (u *Upgrader) forwardConns(link *successorLink, queued []queuedConn) []erro
 	errs := make([]error, len(queued))
 	var wg sync.WaitGroup
 	for i, q := range queued {
-		sc, ok := q.conn.(syscall.Conn)
-		if !ok {
-			errs[i] = errorf("handoff: cannot forward a %T", q.conn)
-			q.conn.Close()
-			continue
-		}
 		wg.Add(1)
 		c := q.conn
-		_, err := link.queueConn(q.key, sc, q.state, time.Now().Add(u.cfg.StepTimeout), func(err error) {
+		_, err := link.queueConn(q.key, c, q.state, time.Now().Add(u.cfg.StepTimeout), func(err error) {
 			defer wg.Done()
 			errs[i] = err
 			c.Close()

@@ -2,6 +2,7 @@ package handoff
 
 import (
 	"errors"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -271,29 +272,48 @@ func (l *listener) Close() error {
 	return l.Listener.Close()
 }
 
-// takeQueue returns the handed-over connections not accepted yet, parked
-// ones included, which the caller now owns; the listener stays as it is.
-func (l *listener) takeQueue() []net.Conn { return conns(l.takeHanded()) }
+// heldConn is a handed-over connection this process holds but does not
+// serve, to pass on to the successor (or close): an adopted one, or the
+// bare descriptor of a parked one (heldFD).
+type heldConn interface {
+	syscall.Conn
+	io.Closer
+}
 
-// takeHanded is takeQueue, with when each connection arrived.
+// takeQueue returns the handed-over connections not accepted yet, parked
+// ones included, which the caller now owns, to pass on; the listener
+// stays as it is.
+func (l *listener) takeQueue() []heldConn {
+	queue, parked := l.take()
+	return append(held(queue), heldParked(parked)...)
+}
+
+// takeHanded returns, to serve, the handed-over connections not accepted
+// yet, parked ones adopted, with when each arrived; the caller owns them.
 func (l *listener) takeHanded() []handed {
+	queue, parked := l.take()
+	return append(queue, adoptParked(parked)...)
+}
+
+// take empties the queue and the parking lot, which goes on.
+func (l *listener) take() ([]handed, []parkedConn) {
 	l.mu.Lock()
 	lot := l.lot
 	l.mu.Unlock()
-	var parked []handed
+	var parked []parkedConn
 	if lot != nil {
-		parked = adoptParked(lot.take())
+		parked = lot.take()
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	q := append(l.queue, parked...)
+	q := l.queue
 	l.queue = nil
-	return q
+	return q, parked
 }
 
 // detach stops queueing handed-over connections and returns those that
 // were never accepted, parked ones included, which the caller now owns.
-func (l *listener) detach() []net.Conn {
+func (l *listener) detach() []heldConn {
 	l.mu.Lock()
 	l.closed = true
 	lot := l.lot
@@ -304,23 +324,29 @@ func (l *listener) detach() []net.Conn {
 	l.woken = true
 	l.Listener.(deadliner).SetDeadline(longAgo)
 	l.mu.Unlock()
-	var parked []handed
+	var parked []parkedConn
 	if lot != nil {
-		parked = adoptParked(lot.stop()) // joins the lot, which may queue more meanwhile
+		parked = lot.stop() // joins the lot, which may queue more meanwhile
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	q := conns(append(l.queue, parked...))
+	q := append(held(l.queue), heldParked(parked)...)
 	l.queue = nil
 	return q
 }
 
-func conns(hs []handed) []net.Conn {
-	cs := make([]net.Conn, len(hs))
-	for i, h := range hs {
-		cs[i] = h.conn
+// held is the queued connections as heldConns. Each is a kernel
+// connection (ctl.AdoptConn's); one that were not is closed.
+func held(hs []handed) []heldConn {
+	out := make([]heldConn, 0, len(hs))
+	for _, h := range hs {
+		if c, ok := h.conn.(heldConn); ok {
+			out = append(out, c)
+		} else {
+			h.conn.Close()
+		}
 	}
-	return cs
+	return out
 }
 
 // SyscallConn gives access to the kernel socket, so that a caller can

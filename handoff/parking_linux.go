@@ -246,3 +246,54 @@ func (p *parkingLot) stop() []parkedConn {
 	p.parked, p.order, p.retry = nil, nil, nil
 	return out
 }
+
+// heldFD is the descriptor of a parked connection that goes on to the
+// successor without being adopted: unlike a net.Conn it needs no
+// descriptor of its own (net.FileConn duplicates), so a process at its
+// open-file limit still passes every one on, and costs no system call
+// but the close. It is a syscall.Conn for the link; Close waits for a
+// Control under way, so that the number is never another file's while
+// the link sends it.
+type heldFD struct {
+	mu     sync.RWMutex
+	fd     int
+	closed bool
+}
+
+func (h *heldFD) SyscallConn() (syscall.RawConn, error) { return h, nil }
+
+func (h *heldFD) Control(f func(fd uintptr)) error {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if h.closed {
+		return os.ErrClosed
+	}
+	f(uintptr(h.fd))
+	return nil
+}
+
+func (h *heldFD) Read(func(fd uintptr) bool) error  { return errors.ErrUnsupported }
+func (h *heldFD) Write(func(fd uintptr) bool) error { return errors.ErrUnsupported }
+
+func (h *heldFD) Close() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return os.ErrClosed
+	}
+	h.closed = true
+	return unix.Close(h.fd)
+}
+
+// holdFD holds fd, a received connection, for passing on.
+func holdFD(fd int) (heldConn, bool) { return &heldFD{fd: fd}, true }
+
+// heldParked holds parked connections' descriptors for passing on; the
+// caller owns them.
+func heldParked(parked []parkedConn) []heldConn {
+	out := make([]heldConn, len(parked))
+	for i, pc := range parked {
+		out[i] = &heldFD{fd: pc.fd}
+	}
+	return out
+}

@@ -280,3 +280,49 @@ func TestClosedInCanaryWindowForwards(t *testing.T) {
 		t.Fatalf("after the middle process closed in the canary window: %q, Connection: close %v, %v", body, closing, err)
 	}
 }
+
+// TestHeldFD: a parked connection held for passing on gives the link its
+// descriptor while open, never after Close (whose number another file
+// may have by then), and Close waits for a Control under way.
+func TestHeldFD(t *testing.T) {
+	checkLeaks(t)
+	_, sessions := sessionPairs(t, 1)
+	fd, err := dupFD(sessions[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc, _ := holdFD(fd)
+	rc, err := hc.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inside, release := make(chan struct{}), make(chan struct{})
+	controlled := make(chan error, 1)
+	go func() {
+		controlled <- rc.Control(func(got uintptr) {
+			if int(got) != fd {
+				t.Errorf("Control gave descriptor %d, want %d", got, fd)
+			}
+			close(inside)
+			<-release
+		})
+	}()
+	recvWithin(t, inside, "Control to run")
+	closed := make(chan error, 1)
+	go func() { closed <- hc.Close() }()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while Control was under way")
+	case <-time.After(50 * time.Millisecond): // a bound for the negative only
+	}
+	close(release)
+	if err := recvWithin(t, controlled, "Control to return"); err != nil {
+		t.Fatal(err)
+	}
+	if err := recvWithin(t, closed, "Close to return"); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.Control(func(uintptr) { t.Error("Control ran after Close") }); err == nil {
+		t.Fatal("Control after Close: no error")
+	}
+}

@@ -23,3 +23,8 @@ func newParkingLot(time.Duration, func(int, time.Time) bool) (*parkingLot, error
 func (*parkingLot) park(int) (ok, ended bool) { return false, false }
 func (*parkingLot) take() []parkedConn        { return nil }
 func (*parkingLot) stop() []parkedConn        { return nil }
+
+func heldParked([]parkedConn) []heldConn { return nil }
+
+// holdFD reports false: nothing is handed over to be passed on.
+func holdFD(int) (heldConn, bool) { return nil, false }

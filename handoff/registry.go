@@ -453,7 +453,7 @@ func (r *registry) dropUnclaimed() []inheritedFD {
 // queuedConn is a handed-over connection that no Accept took.
 type queuedConn struct {
 	key   string
-	conn  net.Conn
+	conn  heldConn
 	state []byte // what SendConn sent with it (forwarded with it)
 }
 
