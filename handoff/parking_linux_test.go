@@ -326,3 +326,37 @@ func TestHeldFD(t *testing.T) {
 		t.Fatal("Control after Close: no error")
 	}
 }
+
+// TestPassedOnAfterHandover: connections that reach a process after it
+// has handed over in turn (its predecessor drains only once released,
+// when this process's own successor is ready) go on down the line
+// unadopted, and the last process answers them.
+func TestPassedOnAfterHandover(t *testing.T) {
+	checkLeaks(t)
+	cfg := testConfig(t)
+	canary := cfg
+	canary.CanaryWindow = time.Minute // old waits for mid to hand over in turn
+	old := startGeneration(t, canary, &http.Server{Handler: answerName("old", nil)}, (*HTTPServer).Serve)
+	const n = 8
+	var cs []*httpClient
+	for i := range n {
+		c := dialHTTP(t, old.addr)
+		if body, _, err := c.get(fmt.Sprint("/", i)); err != nil || body != fmt.Sprint("old /", i) {
+			t.Fatalf("%q, %v", body, err)
+		}
+		cs = append(cs, c)
+	}
+	old.waitConns(t, n, "the connections to be idle")
+	drained := old.startDrain(t) // waits for Exit: mid's release
+	mid := startHTTP(t, cfg, "mid", nil)
+	waitFor(t, "the canary window", func() bool { return old.upg.Status().State == "canary" })
+	midDrained := mid.startDrain(t)
+	startHTTP(t, cfg, "last", nil) // mid hands over; old, released, drains into mid
+	joinDrain(t, drained)
+	joinDrain(t, midDrained)
+	for i, c := range cs {
+		if body, closing, err := c.get("/again"); err != nil || body != "last /again" || closing {
+			t.Errorf("connection %d: %q, Connection: close %v, %v", i, body, closing, err)
+		}
+	}
+}
