@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -52,6 +53,42 @@ type httpConn struct {
 	// until retryAt before the next.
 	kept    int
 	retryAt time.Time
+	// handedIn: it came from a predecessor, which may hold a copy until
+	// it exits: closing it shuts it down first, so that its client sees
+	// the end at once.
+	handedIn bool
+
+	// The gate (gatedRead): net/http's read of the next request, through
+	// the netpoller, with mu held around each read(2), so that Shutdown
+	// can hand the connection over in place (moveInPlace) while net/http's
+	// goroutine stays parked: it never reads a byte after that. Its
+	// goroutine and this process's copy are then left to the process's
+	// exit, or HTTPServer.Close: tearing down 18,000 of them is most of
+	// what a move would cost this process otherwise.
+	rc         syscall.RawConn    // the kernel connection's; nil: no gate
+	gateFn     func(uintptr) bool // gateStep, bound once
+	gp         []byte             // the gated read's buffer and outcome: its goroutine's alone
+	gn         int
+	gerr       error
+	gmoving    bool
+	inGate     bool          // a clean read waits in the gate with nothing read
+	moving     bool          // handed over in place: the gate reads nothing
+	movedIn    bool          // and the successor took it (or may have)
+	readerDone bool          // net/http's goroutine has left the gate since: its Close closes
+	outcome    chan struct{} // closed once a move in place is settled
+	inPlace    atomic.Bool   // moving or moved in place: the drain's scan skips it
+}
+
+// newHTTPConn wraps c, a kernel connection from the listener with key.
+func newHTTPConn(s *HTTPServer, c net.Conn, key string) *httpConn {
+	hc := &httpConn{Conn: c, srv: s, key: key, phase: http.StateNew}
+	if sc, ok := c.(syscall.Conn); ok && gateReads && key != "" {
+		if rc, err := sc.SyscallConn(); err == nil {
+			hc.rc = rc
+			hc.gateFn = hc.gateStep
+		}
+	}
+	return hc
 }
 
 // idleTimeout is how long net/http keeps an idle keep-alive connection
@@ -92,7 +129,13 @@ func (c *httpConn) Read(p []byte) (int, error) {
 	}
 	c.mu.Unlock()
 	for {
-		n, err := c.Conn.Read(p)
+		var n int
+		var err error
+		if clean && c.rc != nil {
+			n, err = c.gatedRead(p)
+		} else {
+			n, err = c.Conn.Read(p)
+		}
 		c.mu.Lock()
 		if n > 0 && c.awaitingFirst {
 			// The request has begun: net/http's header budget starts now.
@@ -126,6 +169,101 @@ func (c *httpConn) Read(p []byte) (int, error) {
 		c.mu.Unlock()
 		return n, err
 	}
+}
+
+// gatedRead reads into p through the gate: a read(2) under mu each time
+// the netpoller says the socket is readable, none once the connection is
+// handed over in place. Then it waits for the move's outcome: io.EOF if
+// the successor took it (net/http lets go of it, and never read a byte
+// of it), a read as before if not.
+func (c *httpConn) gatedRead(p []byte) (int, error) {
+	for {
+		c.gp, c.gn, c.gerr, c.gmoving = p, 0, nil, false
+		c.mu.Lock()
+		c.inGate = true
+		c.mu.Unlock()
+		err := c.rc.Read(c.gateFn)
+		c.mu.Lock()
+		c.inGate = false
+		if c.movedIn {
+			c.readerDone = true
+		}
+		moving, outcome := c.gmoving, c.outcome
+		c.mu.Unlock()
+		c.gp = nil
+		if err != nil {
+			return 0, &net.OpError{Op: "read", Net: "tcp", Err: err}
+		}
+		if moving {
+			<-outcome // within a step: the link settles every connection by then
+			c.mu.Lock()
+			taken := c.movedIn
+			c.readerDone = taken
+			c.mu.Unlock()
+			if taken {
+				return 0, io.EOF
+			}
+			continue
+		}
+		if c.gerr != nil {
+			return c.gn, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", c.gerr)}
+		}
+		if c.gn == 0 {
+			return 0, io.EOF
+		}
+		return c.gn, nil
+	}
+}
+
+// gateStep is the gate's one try: false while nothing has arrived.
+func (c *httpConn) gateStep(fd uintptr) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.moving {
+		c.gmoving = true
+		return true
+	}
+	n, err := readFD(fd, c.gp)
+	if err == errAgain {
+		return false
+	}
+	c.inGate = false // read, or failed: no longer movable
+	c.gn, c.gerr = n, err
+	return true
+}
+
+// moveInPlace marks c handed over in place, if net/http's goroutine
+// waits in the gate with nothing read and release would let it go; the
+// caller then sends it (HTTPServer.movedInPlace gets the outcome).
+func (c *httpConn) moveInPlace(now time.Time, busy time.Duration) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.inGate || c.moving || c.stealing || c.stolen || c.unclean || c.readSinceIdle ||
+		c.phase == http.StateActive || now.Before(c.retryAt) ||
+		(c.phase == http.StateIdle && now.Sub(c.idleSince) < busy) {
+		return false
+	}
+	c.moving = true
+	c.outcome = make(chan struct{})
+	c.inPlace.Store(true)
+	return true
+}
+
+// settleInPlace gives a move in place its outcome: taken, the successor
+// has the connection (or may have); not, it is served here on, and
+// offered again after a while.
+func (c *httpConn) settleInPlace(taken bool, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if taken {
+		c.movedIn = true
+	} else {
+		c.moving = false
+		c.inPlace.Store(false)
+		c.retryAt = now.Add(min(keepRetry<<min(c.kept, 10), keepRetryMax))
+		c.kept++
+	}
+	close(c.outcome)
 }
 
 // cleanRead reports whether a Read into p is net/http waiting for the next
@@ -219,15 +357,33 @@ func (c *httpConn) SetDeadline(t time.Time) error {
 // the client left), and closes every other. HTTPServer closes this
 // process's copy of a released one once the successor has answered
 // (handedOver).
+//
+// One handed over in place stays open while net/http's goroutine is
+// parked in the gate (net/http's Shutdown closes idle connections): that
+// goroutine, and this copy, are left to the process's exit or
+// HTTPServer.Close. Once the goroutine has left the gate, Close closes
+// the copy. One that came from a predecessor is shut down before it is
+// closed: the predecessor may still hold a copy, and its client must see
+// the end now.
 func (c *httpConn) Close() error {
 	c.mu.Lock()
 	stolen := c.stolen
 	c.stolen = false
 	c.unask()
+	movedIn, readerDone, handedIn := c.movedIn, c.readerDone, c.handedIn
 	c.mu.Unlock()
-	if stolen {
+	switch {
+	case stolen:
 		c.srv.handOver(c)
 		return nil
+	case movedIn && !readerDone:
+		return nil
+	case movedIn:
+		c.srv.dropInPlace(c)
+	case handedIn:
+		if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
 	}
 	return c.Conn.Close()
 }

@@ -2,7 +2,6 @@ package handoff
 
 import (
 	"net"
-	"net/http"
 	"sync"
 	"time"
 )
@@ -31,9 +30,9 @@ func (s *HTTPServer) keep(c *httpConn, why error) bool {
 		return false
 	}
 	now := time.Now()
-	kc := &httpConn{Conn: c.Conn, srv: s, key: c.key, phase: http.StateNew,
-		awaitingFirst: true, handedAt: now, kept: c.kept + 1,
-		retryAt: now.Add(min(keepRetry<<min(c.kept, 10), keepRetryMax))}
+	kc := newHTTPConn(s, c.Conn, c.key)
+	kc.awaitingFirst, kc.handedAt, kc.kept = true, now, c.kept+1
+	kc.retryAt = now.Add(min(keepRetry<<min(c.kept, 10), keepRetryMax))
 	s.mu.Lock()
 	kl := s.kept
 	if kl != nil {

@@ -36,16 +36,25 @@ func (g *httpGeneration) parked() int {
 // successor's, parked until its client sends.
 func handOverIdle(t *testing.T, cfg Config, srv *http.Server) (*httpClient, *httpGeneration) {
 	t.Helper()
+	c, old := oneIdle(t, cfg)
+	next := startGeneration(t, cfg, srv, (*HTTPServer).Serve)
+	joinDrain(t, old.startDrain(t))
+	waitFor(t, "the connection to be parked", func() bool { return next.parked() == 1 })
+	return c, next
+}
+
+// oneIdle starts a first process, "old", with one idle keep-alive
+// connection, which waits for its next request in the gate.
+func oneIdle(t *testing.T, cfg Config) (*httpClient, *httpGeneration) {
+	t.Helper()
 	old := startHTTP(t, cfg, "old", nil)
 	c := dialHTTP(t, old.addr)
 	if body, _, err := c.get("/1"); err != nil || body != "old /1" {
 		t.Fatalf("%q, %v", body, err)
 	}
 	old.waitConns(t, 1, "the connection to be idle")
-	next := startGeneration(t, cfg, srv, (*HTTPServer).Serve)
-	joinDrain(t, old.startDrain(t))
-	waitFor(t, "the connection to be parked", func() bool { return next.parked() == 1 })
-	return c, next
+	old.waitGated(t)
+	return c, old
 }
 
 // TestParkedUntilClientSends: an idle connection handed over waits in the
@@ -358,5 +367,96 @@ func TestPassedOnAfterHandover(t *testing.T) {
 		if body, closing, err := c.get("/again"); err != nil || body != "last /again" || closing {
 			t.Errorf("connection %d: %q, Connection: close %v, %v", i, body, closing, err)
 		}
+	}
+}
+
+// inPlace reports how many connections g's server handed over in place
+// and still holds a copy of.
+func (g *httpGeneration) inPlace() int {
+	g.srv.mu.Lock()
+	defer g.srv.mu.Unlock()
+	return len(g.srv.inPlace)
+}
+
+// waitGated waits until every connection g serves waits for its next
+// request in the gate, where a move in place takes it.
+func (g *httpGeneration) waitGated(t *testing.T) {
+	t.Helper()
+	waitFor(t, "the connections to wait in the gate", func() bool {
+		g.srv.mu.Lock()
+		defer g.srv.mu.Unlock()
+		for _, tr := range g.srv.conns {
+			if tr.hc == nil {
+				return false
+			}
+			tr.hc.mu.Lock()
+			in := tr.hc.inGate
+			tr.hc.mu.Unlock()
+			if !in {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// moveOneInPlace starts old and a successor serving srv, with one idle
+// keep-alive connection on old waiting in the gate, and drains old: the
+// connection moves in place, and old keeps its copy.
+func moveOneInPlace(t *testing.T, cfg Config, srv *http.Server) (*httpClient, *httpGeneration) {
+	t.Helper()
+	c, old := oneIdle(t, cfg)
+	startGeneration(t, cfg, srv, (*HTTPServer).Serve)
+	joinDrain(t, old.startDrain(t))
+	if n := old.inPlace(); n != 1 {
+		t.Fatalf("the old process holds %d connections moved in place, want 1", n)
+	}
+	return c, old
+}
+
+// TestMovedInPlace: the old process hands an idle connection over while
+// net/http's goroutine for it stays parked in the gate (it is not woken,
+// and keeps its copy); when the client sends, the successor answers the
+// whole request (the old process read none of it), and the old process's
+// goroutine lets go and closes its copy.
+func TestMovedInPlace(t *testing.T) {
+	checkLeaks(t)
+	c, old := moveOneInPlace(t, testConfig(t), &http.Server{Handler: answerName("new", nil)})
+	if body, closing, err := c.get("/2"); err != nil || body != "new /2" || closing {
+		t.Fatalf("after the move: %q, Connection: close %v, %v", body, closing, err)
+	}
+	waitFor(t, "the old process to let go of its copy", func() bool { return old.inPlace() == 0 })
+	if body, _, err := c.get("/3"); err != nil || body != "new /3" {
+		t.Fatalf("once the old process let go: %q, %v", body, err)
+	}
+}
+
+// TestMovedInPlaceClosedOnClose: HTTPServer.Close closes the copies of
+// connections moved in place, and ends net/http's goroutines parked on
+// them (checkLeaks counts both); the successor serves on.
+func TestMovedInPlaceClosedOnClose(t *testing.T) {
+	checkLeaks(t)
+	c, old := moveOneInPlace(t, testConfig(t), &http.Server{Handler: answerName("new", nil)})
+	old.srv.Close()
+	if n := old.inPlace(); n != 0 {
+		t.Fatalf("%d connections moved in place still held after Close", n)
+	}
+	if body, _, err := c.get("/2"); err != nil || body != "new /2" {
+		t.Fatalf("after the old server closed: %q, %v", body, err)
+	}
+}
+
+// TestHandedInShutDownOnClose: a successor that closes a connection it
+// received (its idle timeout here) while the old process still holds a
+// copy (moved in place, process not exited) shuts it down first: the
+// client sees the end at once, not when the old process exits.
+func TestHandedInShutDownOnClose(t *testing.T) {
+	checkLeaks(t)
+	const idle = 300 * time.Millisecond
+	c, _ := moveOneInPlace(t, testConfig(t), &http.Server{Handler: answerName("new", nil), IdleTimeout: idle})
+	c.c.SetReadDeadline(time.Now().Add(waitBound))
+	n, err := c.c.Read(make([]byte, 1))
+	if n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("read on the idle connection: %d bytes, %v; want EOF at the successor's idle timeout", n, err)
 	}
 }
