@@ -370,7 +370,10 @@ func (c *httpConn) Close() error {
 	stolen := c.stolen
 	c.stolen = false
 	c.unask()
-	movedIn, readerDone, handedIn := c.movedIn, c.readerDone, c.handedIn
+	movedIn, readerDone := c.movedIn, c.readerDone
+	// Not while a move in place waits for its answer: the successor may
+	// have the connection already.
+	shutDown := c.handedIn && !c.moving
 	c.mu.Unlock()
 	switch {
 	case stolen:
@@ -380,7 +383,7 @@ func (c *httpConn) Close() error {
 		return nil
 	case movedIn:
 		c.srv.dropInPlace(c)
-	case handedIn:
+	case shutDown:
 		if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		}
