@@ -65,7 +65,7 @@ func TestLinkBatches(t *testing.T) {
 	for i, s := range sessions {
 		errs[i] = make(chan error, 1)
 		go func() {
-			errs[i] <- link.send(context.Background(), "web", s.(*net.TCPConn), []byte{byte(i >> 8), byte(i)})
+			errs[i] <- link.send(context.Background(), "web", s.(*net.TCPConn), []byte{byte(i >> 8), byte(i)}, false)
 		}()
 	}
 
@@ -119,7 +119,7 @@ func TestLinkBatchAckMismatch(t *testing.T) {
 	link, successor := batchLinkPair(t)
 	_, sessions := sessionPairs(t, 1)
 	errc := make(chan error, 1)
-	go func() { errc <- link.send(context.Background(), "web", sessions[0].(*net.TCPConn), nil) }()
+	go func() { errc <- link.send(context.Background(), "web", sessions[0].(*net.TCPConn), nil, false) }()
 	cm, _ := receiveBatch(t, successor)
 	if err := successor.Send(wire.ConnsAck{ID: cm.ID, OK: []bool{true, true}}, nil, time.Now().Add(waitBound)); err != nil {
 		t.Fatal(err)

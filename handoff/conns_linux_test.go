@@ -69,7 +69,7 @@ func receiveConn(t *testing.T, successor *ctl.Conn) (wire.Conn, net.Conn) {
 func sendAll(link *successorLink, sessions []net.Conn) <-chan error {
 	errs := make(chan error, len(sessions))
 	for i, s := range sessions {
-		go func() { errs <- link.send(context.Background(), "web", s.(syscall.Conn), []byte{byte(i)}) }()
+		go func() { errs <- link.send(context.Background(), "web", s.(syscall.Conn), []byte{byte(i)}, false) }()
 	}
 	return errs
 }

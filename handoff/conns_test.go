@@ -116,7 +116,7 @@ func TestConnsFollowTheChain(t *testing.T) {
 	key := "tcp|127.0.0.1:0"
 	send := func(i int) {
 		t.Helper()
-		if err := gen1.sendConn(context.Background(), key, sessions[i].(syscall.Conn), nil); err != nil {
+		if err := gen1.successor().send(context.Background(), key, sessions[i].(syscall.Conn), nil, false); err != nil {
 			t.Fatalf("send %d: %v", i, err)
 		}
 	}

@@ -105,6 +105,28 @@ func ExampleUpgrader_SendConn() {
 	}
 }
 
+// A server that only ever answers (an echo, a request-and-answer protocol)
+// hands each idle session over with SendIdleConn: the successor holds it
+// unadopted until its client sends, and AcceptConn (as above) returns it
+// then. examples/websocket is a complete one.
+func ExampleUpgrader_SendIdleConn() {
+	ctx := context.Background()
+	upg, err := handoff.New(ctx, handoff.Config{Name: "echo"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer upg.Close()
+	if err := upg.Ready(); err != nil {
+		log.Fatal(err)
+	}
+	<-upg.Exit()
+	for _, s := range sessions() { // each between two messages, nothing to send
+		if err := upg.SendIdleConn(ctx, s.conn, s.state); err != nil && !errors.Is(err, handoff.ErrConnUnknown) {
+			go resume(s.conn, s.state) // still ours: serve it to its end
+		}
+	}
+}
+
 // A UDP server: the successor reads from the very same socket, so no
 // datagram queued during the upgrade is lost.
 func ExampleUpgrader_ListenPacket() {

@@ -509,13 +509,13 @@ func TestLinkOneConnectionFails(t *testing.T) {
 	clients, sessions := sessionPairs(t, 3)
 
 	big := make([]byte, wire.MaxMessageSize)
-	err := link.send(context.Background(), "web", sessions[0].(syscall.Conn), big)
+	err := link.send(context.Background(), "web", sessions[0].(syscall.Conn), big, false)
 	if err == nil || errors.Is(err, ErrConnUnknown) || !link.accepts("web") {
 		t.Fatalf("oversized state: send = %v, link usable %v; want a plain error and a usable link", err, link.accepts("web"))
 	}
 
 	// The successor takes the next connection but never acknowledges it.
-	err = link.send(context.Background(), "web", sessions[1].(syscall.Conn), nil)
+	err = link.send(context.Background(), "web", sessions[1].(syscall.Conn), nil, false)
 	if !errors.Is(err, ErrConnUnknown) || errors.Is(err, ErrNoSuccessor) {
 		t.Fatalf("unacknowledged: send = %v, want ErrConnUnknown", err)
 	}
@@ -526,7 +526,9 @@ func TestLinkOneConnectionFails(t *testing.T) {
 
 	// The late ack, then the next connection, acknowledged in time.
 	errs := make(chan error, 1)
-	go func() { errs <- link.send(context.Background(), "web", sessions[2].(syscall.Conn), []byte("third")) }()
+	go func() {
+		errs <- link.send(context.Background(), "web", sessions[2].(syscall.Conn), []byte("third"), false)
+	}()
 	cm, moved := receiveConn(t, successor)
 	for _, id := range []uint64{late.ID, cm.ID} {
 		if err := successor.Send(wire.ConnAck{ID: id, OK: true}, nil, time.Now().Add(5*time.Second)); err != nil {

@@ -242,7 +242,7 @@ func (u *Upgrader) handOver(ctrl *net.UnixListener, succPID int, inUnit bool) {
 	// down, and some (grpc's GracefulStop) close such a connection at once.
 	u.reg.pause(true)
 	close(u.exit) // before the sockets close, so Serve can tell why they did
-	queued := u.reg.closeSockets(false)
+	queued := append(u.reg.closeSockets(false), u.conns.handOver()...)
 	u.mu.Lock()
 	u.queued = queued
 	u.mu.Unlock()
@@ -345,6 +345,9 @@ func (u *Upgrader) stop() (wasServing, stopped bool) {
 		u.removeControlSocket(ctrl)
 	}
 	u.releasePredecessor(fmt.Sprintf("pid %d is stopping", u.pid))
+	// The program closes its connections its way: AcceptConn returns the
+	// idle ones still parked.
+	u.conns.unparkAll()
 	return wasServing, true
 }
 
@@ -396,7 +399,9 @@ func (u *Upgrader) close() {
 	u.forwards.Lock()
 	if succ != nil {
 		if handedOver {
-			queued := u.reg.closeSockets(false)
+			// During a canary window, AcceptConn's idle connections
+			// are still parked here: they go on too.
+			queued := append(u.reg.closeSockets(false), u.conns.handOver()...)
 			u.mu.Lock()
 			queued = append(queued, u.queued...)
 			u.queued = nil

@@ -77,6 +77,7 @@ type successorLink struct {
 type outConn struct {
 	key   string
 	state []byte
+	idle  bool            // its peer speaks next (SendIdleConn)
 	rc    syscall.RawConn // the owner's own descriptor
 	until time.Time       // when its sender stops waiting
 
@@ -160,12 +161,12 @@ func (l *successorLink) batches() bool { return l.caps&wire.CapConnBatch != 0 }
 // the successor does not have it. Whatever happens to one connection
 // affects no other: only a broken link (the successor gone) fails those
 // that follow.
-func (l *successorLink) send(ctx context.Context, key string, sc syscall.Conn, state []byte) error {
+func (l *successorLink) send(ctx context.Context, key string, sc syscall.Conn, state []byte, idle bool) error {
 	until := time.Now().Add(l.step)
 	if d, ok := ctx.Deadline(); ok && d.Before(until) {
 		until = d
 	}
-	oc, err := l.queueConn(key, sc, state, until, nil)
+	oc, err := l.queueConn(key, sc, state, idle, until, nil)
 	if err != nil {
 		return err
 	}
@@ -193,13 +194,14 @@ func (l *successorLink) send(ctx context.Context, key string, sc syscall.Conn, s
 // parked per connection, with its own timer, would cost most of the
 // move.
 func (l *successorLink) sendAsync(key string, sc syscall.Conn, then func(error)) error {
-	_, err := l.queueConn(key, sc, nil, time.Now().Add(l.step), then)
+	_, err := l.queueConn(key, sc, nil, false, time.Now().Add(l.step), then)
 	return err
 }
 
 // queueConn queues a connection for writeConns: for send (then nil) or
-// sendAsync.
-func (l *successorLink) queueConn(key string, sc syscall.Conn, state []byte, until time.Time, then func(error)) (*outConn, error) {
+// sendAsync. idle marks one whose peer speaks next, for a successor that
+// understands it (CapIdleConns).
+func (l *successorLink) queueConn(key string, sc syscall.Conn, state []byte, idle bool, until time.Time, then func(error)) (*outConn, error) {
 	if !l.accepts(key) {
 		return nil, errorf("%w: successor does not take connections for socket %s", ErrNoSuccessor, describeKey(key))
 	}
@@ -210,7 +212,7 @@ func (l *successorLink) queueConn(key string, sc syscall.Conn, state []byte, unt
 	if err != nil {
 		return nil, errorf("handoff: the connection to send: %w", err)
 	}
-	oc := &outConn{key: key, state: state, rc: rc, until: until, then: then}
+	oc := &outConn{key: key, state: state, idle: idle, rc: rc, until: until, then: then}
 	if then == nil {
 		oc.done = make(chan error, 1)
 	}
@@ -467,7 +469,7 @@ func (l *successorLink) write(id uint64, sc *sentConns) {
 		if sc.batch {
 			m := wire.Conns{ID: id, Entries: make([]wire.ConnEntry, len(sent))}
 			for i, oc := range sent {
-				m.Entries[i] = wire.ConnEntry{Key: oc.key, State: oc.state}
+				m.Entries[i] = wire.ConnEntry{Key: oc.key, State: oc.state, Idle: oc.idle && l.caps&wire.CapIdleConns != 0}
 			}
 			msg = m
 		} else {
@@ -687,11 +689,38 @@ func (l *successorLink) close() {
 // close c while SendConn runs. Concurrent calls share messages: a
 // successor of this version gets up to 253 connections in one.
 func (u *Upgrader) SendConn(ctx context.Context, c net.Conn, state []byte) error {
+	return u.sendConn(ctx, c, state, false)
+}
+
+// SendIdleConn is SendConn for a connection whose peer speaks next: its
+// server has nothing to send on it until the client does, as with a
+// WebSocket of a request-and-answer protocol between two messages. The
+// successor need not adopt it at once, then: it holds the bare
+// descriptor (no net.Conn, goroutine or buffer, one system call) until
+// the client sends or hangs up, and only then does AcceptConn return
+// it, so that thousands move at the cost of a few microseconds each in
+// either process. One the successor still holds when it hands over in
+// turn goes on as it is, state and all; when it stops, AcceptConn
+// returns each one at once, for the program to close its way. A server
+// that may speak first on the connection (a push, a keep-alive ping of
+// its own) must use SendConn. A successor of a version without this
+// takes the connection as SendConn's. Errors and ownership are
+// SendConn's.
+func (u *Upgrader) SendIdleConn(ctx context.Context, c net.Conn, state []byte) error {
+	return u.sendConn(ctx, c, state, true)
+}
+
+// sendConn is SendConn, and SendIdleConn with idle.
+func (u *Upgrader) sendConn(ctx context.Context, c net.Conn, state []byte, idle bool) error {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return errorf("handoff: cannot hand over a %T: not a kernel socket", c)
 	}
-	if err := u.sendConn(ctx, "", sc, state); err != nil {
+	link := u.successor()
+	if link == nil {
+		return ErrNoSuccessor
+	}
+	if err := link.send(ctx, "", sc, state, idle); err != nil {
 		if errors.Is(err, ErrConnUnknown) {
 			c.Close()
 		}
@@ -700,20 +729,14 @@ func (u *Upgrader) SendConn(ctx context.Context, c net.Conn, state []byte) error
 	return c.Close()
 }
 
-// sendConn passes a connection for the socket key ("" for AcceptConn).
-func (u *Upgrader) sendConn(ctx context.Context, key string, sc syscall.Conn, state []byte) error {
-	link := u.successor()
-	if link == nil {
-		return ErrNoSuccessor
-	}
-	return link.send(ctx, key, sc, state)
-}
-
 // AcceptConn returns the next connection the predecessor handed over with
-// SendConn, and the state it sent with it. The caller owns the
-// connection. Once the predecessor has exited and every connection it
-// sent has been accepted, AcceptConn returns io.EOF; on a fresh start it
-// does so at once.
+// SendConn or SendIdleConn, and the state it sent with it: an idle one
+// (SendIdleConn) once its client has sent or hung up, or this process
+// was told to stop. The caller owns the connection. Once the predecessor
+// has exited and every connection it sent has been accepted here, or
+// passed on to this process's own successor (idle ones not yet returned
+// go on at the handover, untouched), AcceptConn returns io.EOF; on a
+// fresh start it does so at once.
 func (u *Upgrader) AcceptConn(ctx context.Context) (net.Conn, []byte, error) {
 	hc, err := u.conns.pop(ctx)
 	return hc.conn, hc.state, err
@@ -797,7 +820,7 @@ func (u *Upgrader) adoptConns(entries []wire.ConnEntry, fds []int) []string {
 			defer wg.Done()
 			for j := w; j < len(adopt); j += workers {
 				i := adopt[j]
-				reasons[i] = u.adoptConn(wire.Conn{Key: entries[i].Key, State: entries[i].State}, fds[i])
+				reasons[i] = u.adoptConn(entries[i], fds[i])
 			}
 		}()
 	}
@@ -829,11 +852,15 @@ func connsAck(id uint64, reasons []string) wire.ConnsAck {
 
 // park leaves fd, an idle HTTP connection (HTTPServer hands over no
 // other for a listener), in the parking lot of its listener, if
-// HTTPServer serves it, until its client sends: adopting thousands at
-// once would take the CPUs the predecessor needs to move the rest. It
-// reports false, and leaves fd to the caller, if it cannot.
+// HTTPServer serves it, or one for AcceptConn marked idle (SendIdleConn)
+// in AcceptConn's, until its client sends: adopting thousands at once
+// would take the CPUs the predecessor needs to move the rest. It reports
+// false, and leaves fd to the caller, if it cannot.
 func (u *Upgrader) park(e wire.ConnEntry, fd int) bool {
-	if e.Key == "" || len(e.State) > 0 {
+	if e.Key == "" {
+		return e.Idle && u.conns.park(fd, e.State)
+	}
+	if len(e.State) > 0 {
 		return false
 	}
 	ln := u.reg.listenerFor(e.Key)
@@ -843,30 +870,30 @@ func (u *Upgrader) park(e wire.ConnEntry, fd int) bool {
 // adoptConn takes ownership of fd, a connection the predecessor sent, and
 // queues it: for the listener with its key, or for AcceptConn. It returns
 // why it could not, or "".
-func (u *Upgrader) adoptConn(m wire.Conn, fd int) string {
-	if u.park(wire.ConnEntry{Key: m.Key, State: m.State}, fd) {
+func (u *Upgrader) adoptConn(e wire.ConnEntry, fd int) string {
+	if u.park(e, fd) {
 		return ""
 	}
-	if m.Key != "" && u.reg.listenerFor(m.Key) == nil {
+	if (e.Key != "" && u.reg.listenerFor(e.Key) == nil) || (e.Key == "" && e.Idle && u.conns.passesOn()) {
 		// This process has handed over in turn: the connection goes on
 		// to its successor as the descriptor it is, not adopted, which
 		// would take a descriptor more.
 		if hc, ok := holdFD(fd); ok {
-			return u.passOn(m, hc)
+			return u.passOn(e, hc)
 		}
 	}
 	c, err := ctl.AdoptConn(fd)
 	if err != nil {
 		return err.Error()
 	}
-	if m.Key == "" {
-		if !u.conns.push(handedConn{conn: c, state: m.State}) {
+	if e.Key == "" {
+		if !u.conns.push(handed{conn: c, state: e.State}) {
 			c.Close()
 			return "closed"
 		}
 		return ""
 	}
-	if ln := u.reg.listenerFor(m.Key); ln != nil && ln.inject(c) {
+	if ln := u.reg.listenerFor(e.Key); ln != nil && ln.inject(c) {
 		return ""
 	}
 	hc, ok := c.(heldConn)
@@ -874,21 +901,21 @@ func (u *Upgrader) adoptConn(m wire.Conn, fd int) string {
 		c.Close()
 		return fmt.Sprintf("cannot pass on a %T", c)
 	}
-	return u.passOn(m, hc)
+	return u.passOn(e, hc)
 }
 
 // passOn passes hc, a connection received for a socket this process no
 // longer serves, to its successor, and returns why it could not, or "".
 // Either way hc is closed here.
-func (u *Upgrader) passOn(m wire.Conn, hc heldConn) string {
+func (u *Upgrader) passOn(e wire.ConnEntry, hc heldConn) string {
 	link := u.successor()
-	if link == nil || !link.accepts(m.Key) {
+	if link == nil || !link.accepts(e.Key) {
 		hc.Close()
-		return fmt.Sprintf("no listener for %q", m.Key)
+		return fmt.Sprintf("no listener for %q", e.Key)
 	}
 	u.forwards.RLock()
 	defer u.forwards.RUnlock()
-	err := u.forwardConns(link, []queuedConn{{key: m.Key, conn: hc, state: m.State}})[0]
+	err := u.forwardConns(link, []queuedConn{{key: e.Key, conn: hc, state: e.State, idle: e.Idle}})[0]
 	if err != nil && !errors.Is(err, ErrConnUnknown) {
 		return err.Error()
 	}
@@ -913,7 +940,7 @@ func (u *Upgrader) forwardConns(link *successorLink, queued []queuedConn) []erro
 	for i, q := range queued {
 		wg.Add(1)
 		c := q.conn
-		_, err := link.queueConn(q.key, c, q.state, time.Now().Add(u.cfg.StepTimeout), func(err error) {
+		_, err := link.queueConn(q.key, c, q.state, q.idle, time.Now().Add(u.cfg.StepTimeout), func(err error) {
 			defer wg.Done()
 			errs[i] = err
 			c.Close()
@@ -938,84 +965,6 @@ func (u *Upgrader) forwardConns(link *successorLink, queued []queuedConn) []erro
 		u.log.Warn("could not pass handed-over connections on to the successor; closed them", "connections", failed, "of", len(queued), "err", first)
 	}
 	return errs
-}
-
-type handedConn struct {
-	conn  net.Conn
-	state []byte
-}
-
-// connQueue holds handed-over connections until AcceptConn takes them.
-type connQueue struct {
-	mu      sync.Mutex
-	items   []handedConn
-	done    bool          // no more will come
-	changed chan struct{} // closed and replaced on every change
-}
-
-func (q *connQueue) notifyLocked() {
-	if q.changed != nil {
-		close(q.changed)
-		q.changed = nil
-	}
-}
-
-// push queues hc, or reports false if the queue is finished.
-func (q *connQueue) push(hc handedConn) bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.done {
-		return false
-	}
-	q.items = append(q.items, hc)
-	q.notifyLocked()
-	return true
-}
-
-// finish says no more connections will come.
-func (q *connQueue) finish() {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	q.done = true
-	q.notifyLocked()
-}
-
-// close finishes the queue and closes what nobody accepted.
-func (q *connQueue) close() {
-	q.mu.Lock()
-	items := q.items
-	q.items, q.done = nil, true
-	q.notifyLocked()
-	q.mu.Unlock()
-	for _, hc := range items {
-		hc.conn.Close()
-	}
-}
-
-func (q *connQueue) pop(ctx context.Context) (handedConn, error) {
-	for {
-		q.mu.Lock()
-		if len(q.items) > 0 {
-			hc := q.items[0]
-			q.items = q.items[1:]
-			q.mu.Unlock()
-			return hc, nil
-		}
-		if q.done {
-			q.mu.Unlock()
-			return handedConn{}, io.EOF
-		}
-		if q.changed == nil {
-			q.changed = make(chan struct{})
-		}
-		changed := q.changed
-		q.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			return handedConn{}, ctx.Err()
-		case <-changed:
-		}
-	}
 }
 
 // The Upgrader as HTTPServer's connMover.

@@ -96,11 +96,12 @@ func (l *listener) Accept() (net.Conn, error) {
 	}
 }
 
-// handed is a handed-over connection queued for Accept, and when it
-// arrived.
+// handed is a handed-over connection queued for Accept (and when it
+// arrived) or for AcceptConn (and the state it came with).
 type handed struct {
-	conn net.Conn
-	at   time.Time
+	conn  net.Conn
+	at    time.Time
+	state []byte
 }
 
 // trackHanded makes Accept remember which connections it returned from
@@ -160,36 +161,20 @@ func (l *listener) park(fd int) bool {
 	if l.closed || l.handed == nil {
 		return false
 	}
-	if l.lot != nil {
-		ok, ended := l.lot.park(fd)
-		if !ended {
-			return ok
-		}
-		// It emptied and ended: past its last delivery, so joining it
-		// under mu is safe.
-		l.lot.stop()
-		l.lot = nil
-	}
-	lot, err := newParkingLot(l.idle, l.unpark)
-	if err != nil {
-		return false
-	}
-	l.lot = lot
-	ok, _ := lot.park(fd)
-	return ok
+	return parkIn(&l.lot, l.idle, l.unpark, fd, nil)
 }
 
 // unpark adopts a parked connection and queues it, even once the listener
 // is closed: detach collects it then. It reports false, and leaves fd to
 // the lot, when it cannot be adopted now (out of descriptors).
-func (l *listener) unpark(fd int, at time.Time) bool {
-	c, err := ctl.AdoptConn(fd)
+func (l *listener) unpark(pc parkedConn) bool {
+	c, err := ctl.TryAdoptConn(pc.fd)
 	if err != nil {
 		return false
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.queueLocked(handed{conn: c, at: at})
+	l.queueLocked(handed{conn: c, at: pc.at})
 	return true
 }
 
@@ -199,7 +184,7 @@ func adoptParked(parked []parkedConn) []handed {
 	out := make([]handed, 0, len(parked))
 	for _, pc := range parked {
 		if c, err := ctl.AdoptConn(pc.fd); err == nil {
-			out = append(out, handed{conn: c, at: pc.at})
+			out = append(out, handed{conn: c, at: pc.at, state: pc.state})
 		}
 	}
 	return out

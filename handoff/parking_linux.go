@@ -24,28 +24,31 @@ import (
 //
 // Only a connection whose peer speaks next may wait for readability. Those
 // HTTPServer hands over are: it lets go of a connection only while
-// net/http waits for the next request with nothing read. A connection
-// handed over with SendConn (a WebSocket, whose server may speak first) is
-// never parked.
+// net/http waits for the next request with nothing read. So are those the
+// program hands over with SendIdleConn, which AcceptConn's lot holds
+// (acceptqueue.go) with their state; one handed over with SendConn (a
+// WebSocket whose server may speak first) is never parked.
 
 // parkRetry is how long a parked connection that could not be adopted
 // (out of descriptors) waits before the next try.
 const parkRetry = 10 * time.Millisecond
 
-// parkedConn is a descriptor the lot holds, and when it was parked.
+// parkedConn is a descriptor the lot holds, when it was parked, and the
+// state it came with (SendIdleConn's).
 type parkedConn struct {
-	fd  int
-	at  time.Time
-	seq uint64 // tells a descriptor number apart from its reuse
+	fd    int
+	at    time.Time
+	state []byte
+	seq   uint64 // tells a descriptor number apart from its reuse
 }
 
 // parkingLot holds parked connections until they are ready. One goroutine
 // (run) waits on the epoll set through the netpoller, with a deadline at
 // the next idle timeout; stop ends and joins it.
 type parkingLot struct {
-	idle    time.Duration                   // 0: no idle timeout
-	deliver func(fd int, at time.Time) bool // adopt and queue fd; false: try again later
-	f       *os.File                        // the epoll set, non-blocking, through the netpoller
+	idle    time.Duration         // 0: no idle timeout
+	deliver func(parkedConn) bool // adopt and queue it; false: try again later
+	f       *os.File              // the epoll set, non-blocking, through the netpoller
 	epfd    int
 	done    chan struct{} // closed when run returns
 
@@ -58,7 +61,7 @@ type parkingLot struct {
 	retryAt time.Time
 }
 
-func newParkingLot(idle time.Duration, deliver func(int, time.Time) bool) (*parkingLot, error) {
+func newParkingLot(idle time.Duration, deliver func(parkedConn) bool) (*parkingLot, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -81,10 +84,11 @@ func newParkingLot(idle time.Duration, deliver func(int, time.Time) bool) (*park
 	return p, nil
 }
 
-// park takes fd, which the lot owns from then on, or reports false and
-// leaves it to the caller; ended says the lot had emptied and ended (the
-// caller joins it with stop, and parks in a new one).
-func (p *parkingLot) park(fd int) (ok, ended bool) {
+// park takes fd, with its state, which the lot owns from then on, or
+// reports false and leaves it to the caller; ended says the lot had
+// emptied and ended (the caller joins it with stop, and parks in a new
+// one: parkIn).
+func (p *parkingLot) park(fd int, state []byte) (ok, ended bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.stopped {
@@ -95,7 +99,7 @@ func (p *parkingLot) park(fd int) (ok, ended bool) {
 		return false, false
 	}
 	p.seq++
-	pc := parkedConn{fd: fd, at: time.Now(), seq: p.seq}
+	pc := parkedConn{fd: fd, at: time.Now(), state: state, seq: p.seq}
 	p.parked[fd] = pc
 	if p.idle > 0 {
 		p.order = append(p.order, pc)
@@ -162,7 +166,7 @@ func (p *parkingLot) wake(ready []int, now time.Time) {
 	p.mu.Unlock()
 	var failed []parkedConn
 	for _, pc := range out {
-		if !p.deliver(pc.fd, pc.at) {
+		if !p.deliver(pc) {
 			failed = append(failed, pc)
 		}
 	}
@@ -287,6 +291,14 @@ func (h *heldFD) Close() error {
 
 // holdFD holds fd, a received connection, for passing on.
 func holdFD(fd int) (heldConn, bool) { return &heldFD{fd: fd}, true }
+
+// closeParked closes parked connections' descriptors: nobody will serve
+// them.
+func closeParked(parked []parkedConn) {
+	for _, pc := range parked {
+		unix.Close(pc.fd)
+	}
+}
 
 // heldParked holds parked connections' descriptors for passing on; the
 // caller owns them.

@@ -155,12 +155,12 @@ func TestParkingLotRetries(t *testing.T) {
 	clients, sessions := sessionPairs(t, 2)
 	tries := make(chan time.Time, 8)
 	n := 0 // only the lot's goroutine calls deliver
-	lot, err := newParkingLot(0, func(fd int, _ time.Time) bool {
+	lot, err := newParkingLot(0, func(pc parkedConn) bool {
 		tries <- time.Now()
 		if n++; n == 1 {
 			return false // out of descriptors, say
 		}
-		syscall.Close(fd)
+		syscall.Close(pc.fd)
 		return true
 	})
 	if err != nil {
@@ -171,7 +171,7 @@ func TestParkingLotRetries(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ok, _ := lot.park(fd); !ok {
+		if ok, _ := lot.park(fd, nil); !ok {
 			t.Fatal("park refused a connection")
 		}
 	}

@@ -10,21 +10,23 @@ import (
 // Elsewhere handed-over connections are adopted as they arrive.
 
 type parkedConn struct {
-	fd int
-	at time.Time
+	fd    int
+	at    time.Time
+	state []byte
 }
 
 type parkingLot struct{}
 
-func newParkingLot(time.Duration, func(int, time.Time) bool) (*parkingLot, error) {
+func newParkingLot(time.Duration, func(parkedConn) bool) (*parkingLot, error) {
 	return nil, errors.ErrUnsupported
 }
 
-func (*parkingLot) park(int) (ok, ended bool) { return false, false }
-func (*parkingLot) take() []parkedConn        { return nil }
-func (*parkingLot) stop() []parkedConn        { return nil }
+func (*parkingLot) park(int, []byte) (ok, ended bool) { return false, false }
+func (*parkingLot) take() []parkedConn                { return nil }
+func (*parkingLot) stop() []parkedConn                { return nil }
 
 func heldParked([]parkedConn) []heldConn { return nil }
+func closeParked([]parkedConn)           {}
 
 // holdFD reports false: nothing is handed over to be passed on.
 func holdFD(int) (heldConn, bool) { return nil, false }

@@ -455,6 +455,7 @@ type queuedConn struct {
 	key   string
 	conn  heldConn
 	state []byte // what SendConn sent with it (forwarded with it)
+	idle  bool   // SendIdleConn's: forwarded as such
 }
 
 // closeSockets closes this process's copies of the sockets in use, and

@@ -11,7 +11,8 @@
 // SIGHUP upgrades to a fresh copy of the binary (read from disk again).
 // Once the successor has taken over, each WebSocket is handed to it between
 // two frames, with the bytes already read but not yet answered and its
-// counter in the state blob (Upgrader.SendConn); the successor resumes it
+// counter in the state blob (Upgrader.SendIdleConn: its client speaks
+// next); the successor resumes it
 // (Upgrader.AcceptConn). The client sees no close frame, no reset, no gap.
 // A connection that cannot move is closed with 1001 "going away" after its
 // in-flight message: with -tls-cert and -tls-key it serves wss:// and

@@ -142,6 +142,23 @@ func UnixConnFromFD(fd int) (*net.UnixConn, error) {
 	return uc, nil
 }
 
+// TryAdoptConn is AdoptConn for a connection nobody else holds (the
+// sender let go of it): on failure (out of descriptors, most likely) fd
+// is still open and the caller's, to try again later. It costs a
+// descriptor and two system calls more than AdoptConn.
+func TryAdoptConn(fd int) (net.Conn, error) {
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", err)
+	}
+	c, err := AdoptConn(dup)
+	if err != nil {
+		return nil, err
+	}
+	unix.Close(fd)
+	return c, nil
+}
+
 // AdoptConn turns fd, a connected socket received from another process,
 // into a net.Conn, taking ownership of fd (it is closed on every path).
 //

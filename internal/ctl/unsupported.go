@@ -52,6 +52,9 @@ func (*Pidfd) Close() error { return nil }
 // into a net.Conn.
 func AdoptConn(int) (net.Conn, error) { return nil, notSupported() }
 
+// TryAdoptConn is AdoptConn that leaves fd to the caller on failure.
+func TryAdoptConn(int) (net.Conn, error) { return nil, notSupported() }
+
 // UnixConnFromFD turns a SOCK_SEQPACKET unix socket into a *net.UnixConn.
 func UnixConnFromFD(int) (*net.UnixConn, error) { return nil, notSupported() }
 

@@ -66,8 +66,15 @@ const (
 	// CapConns.
 	CapConnBatch uint64 = 1 << 2
 
+	// CapIdleConns: in hello, the successor understands the idle flag of
+	// a Conns entry (ConnEntry.Idle), carried in a flags byte per entry
+	// after the entries, and may hold such a connection unadopted until
+	// its peer sends; a serving process sends the flags only to such a
+	// successor. In effect only with CapConnBatch.
+	CapIdleConns uint64 = 1 << 3
+
 	// SupportedCaps is every capability this package implements.
-	SupportedCaps = CapConns | CapCanary | CapConnBatch
+	SupportedCaps = CapConns | CapCanary | CapConnBatch | CapIdleConns
 )
 
 // Type is a message's type code, the third field of its header.
@@ -260,10 +267,18 @@ type Conns struct {
 type ConnEntry struct {
 	Key   string // as in Conn
 	State []byte // as in Conn
+	// Idle says the connection's peer speaks next: its server has
+	// nothing to send until the peer does (CapIdleConns).
+	Idle bool
 }
 
-// EncodedLen is the number of bytes e adds to a Conns message.
-func (e ConnEntry) EncodedLen() int { return 2 + len(e.Key) + 4 + len(e.State) }
+// FlagIdle is ConnEntry.Idle in an entry's flags byte; the other bits
+// are zero, and a receiver ignores them.
+const FlagIdle = 1 << 0
+
+// EncodedLen is the most bytes e adds to a Conns message: its flags byte
+// included.
+func (e ConnEntry) EncodedLen() int { return 2 + len(e.Key) + 4 + len(e.State) + 1 }
 
 // ConnsAck answers the Conns with the same ID: OK[i] says whether the
 // successor took the i-th connection; Reason, why it did not take the
@@ -384,9 +399,21 @@ func (m ConnAck) appendBody(b []byte) []byte {
 func (m Conns) appendBody(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, m.ID)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(m.Entries)))
+	flags := false
 	for _, e := range m.Entries {
 		b = appendString(b, e.Key)
 		b = appendBytes(b, e.State)
+		flags = flags || e.Idle
+	}
+	if !flags {
+		return b // as a receiver without CapIdleConns reads it
+	}
+	for _, e := range m.Entries {
+		var f byte
+		if e.Idle {
+			f |= FlagIdle
+		}
+		b = append(b, f)
 	}
 	return b
 }
@@ -561,6 +588,11 @@ func Decode(b []byte) (Message, error) {
 		}
 		for i := 0; i < n && r.err == nil; i++ {
 			batch.Entries = append(batch.Entries, ConnEntry{Key: r.str(), State: r.bytes()})
+		}
+		if r.err == nil && len(r.b) > 0 { // the flags (CapIdleConns)
+			for i := range batch.Entries {
+				batch.Entries[i].Idle = r.u8()&FlagIdle != 0
+			}
 		}
 		m = batch
 	case TypeConnsAck:

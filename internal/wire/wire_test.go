@@ -45,6 +45,7 @@ func wireSamples() []Message {
 		Proven{},
 		Conns{ID: 7, Entries: []ConnEntry{{Key: "web", State: []byte{1, 2}}, {Key: ""}, {Key: "tcp|:8080"}}},
 		Conns{ID: 1 << 50, Entries: manyConns},
+		Conns{ID: 9, Entries: []ConnEntry{{Key: "", State: []byte("ws"), Idle: true}, {Key: "tcp|:8080"}, {Idle: true}}},
 		ConnsAck{ID: 7, OK: []bool{true, false, true}, Reason: "out of descriptors"},
 		ConnsAck{ID: 8, OK: make([]bool, MaxFDs)},
 	}
@@ -90,6 +91,39 @@ func normalize(m Message) Message {
 		return m
 	}
 	return m
+}
+
+// TestConnsFlagsOnlyWhenIdle: a batch with no idle entry is encoded as
+// before CapIdleConns, byte for byte, so that a successor without it
+// reads it; one with an idle entry carries a flags byte per entry, after
+// the entries, which such a successor would not read (it ignores what
+// follows the entries) and a receiver of this version does.
+func TestConnsFlagsOnlyWhenIdle(t *testing.T) {
+	plain := Conns{ID: 3, Entries: []ConnEntry{{Key: "a", State: []byte{1}}, {Key: ""}}}
+	b, err := Encode(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// header, id, count, then each entry: key (u16 + bytes), state (u32 + bytes)
+	if want := HeaderSize + 8 + 2 + (2 + 1 + 4 + 1) + (2 + 0 + 4 + 0); len(b) != want {
+		t.Fatalf("a batch without idle entries is %d bytes; want %d, the layout without flags", len(b), want)
+	}
+	idle := plain
+	idle.Entries = []ConnEntry{plain.Entries[0], {Key: "", Idle: true}}
+	bi, err := Encode(idle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bi) != len(b)+2 || bi[len(bi)-2] != 0 || bi[len(bi)-1] != FlagIdle {
+		t.Fatalf("a batch with an idle entry ends % x; want a flags byte per entry, % x", bi[len(b):], []byte{0, FlagIdle})
+	}
+	got, err := Decode(bi)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := got.(Conns).Entries; e[0].Idle || !e[1].Idle {
+		t.Fatalf("decoded entries %+v; want only the second idle", e)
+	}
 }
 
 func TestWireRoundTrip(t *testing.T) {
