@@ -158,3 +158,69 @@ func BenchmarkConnHandover(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkIdleConnHandover is BenchmarkConnHandover with SendIdleConn:
+// from n concurrent calls until each has returned, the successor having
+// parked its connection (one epoll_ctl, nothing adopted). The clients
+// stay open while it runs, or every connection would be readable (hung
+// up) and adopted at once: with both ends and the successor's copy in
+// this process, 6,000 is the largest size its 20,000 descriptors hold.
+// Afterwards, untimed, the clients close and AcceptConn takes each.
+func BenchmarkIdleConnHandover(b *testing.B) {
+	for _, n := range []int{1, 1000, 6000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			if n > 1000 && testing.Short() {
+				b.Skip("short")
+			}
+			cfg := testConfig(b)
+			old, _ := readyUpgrader(b, cfg)
+			next, _ := readyUpgrader(b, cfg)
+			<-old.Exit()
+			ln, err := net.Listen("unix", filepath.Join(socketDir(b), "sessions.sock"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ln.Close()
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				b.StopTimer()
+				clients := make([]net.Conn, n)
+				sessions := make([]net.Conn, n)
+				for i := range n {
+					if clients[i], err = net.Dial("unix", ln.Addr().String()); err != nil {
+						b.Fatal(err)
+					}
+					if sessions[i], err = ln.Accept(); err != nil {
+						b.Fatal(err)
+					}
+				}
+				sent := make(chan error, n)
+				b.StartTimer()
+				for _, s := range sessions {
+					go func() { sent <- old.SendIdleConn(ctx, s, nil) }()
+				}
+				for range n {
+					if err := <-sent; err != nil {
+						b.Fatalf("SendIdleConn: %v", err)
+					}
+				}
+				b.StopTimer()
+				for _, c := range clients {
+					c.Close()
+				}
+				wait, cancel := context.WithTimeout(ctx, time.Minute)
+				for range n {
+					c, _, err := next.AcceptConn(wait)
+					if err != nil {
+						cancel()
+						b.Fatalf("AcceptConn: %v", err)
+					}
+					c.Close()
+				}
+				cancel()
+				b.StartTimer()
+			}
+		})
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/handoffd/handoff/internal/loadgen"
 	"github.com/handoffd/handoff/internal/testbed"
 )
 
@@ -26,9 +27,12 @@ const plainFrom = 4000
 // that ephemeral ports suffice, each asked one question; one SIGHUP; once
 // the old process has exited, each is asked again. None is closed, every
 // one is answered by the successor with its counter continued, and the
-// old process's log says it moved all of them. It logs the time from the
-// successor's ready to the old process's exit, both processes' CPU time,
-// and the successor's RSS per moved WebSocket.
+// old process's log says it moved all of them. Other requests (the page,
+// each on a new connection, from clients that never retry) go on through
+// the move, and none may fail. It logs the time from the successor's
+// ready to the old process's exit, both processes' CPU time, the other
+// requests' latency before and during the move, and the successor's RSS
+// per moved WebSocket.
 func TestWebSocketsMoveAtScale(t *testing.T) {
 	n := envInt(t, "WS_SCALE_CONNS", 1000)
 	var lim syscall.Rlimit
@@ -81,7 +85,28 @@ func TestWebSocketsMoveAtScale(t *testing.T) {
 	t.Logf("%d WebSockets open and answered by process %d in %v; its RSS %s with none, %s with them (%s each)",
 		n, pid, time.Since(began), testbed.MiB(rssEmpty), testbed.MiB(rssHolding), testbed.PerConn(rssHolding-rssEmpty, n))
 
-	m := testbed.MoveOnce(t, s, pid, 2*time.Minute, nil)
+	other := loadgen.Config{Addr: s.Addr, Mode: loadgen.NewConn, Workers: 2, Interval: 2 * time.Millisecond, Timeout: 10 * time.Second}
+	steadyCtx, stopSteady := context.WithTimeout(context.Background(), time.Second)
+	steady := loadgen.Run(steadyCtx, other)
+	stopSteady()
+	moveCtx, stopMove := context.WithCancel(context.Background())
+	defer stopMove() // if the move fails the test: the load ends with it
+	during := make(chan *loadgen.Result, 1)
+	m := testbed.MoveOnce(t, s, pid, 2*time.Minute, func(int) {
+		go func() { during <- loadgen.Run(moveCtx, other) }()
+	})
+	stopMove()
+	duringMove := <-during
+	for what, r := range map[string]*loadgen.Result{"before the restart": steady, "during the move": duringMove} {
+		if r.OK != r.Requests || r.OK == 0 {
+			t.Errorf("other requests %s: %v", what, r)
+		}
+	}
+	t.Logf("other requests (the page, a new connection each, %d clients every %v): before the restart p50 %v p99 %v max %v (%d); "+
+		"from ready until the old process exited p50 %v p99 %v max %v (%d)",
+		other.Workers, other.Interval,
+		steady.Latency.Quantile(0.5), steady.Latency.Quantile(0.99), steady.Latency.Max(), steady.Latency.Count(),
+		duringMove.Latency.Quantile(0.5), duringMove.Latency.Quantile(0.99), duringMove.Latency.Max(), duringMove.Latency.Count())
 	next := m.Next
 	rssMoved := testbed.RSS(t, next)
 	if m.Status.ExitStatus() != 0 {
