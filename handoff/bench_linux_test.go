@@ -94,6 +94,21 @@ func BenchmarkUpgradeRoundTrip(b *testing.B) {
 	}
 }
 
+// handedOverPair returns an Upgrader that has handed over, its successor,
+// and a unix listener for the sessions to move, closed at b's end.
+func handedOverPair(b *testing.B) (old, next *Upgrader, ln net.Listener) {
+	cfg := testConfig(b)
+	old, _ = readyUpgrader(b, cfg)
+	next, _ = readyUpgrader(b, cfg)
+	<-old.Exit()
+	ln, err := net.Listen("unix", filepath.Join(socketDir(b), "sessions.sock"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	return old, next, ln
+}
+
 // BenchmarkConnHandover measures moving n established connections to the
 // successor at once, as a draining HTTPServer moves its idle keep-alive
 // connections: from n concurrent SendConn calls until the successor has
@@ -108,15 +123,7 @@ func BenchmarkConnHandover(b *testing.B) {
 			if n > 1000 && testing.Short() {
 				b.Skip("short")
 			}
-			cfg := testConfig(b)
-			old, _ := readyUpgrader(b, cfg)
-			next, _ := readyUpgrader(b, cfg)
-			<-old.Exit()
-			ln, err := net.Listen("unix", filepath.Join(socketDir(b), "sessions.sock"))
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer ln.Close()
+			old, next, ln := handedOverPair(b)
 			ctx := context.Background()
 			b.ReportAllocs()
 			for b.Loop() {
@@ -172,21 +179,14 @@ func BenchmarkIdleConnHandover(b *testing.B) {
 			if n > 1000 && testing.Short() {
 				b.Skip("short")
 			}
-			cfg := testConfig(b)
-			old, _ := readyUpgrader(b, cfg)
-			next, _ := readyUpgrader(b, cfg)
-			<-old.Exit()
-			ln, err := net.Listen("unix", filepath.Join(socketDir(b), "sessions.sock"))
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer ln.Close()
+			old, next, ln := handedOverPair(b)
 			ctx := context.Background()
 			b.ReportAllocs()
 			for b.Loop() {
 				b.StopTimer()
 				clients := make([]net.Conn, n)
 				sessions := make([]net.Conn, n)
+				var err error
 				for i := range n {
 					if clients[i], err = net.Dial("unix", ln.Addr().String()); err != nil {
 						b.Fatal(err)
