@@ -469,20 +469,7 @@ func TestHandedOverIdleOutlivesHeaderTimeout(t *testing.T) {
 
 	// A connection from elsewhere, handed to the listener as a
 	// predecessor's would be.
-	other, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	client, err := net.Dial("tcp", other.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	handed, err := other.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	client, handed := connFromElsewhere(t)
 	if !ln.(*listener).inject(handed) {
 		t.Fatal("inject refused")
 	}

@@ -35,6 +35,25 @@ func acceptOne(t testing.TB, ln net.Listener) net.Conn {
 	}
 }
 
+// connFromElsewhere returns both ends of a TCP connection made to a
+// listener of its own, to hand to a listener as a predecessor would; the
+// test cleans both up.
+func connFromElsewhere(t testing.TB) (client, server net.Conn) {
+	t.Helper()
+	other, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	client, err = net.Dial("tcp", other.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	server = acceptOne(t, other)
+	return client, server
+}
+
 // echoesThrough checks that what the client sends arrives on server.
 func echoesThrough(t testing.TB, client, server net.Conn, msg string) {
 	t.Helper()

@@ -98,6 +98,10 @@ type HTTPServer struct {
 	nextProto    sync.Once
 	nextProtoSet chan struct{} // closed once the HTTP/2 wrapping is installed, or cannot be
 	injecting    sync.WaitGroup
+
+	// testHookClose, set by tests, runs in Shutdown between serveHanded
+	// and closing the listener.
+	testHookClose func()
 }
 
 // connTrack is what HTTPServer knows of one connection.
@@ -438,6 +442,9 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	for tl := range listeners {
 		s.serveHanded(tl, kl)
+		if s.testHookClose != nil {
+			s.testHookClose()
+		}
 		tl.Close()
 	}
 	// Phase 1 of the HTTP/2 drain at once: its clients move to the
@@ -487,9 +494,11 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// serveHanded serves through kl the handed-over connections tl's listener
-// still holds, queued or parked until their client sends, which closing
-// the listener would close: their clients may be sending. They are idle
+// serveHanded seals tl's listener and serves through kl the handed-over
+// connections it still holds, queued or parked until their client sends,
+// which closing the listener would close: their clients may be sending.
+// Sealed, it takes no more (the predecessor keeps those, or they go on to
+// the successor), so that closing it next closes none. They are idle
 // keep-alive connections like any other here: they move on to a
 // successor, or get their next request answered with "Connection:
 // close". (Should the Upgrader's handover take them first, it forwards
@@ -499,7 +508,7 @@ func (s *HTTPServer) serveHanded(tl *trackingListener, kl *keptListener) {
 	if !ok || tl.key == "" {
 		return
 	}
-	for _, h := range hl.takeHanded() {
+	for _, h := range hl.sealHanded() {
 		hc := s.handedConn(h.conn, tl.key, h.at)
 		s.mu.Lock()
 		s.conns[hc] = &connTrack{hc: hc}

@@ -19,14 +19,7 @@ func TestHTTPServerShutdownRightAfterServe(t *testing.T) {
 			t.Fatal(err)
 		}
 		srv := &HTTPServer{Server: &http.Server{Handler: http.NotFoundHandler()}}
-		srv.setup.Do(srv.install) // before the poll below reads what it sets up
-		served := make(chan error, 1)
-		go func() { served <- srv.Serve(ln) }()
-		waitFor(t, "Serve to start", func() bool {
-			srv.mu.Lock()
-			defer srv.mu.Unlock()
-			return len(srv.listeners) == 1
-		})
+		served := startServing(t, srv, ln)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		err = srv.Shutdown(ctx)
 		cancel()
@@ -37,4 +30,19 @@ func TestHTTPServerShutdownRightAfterServe(t *testing.T) {
 			t.Fatalf("round %d: Serve = %v, want ErrServerClosed", i, err)
 		}
 	}
+}
+
+// startServing runs srv.Serve(ln) and returns, with the channel Serve's
+// result comes on, once Serve serves ln.
+func startServing(t testing.TB, srv *HTTPServer, ln net.Listener) <-chan error {
+	t.Helper()
+	srv.setup.Do(srv.install) // before the poll below reads what it sets up
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	waitFor(t, "Serve to start", func() bool {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		return len(srv.listeners) == 1
+	})
+	return served
 }

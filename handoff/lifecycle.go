@@ -241,8 +241,16 @@ func (u *Upgrader) handOver(ctrl *net.UnixListener, succPID int, inUnit bool) {
 	// connection accepted after that would meet a server that is shutting
 	// down, and some (grpc's GracefulStop) close such a connection at once.
 	u.reg.pause(true)
+	// The listeners take no more handed-over connections, and give up
+	// those they hold, before Exit: a program that closes its listener on
+	// Exit would close them, and their clients may be sending.
+	queued := u.reg.sealListeners()
 	close(u.exit) // before the sockets close, so Serve can tell why they did
-	queued := append(u.reg.closeSockets(false), u.conns.handOver()...)
+	if u.testHookExit != nil {
+		u.testHookExit()
+	}
+	queued = append(queued, u.reg.closeSockets(false)...)
+	queued = append(queued, u.conns.handOver()...)
 	u.mu.Lock()
 	u.queued = queued
 	u.mu.Unlock()
@@ -283,12 +291,6 @@ func (u *Upgrader) prove(c *canary, why string) {
 	// once calls Close before forwardQueued would be done.
 	u.forwards.RLock()
 	defer u.forwards.RUnlock()
-	// What our predecessor handed over while Accept was paused goes on
-	// first, before Exit: a program that drains and closes at once must
-	// not cut it.
-	if queued := u.reg.takeQueued(); len(queued) > 0 {
-		u.forwardConns(c.link, queued)
-	}
 	u.handOver(c.ctrl, c.pid, c.inUnit)
 	c.link.proven() // after MAINPID=: the successor may speak as the main process
 	if c.child != nil {

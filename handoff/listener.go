@@ -27,7 +27,11 @@ type listener struct {
 	lot      *parkingLot            // after trackHanded: idle connections not yet adopted (parking_linux.go)
 	paused   chan struct{}          // while a canary window runs: closed by resume or Close
 	injected chan struct{}          // wakes an Accept that waits while paused; room for one
-	closed   bool
+	// sealed: it queues no more handed-over connections, and what it
+	// held went to whoever sealed it (seal). Accept still returns, from
+	// the kernel, what it would.
+	sealed   bool
+	closed   bool          // detached: Accept returns net.ErrClosed (implies sealed)
 	inKernel int           // Accept calls waiting in the kernel
 	left     chan struct{} // closed when inKernel drops to 0, for pause
 }
@@ -130,11 +134,11 @@ func (l *listener) handedAt(c net.Conn) (time.Time, bool) {
 }
 
 // inject queues a handed-over connection for Accept and wakes it. It
-// reports false, and leaves c to the caller, if the listener is closed.
+// reports false, and leaves c to the caller, if the listener is sealed.
 func (l *listener) inject(c net.Conn) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.closed {
+	if l.sealed {
 		return false
 	}
 	l.queueLocked(handed{conn: c, at: time.Now()})
@@ -154,19 +158,20 @@ func (l *listener) queueLocked(h handed) {
 // park takes fd, an idle connection handed over whose client speaks
 // next, to be adopted and queued once it is readable (parking_linux.go).
 // It reports false, and leaves fd to the caller, when the listener is
-// closed or HTTPServer does not serve it.
+// sealed or HTTPServer does not serve it.
 func (l *listener) park(fd int) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.closed || l.handed == nil {
+	if l.sealed || l.handed == nil {
 		return false
 	}
 	return parkIn(&l.lot, l.idle, l.unpark, fd, nil)
 }
 
 // unpark adopts a parked connection and queues it, even once the listener
-// is closed: detach collects it then. It reports false, and leaves fd to
-// the lot, when it cannot be adopted now (out of descriptors).
+// is sealed: seal, which joins the lot, collects it then. It reports
+// false, and leaves fd to the lot, when it cannot be adopted now (out of
+// descriptors).
 func (l *listener) unpark(pc parkedConn) bool {
 	c, err := ctl.TryAdoptConn(pc.fd)
 	if err != nil {
@@ -265,29 +270,28 @@ type heldConn interface {
 	io.Closer
 }
 
-// takeQueue returns the handed-over connections not accepted yet, parked
-// ones included, which the caller now owns, to pass on; the listener
-// stays as it is.
-func (l *listener) takeQueue() []heldConn {
-	queue, parked := l.take()
-	return append(held(queue), heldParked(parked)...)
-}
-
-// takeHanded returns, to serve, the handed-over connections not accepted
-// yet, parked ones adopted, with when each arrived; the caller owns them.
-func (l *listener) takeHanded() []handed {
-	queue, parked := l.take()
+// sealHanded seals the listener and returns, to serve, the handed-over
+// connections it held, parked ones adopted, with when each arrived; the
+// caller owns them. None can arrive after (inject and park refuse them),
+// so that closing the listener then closes none a client may be sending
+// on.
+func (l *listener) sealHanded() []handed {
+	queue, parked := l.seal()
 	return append(queue, adoptParked(parked)...)
 }
 
-// take empties the queue and the parking lot, which goes on.
-func (l *listener) take() ([]handed, []parkedConn) {
+// seal stops queueing handed-over connections, and returns those that
+// were never accepted and the parked ones, which the caller now owns.
+// Accept goes on as before, with none to yield.
+func (l *listener) seal() ([]handed, []parkedConn) {
 	l.mu.Lock()
+	l.sealed = true
 	lot := l.lot
+	l.lot = nil
 	l.mu.Unlock()
 	var parked []parkedConn
 	if lot != nil {
-		parked = lot.take()
+		parked = lot.stop() // joins the lot, which may queue more meanwhile
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -296,28 +300,24 @@ func (l *listener) take() ([]handed, []parkedConn) {
 	return q, parked
 }
 
-// detach stops queueing handed-over connections and returns those that
-// were never accepted, parked ones included, which the caller now owns.
+// sealHeld is seal, with what it returns as heldConns, to pass on.
+func (l *listener) sealHeld() []heldConn {
+	queue, parked := l.seal()
+	return append(held(queue), heldParked(parked)...)
+}
+
+// detach seals the listener and closes it to Accept, and returns the
+// handed-over connections it held, which the caller now owns.
 func (l *listener) detach() []heldConn {
 	l.mu.Lock()
 	l.closed = true
-	lot := l.lot
-	l.lot = nil
 	// Wake an Accept that waits, paused or in the kernel: it finds the
 	// listener closed, and takes nothing more from the kernel's queue.
 	l.unpauseLocked()
 	l.woken = true
 	l.Listener.(deadliner).SetDeadline(longAgo)
 	l.mu.Unlock()
-	var parked []parkedConn
-	if lot != nil {
-		parked = lot.stop() // joins the lot, which may queue more meanwhile
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	q := append(held(l.queue), heldParked(parked)...)
-	l.queue = nil
-	return q
+	return l.sealHeld()
 }
 
 // held is the queued connections as heldConns. Each is a kernel

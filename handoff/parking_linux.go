@@ -217,21 +217,6 @@ func (p *parkingLot) setDeadlineLocked() {
 	p.f.SetReadDeadline(next)
 }
 
-// take removes every parked connection from the lot, which goes on, and
-// returns them: the caller owns their descriptors.
-func (p *parkingLot) take() []parkedConn {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := p.retry
-	p.retry = nil
-	for _, pc := range p.parked {
-		out = append(out, p.unparkLocked(pc))
-	}
-	p.order = nil
-	p.setDeadlineLocked()
-	return out
-}
-
 // stop closes the epoll set (unless the lot ended, empty), joins run, and
 // returns the connections still parked: the caller owns their
 // descriptors.

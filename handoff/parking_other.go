@@ -22,7 +22,6 @@ func newParkingLot(time.Duration, func(parkedConn) bool) (*parkingLot, error) {
 }
 
 func (*parkingLot) park(int, []byte) (ok, ended bool) { return false, false }
-func (*parkingLot) take() []parkedConn                { return nil }
 func (*parkingLot) stop() []parkedConn                { return nil }
 
 func heldParked([]parkedConn) []heldConn { return nil }

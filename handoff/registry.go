@@ -326,13 +326,14 @@ func (r *registry) pause(paused bool) {
 	}
 }
 
-// takeQueued returns, from every listener, the handed-over connections
-// not accepted yet; the caller owns them.
-func (r *registry) takeQueued() []queuedConn {
+// sealListeners seals every listener (listener.seal) and returns the
+// handed-over connections they held, not accepted yet; the caller owns
+// them. A listener the program closes after this closes none of them.
+func (r *registry) sealListeners() []queuedConn {
 	var queued []queuedConn
 	for _, s := range r.inventory() {
 		if s.ln != nil {
-			for _, c := range s.ln.takeQueue() {
+			for _, c := range s.ln.sealHeld() {
 				queued = append(queued, queuedConn{key: s.Key(), conn: c})
 			}
 		}

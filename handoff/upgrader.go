@@ -73,6 +73,10 @@ type Upgrader struct {
 	predBuild  *Build // written by the takeover
 	// Set once, before Ready, by the wrapper (hooks.Wrap).
 	wrapper hooks.Wrapper
+
+	// testHookExit, set by tests before an upgrade, runs in handOver
+	// just after Exit is closed, as a program that acts on Exit would.
+	testHookExit func()
 }
 
 // New returns an Upgrader for the service cfg describes. When a process

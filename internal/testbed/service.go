@@ -57,6 +57,9 @@ func NewService(tb TB, r *Reaper, bin string) *Service {
 		log.Close()
 		if tb.Failed() {
 			b, _ := os.ReadFile(log.Name())
+			if w := Matching(b, "level=WARN", "level=ERROR"); len(w) > 0 {
+				tb.Logf("service log, its warnings and errors:\n%s", Head(w, 40))
+			}
 			tb.Logf("service log:\n%s", Tail(b, 60))
 			if d := os.Getenv("HANDOFF_TEST_LOGS"); d != "" { // the whole log, to read after
 				f, err := os.CreateTemp(d, "service-*.log")
@@ -70,6 +73,29 @@ func NewService(tb TB, r *Reaper, bin string) *Service {
 		os.RemoveAll(dir)
 	})
 	return s
+}
+
+// Matching returns the lines of b that contain any of subs.
+func Matching(b []byte, subs ...string) []byte {
+	var out [][]byte
+	for _, l := range bytes.Split(b, []byte("\n")) {
+		for _, sub := range subs {
+			if bytes.Contains(l, []byte(sub)) {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	return bytes.Join(out, []byte("\n"))
+}
+
+// Head returns the first lines of b.
+func Head(b []byte, lines int) []byte {
+	parts := bytes.Split(b, []byte("\n"))
+	if len(parts) > lines {
+		parts = parts[:lines]
+	}
+	return bytes.Join(parts, []byte("\n"))
 }
 
 // Tail returns the last lines of b.
